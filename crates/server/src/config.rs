@@ -1,0 +1,77 @@
+//! The broker's runtime settings, as the server sees them. Parsing flags, environment variables
+//! and the TOML file belongs to the `warren` binary; this module only holds the resolved values
+//! and their defaults (each default a named constant).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// AMQP's IANA port.
+pub const DEFAULT_PORT: u16 = 5672;
+/// Largest frame we offer in connection.tune (RabbitMQ's default).
+pub const DEFAULT_FRAME_MAX: u32 = 131_072;
+/// The smallest frame_max a client may ask for (the spec's minimum frame size).
+pub const FRAME_MIN_SIZE: u32 = 4096;
+/// Highest channel number we offer in connection.tune (RabbitMQ's default).
+pub const DEFAULT_CHANNEL_MAX: u16 = 2047;
+/// Heartbeat interval we suggest in connection.tune.
+pub const DEFAULT_HEARTBEAT_SECS: u16 = 60;
+/// Largest message body accepted (RabbitMQ's default `max_message_size`).
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 128 * 1024 * 1024;
+/// How long a client has to finish the handshake (RabbitMQ's `handshake_timeout`).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A user known to the broker at start-up.
+#[derive(Clone, Debug)]
+pub struct UserConfig {
+    pub name: String,
+    pub password: String,
+    /// As RabbitMQ's `loopback_users`: such a user may connect only from 127.0.0.0/8 or ::1.
+    pub loopback_only: bool,
+}
+
+/// Everything the server needs to run.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Addresses to listen on for AMQP. Port 0 picks a free port (tests).
+    pub listen: Vec<SocketAddr>,
+    pub data_dir: PathBuf,
+    pub users: Vec<UserConfig>,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat_secs: u16,
+    pub max_message_bytes: u64,
+    pub handshake_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: vec![
+                SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
+            ],
+            data_dir: PathBuf::from("./data"),
+            users: vec![UserConfig {
+                name: "guest".into(),
+                password: "guest".into(),
+                loopback_only: true,
+            }],
+            frame_max: DEFAULT_FRAME_MAX,
+            channel_max: DEFAULT_CHANNEL_MAX,
+            heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
+            max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+impl Config {
+    /// A config for tests: one listener on 127.0.0.1 with an OS-chosen port.
+    pub fn for_tests() -> Self {
+        Config {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
+            data_dir: std::env::temp_dir().join("warren-test-data"),
+            ..Config::default()
+        }
+    }
+}
