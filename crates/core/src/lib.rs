@@ -1,1 +1,22 @@
-//! placeholder
+//! Warren's broker core: vhosts and their definitions (exchanges, queues, bindings), the
+//! routing snapshot that the publish path reads without a lock, queue actors that own their
+//! messages and consumers, and users.
+//!
+//! It knows AMQP's semantics but not its wire format beyond the types it borrows from
+//! `warren-protocol`; it never touches sockets (that is `warren-server`).
+
+pub mod args;
+pub mod auth;
+pub mod broker;
+pub mod consumer;
+pub mod exchange;
+pub mod message;
+pub mod queue;
+pub mod routing;
+pub mod vhost;
+
+pub use broker::Broker;
+pub use consumer::{ChannelKey, ChannelLimiter, ClientEvent, ClientSender, Delivery};
+pub use message::Message;
+pub use queue::QueueHandle;
+pub use vhost::VHost;

@@ -100,9 +100,9 @@ impl<M> ContentAssembler<M> {
     /// The error for a method frame that arrived while content was expected.
     pub fn unexpected_method(&self) -> ProtocolError {
         match self.state {
-            State::AwaitHeader(_) => {
-                ProtocolError::unexpected_frame("expected content header for class 60, got method frame")
-            }
+            State::AwaitHeader(_) => ProtocolError::unexpected_frame(
+                "expected content header for class 60, got method frame",
+            ),
             _ => ProtocolError::unexpected_frame("expected content body, got method frame"),
         }
     }

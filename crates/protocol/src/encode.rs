@@ -146,7 +146,6 @@ pub fn body(out: &mut BytesMut, channel: u16, body: &[u8], frame_max: u32) {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,7 +11,7 @@ pub mod frame;
 pub mod method;
 
 pub use amq_protocol::protocol::{
-    basic, channel, confirm, connection, exchange, queue, tx, AMQPClass,
+    access, basic, channel, confirm, connection, exchange, queue, tx, AMQPClass,
 };
 pub use amq_protocol::types::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 pub use error::{ProtocolError, ReplyCode};

@@ -27,8 +27,8 @@ pub fn method_ids(payload: &[u8]) -> Option<(u16, u16)> {
 /// Decodes a method frame's payload. A payload that ends early, has trailing bytes, or holds
 /// a malformed field table is a 501 FRAME_ERROR (RabbitMQ's answer to a malformed field).
 pub fn decode_method(payload: &[u8]) -> Result<Method, ProtocolError> {
-    let (class_id, method_id) = method_ids(payload)
-        .ok_or_else(|| ProtocolError::frame_error("method frame too short"))?;
+    let (class_id, method_id) =
+        method_ids(payload).ok_or_else(|| ProtocolError::frame_error("method frame too short"))?;
     if !known_method(class_id, method_id) {
         return Err(ProtocolError::not_implemented(format!(
             "unknown method class {class_id} method {method_id}"
@@ -54,14 +54,33 @@ pub fn decode_method(payload: &[u8]) -> Result<Method, ProtocolError> {
 
 fn known_method(class_id: u16, method_id: u16) -> bool {
     match class_id {
-        10 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71),
+        10 => matches!(
+            method_id,
+            10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51 | 60 | 61 | 70 | 71
+        ),
         20 => matches!(method_id, 10 | 11 | 20 | 21 | 40 | 41),
         30 => matches!(method_id, 10 | 11),
         40 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 51),
         50 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31 | 40 | 41 | 50 | 51),
         60 => matches!(
             method_id,
-            10 | 11 | 20 | 21 | 30 | 31 | 40 | 50 | 60 | 70 | 71 | 72 | 80 | 90 | 100 | 110 | 111 | 120
+            10 | 11
+                | 20
+                | 21
+                | 30
+                | 31
+                | 40
+                | 50
+                | 60
+                | 70
+                | 71
+                | 72
+                | 80
+                | 90
+                | 100
+                | 110
+                | 111
+                | 120
         ),
         85 => matches!(method_id, 10 | 11),
         90 => matches!(method_id, 10 | 11 | 20 | 21 | 30 | 31),

@@ -47,9 +47,8 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: vec![
-                SocketAddr::from(([0, 0, 0, 0], DEFAULT_PORT)),
-            ],
+            // The IPv6 wildcard is dual-stack: every interface, IPv4 and IPv6.
+            listen: vec![SocketAddr::from(([0u16; 8], DEFAULT_PORT))],
             data_dir: PathBuf::from("./data"),
             users: vec![UserConfig {
                 name: "guest".into(),

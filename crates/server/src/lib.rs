@@ -2,15 +2,35 @@
 //! It owns sockets, connection and channel state; broker state (vhosts, exchanges, queues)
 //! belongs to `warren-core` and is reached only through its handles and snapshots.
 
+mod basic;
+mod channel;
 pub mod config;
+mod connection;
+mod definitions;
+mod properties;
+mod sasl;
+mod writer;
 
 pub use config::{Config, UserConfig};
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+use warren_core::auth::{User, Users};
+use warren_core::Broker;
+
+use crate::connection::ServerContext;
 
 /// A running broker. Dropping it does not stop the broker; call [`ServerHandle::shutdown`].
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
+    shutdown: watch::Sender<bool>,
+    /// Closes (recv returns None) when the listeners and every connection task have ended.
+    finished: mpsc::Receiver<()>,
 }
 
 impl ServerHandle {
@@ -29,12 +49,103 @@ impl ServerHandle {
         format!("amqp://guest:guest@{}/%2f", self.local_addr())
     }
 
-    /// Closes every connection with 320 CONNECTION_FORCED and waits until all are gone.
-    pub async fn shutdown(self) {}
+    /// Stops accepting, closes every connection with 320 CONNECTION_FORCED and waits until
+    /// all are gone.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        while self.finished.recv().await.is_some() {}
+    }
 }
 
 /// Binds every listener in `config.listen` and starts serving in the background.
 pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
-    let _ = config;
-    Err(std::io::Error::other("not implemented yet"))
+    let users = Users::new(
+        config
+            .users
+            .iter()
+            .map(|u| User::new(&u.name, &u.password, u.loopback_only)),
+    );
+    let broker = Broker::new(users);
+    let mut listeners = Vec::new();
+    for addr in &config.listen {
+        let listener = bind(*addr)?;
+        info!(address = %listener.local_addr()?, "listening for AMQP 0-9-1");
+        listeners.push(listener);
+    }
+    let addrs = listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let ctx = Arc::new(ServerContext { broker, config });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (done_tx, finished) = mpsc::channel(1);
+    let next_id = Arc::new(AtomicU64::new(1));
+    for listener in listeners {
+        tokio::spawn(accept_loop(
+            listener,
+            ctx.clone(),
+            shutdown_rx.clone(),
+            done_tx.clone(),
+            next_id.clone(),
+        ));
+    }
+    Ok(ServerHandle {
+        addrs,
+        shutdown,
+        finished,
+    })
+}
+
+/// Binds with SO_REUSEADDR so a restarted broker gets its port back at once. The IPv6
+/// wildcard (the default) is dual-stack on Linux and so also serves IPv4; where the machine
+/// has no IPv6, it falls back to the IPv4 wildcard.
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    match bind_one(addr) {
+        Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
+            tracing::warn!(error = %e, "cannot listen on IPv6, falling back to IPv4 only");
+            bind_one(SocketAddr::from(([0, 0, 0, 0], addr.port())))
+        }
+        other => other,
+    }
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(1024)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    ctx: Arc<ServerContext>,
+    mut shutdown: watch::Receiver<bool>,
+    done: mpsc::Sender<()>,
+    next_id: Arc<AtomicU64>,
+) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((socket, peer)) => {
+                    let id = next_id.fetch_add(1, Ordering::Relaxed);
+                    let ctx = ctx.clone();
+                    let shutdown = shutdown.clone();
+                    let done = done.clone();
+                    tokio::spawn(async move {
+                        connection::serve(socket, peer, id, ctx, shutdown).await;
+                        drop(done);
+                    });
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: keep serving the others.
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown.changed() => return,
+        }
+    }
 }

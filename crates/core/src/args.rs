@@ -1,0 +1,121 @@
+//! Argument tables of exchanges and queues: how two declarations are compared (RabbitMQ's
+//! "inequivalent arg" errors) and how values are shown in error texts.
+
+use warren_protocol::{AMQPValue, FieldTable, ProtocolError};
+
+/// RabbitMQ's name for a field value's type, as used in its error texts.
+pub fn type_name(value: &AMQPValue) -> &'static str {
+    match value {
+        AMQPValue::Boolean(_) => "bool",
+        AMQPValue::ShortShortInt(_) => "byte",
+        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
+        AMQPValue::ShortInt(_) => "short",
+        AMQPValue::ShortUInt(_) => "unsignedshort",
+        AMQPValue::LongInt(_) => "signedint",
+        AMQPValue::LongUInt(_) => "unsignedint",
+        AMQPValue::LongLongInt(_) => "long",
+        AMQPValue::Float(_) => "float",
+        AMQPValue::Double(_) => "double",
+        AMQPValue::DecimalValue(_) => "decimal",
+        AMQPValue::ShortString(_) => "shortstr",
+        AMQPValue::LongString(_) => "longstr",
+        AMQPValue::FieldArray(_) => "array",
+        AMQPValue::Timestamp(_) => "timestamp",
+        AMQPValue::FieldTable(_) => "table",
+        AMQPValue::ByteArray(_) => "binary",
+        AMQPValue::Void => "void",
+    }
+}
+
+/// A value as RabbitMQ prints it in error texts.
+pub fn show(value: &AMQPValue) -> String {
+    match value {
+        AMQPValue::Boolean(b) => b.to_string(),
+        AMQPValue::ShortShortInt(v) => v.to_string(),
+        AMQPValue::ShortShortUInt(v) => v.to_string(),
+        AMQPValue::ShortInt(v) => v.to_string(),
+        AMQPValue::ShortUInt(v) => v.to_string(),
+        AMQPValue::LongInt(v) => v.to_string(),
+        AMQPValue::LongUInt(v) => v.to_string(),
+        AMQPValue::LongLongInt(v) => v.to_string(),
+        AMQPValue::Float(v) => v.to_string(),
+        AMQPValue::Double(v) => v.to_string(),
+        AMQPValue::Timestamp(v) => v.to_string(),
+        AMQPValue::ShortString(s) => format!("<<\"{}\">>", s.as_str()),
+        AMQPValue::LongString(s) => format!("<<\"{}\">>", String::from_utf8_lossy(s.as_bytes())),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The integer in a numeric field, whatever its width (RabbitMQ accepts any integer type for
+/// numeric arguments).
+pub fn as_i64(value: &AMQPValue) -> Option<i64> {
+    Some(match *value {
+        AMQPValue::ShortShortInt(v) => v.into(),
+        AMQPValue::ShortShortUInt(v) => v.into(),
+        AMQPValue::ShortInt(v) => v.into(),
+        AMQPValue::ShortUInt(v) => v.into(),
+        AMQPValue::LongInt(v) => v.into(),
+        AMQPValue::LongUInt(v) => v.into(),
+        AMQPValue::LongLongInt(v) => v,
+        AMQPValue::Timestamp(v) => i64::try_from(v).ok()?,
+        _ => return None,
+    })
+}
+
+/// The text of a string field (short or long string).
+pub fn as_str(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
+    }
+}
+
+/// Compares the argument tables of a redeclaration with the existing ones; the first
+/// difference is a 406 in RabbitMQ's words. `what` is e.g. "queue 'q' in vhost '/'".
+pub fn check_equivalent(
+    received: &FieldTable,
+    current: &FieldTable,
+    what: &str,
+) -> Result<(), ProtocolError> {
+    let keys = received
+        .inner()
+        .keys()
+        .chain(current.inner().keys())
+        .collect::<std::collections::BTreeSet<_>>();
+    for key in keys {
+        let r = received.inner().get(key);
+        let c = current.inner().get(key);
+        if r == c {
+            continue;
+        }
+        let describe = |v: Option<&AMQPValue>| match v {
+            Some(v) => format!("the value '{}' of type '{}'", show(v), type_name(v)),
+            None => "none".to_owned(),
+        };
+        return Err(ProtocolError::precondition_failed(format!(
+            "inequivalent arg '{}' for {}: received {} but current is {}",
+            key.as_str(),
+            what,
+            describe(r),
+            describe(c)
+        )));
+    }
+    Ok(())
+}
+
+/// A 406 for a boolean property that differs between declarations.
+pub fn check_flag(
+    name: &str,
+    received: bool,
+    current: bool,
+    what: &str,
+) -> Result<(), ProtocolError> {
+    if received == current {
+        return Ok(());
+    }
+    Err(ProtocolError::precondition_failed(format!(
+        "inequivalent arg '{name}' for {what}: received '{received}' but current is '{current}'"
+    )))
+}

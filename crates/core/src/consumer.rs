@@ -1,0 +1,109 @@
+//! What queues and connections exchange about consumers: the events a queue sends to a
+//! connection (deliveries, cancellations) and the per-channel prefetch limiter they share.
+//!
+//! Queues send to connections over unbounded channels so that a queue never waits on a slow
+//! client (prefetch bounds what is in flight); connections send to queues over bounded ones.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use warren_protocol::ShortString;
+
+use crate::message::MessageRef;
+use crate::queue::QueueHandle;
+
+/// Identifies one opening of one channel, broker-wide. A channel number reused after a close
+/// gets a new key, so late deliveries for the old channel are recognised and dropped.
+pub type ChannelKey = u64;
+
+/// A message handed to a consumer (or to basic.get).
+#[derive(Debug)]
+pub struct Delivery {
+    pub channel_key: ChannelKey,
+    /// None for basic.get.
+    pub consumer_tag: Option<ShortString>,
+    pub queue: QueueHandle,
+    /// The queue's id for the message, used to settle it.
+    pub message_id: u64,
+    pub message: MessageRef,
+    pub redelivered: bool,
+    /// Whether the consumer must settle it (false for no-ack consumers).
+    pub needs_ack: bool,
+}
+
+/// Events from queues to a connection task.
+#[derive(Debug)]
+pub enum ClientEvent {
+    Deliver(Delivery),
+    /// The queue went away: tell the client with basic.cancel.
+    ConsumerCancelled {
+        channel_key: ChannelKey,
+        consumer_tag: ShortString,
+    },
+}
+
+pub type ClientSender = mpsc::UnboundedSender<ClientEvent>;
+
+/// A channel's `basic.qos global=true` limit, shared by every queue that has a consumer on
+/// the channel. Queues reserve a slot before delivering; the connection releases on settle.
+#[derive(Debug, Default)]
+pub struct ChannelLimiter {
+    limit: AtomicU32,
+    in_flight: AtomicU32,
+}
+
+impl ChannelLimiter {
+    pub fn set_limit(&self, limit: u32) {
+        self.limit.store(limit, Ordering::Release);
+    }
+
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Acquire)
+    }
+
+    /// Takes a slot if the limit allows it (0 = unlimited).
+    pub fn try_reserve(&self) -> bool {
+        let limit = self.limit();
+        if limit == 0 {
+            self.in_flight.fetch_add(1, Ordering::AcqRel);
+            return true;
+        }
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    /// Gives back `n` slots; true if the channel was full before, so blocked queues must be
+    /// told to resume.
+    pub fn release(&self, n: u32) -> bool {
+        if n == 0 {
+            return false;
+        }
+        let before = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                Some(v.saturating_sub(n))
+            })
+            .unwrap_or(0);
+        let limit = self.limit();
+        limit != 0 && before >= limit
+    }
+}
+
+/// Everything a queue needs to know about a new consumer.
+#[derive(Debug)]
+pub struct ConsumerSpec {
+    pub tag: ShortString,
+    pub channel_key: ChannelKey,
+    pub connection_id: u64,
+    pub no_ack: bool,
+    pub exclusive: bool,
+    /// Per-consumer prefetch (basic.qos global=false); 0 = unlimited.
+    pub prefetch: u32,
+    /// The channel's shared limit (basic.qos global=true).
+    pub channel_limiter: Arc<ChannelLimiter>,
+    pub client: ClientSender,
+}

@@ -1,0 +1,73 @@
+//! Exchange types and definitions. Each type turns a routing key (and headers) into the
+//! destinations of its bindings; the matchers live in one file per type and are built into
+//! the routing snapshot (`crate::routing`), never consulted under a lock.
+
+pub mod headers;
+pub mod topic;
+
+use warren_protocol::{FieldTable, ProtocolError, ShortString};
+
+/// The default exchange's name (the empty string).
+pub const DEFAULT_EXCHANGE: &str = "";
+
+/// The exchanges every vhost has, as in RabbitMQ.
+pub const STANDARD_EXCHANGES: &[(&str, ExchangeKind)] = &[
+    ("amq.direct", ExchangeKind::Direct),
+    ("amq.fanout", ExchangeKind::Fanout),
+    ("amq.topic", ExchangeKind::Topic),
+    ("amq.headers", ExchangeKind::Headers),
+    ("amq.match", ExchangeKind::Headers),
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExchangeKind {
+    Direct,
+    Fanout,
+    Topic,
+    Headers,
+}
+
+impl ExchangeKind {
+    /// An unknown type is a connection error 503, as in RabbitMQ.
+    pub fn parse(kind: &str) -> Result<Self, ProtocolError> {
+        match kind {
+            "direct" => Ok(ExchangeKind::Direct),
+            "fanout" => Ok(ExchangeKind::Fanout),
+            "topic" => Ok(ExchangeKind::Topic),
+            "headers" => Ok(ExchangeKind::Headers),
+            other => Err(ProtocolError::command_invalid(format!(
+                "unknown exchange type '{other}'"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExchangeKind::Direct => "direct",
+            ExchangeKind::Fanout => "fanout",
+            ExchangeKind::Topic => "topic",
+            ExchangeKind::Headers => "headers",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExchangeDef {
+    pub name: ShortString,
+    pub kind: ExchangeKind,
+    pub durable: bool,
+    pub auto_delete: bool,
+    pub internal: bool,
+    pub arguments: FieldTable,
+}
+
+/// The spec's name rule for exchanges and queues: letters, digits, `-`, `_`, `.`, `:`.
+/// RabbitMQ accepts any UTF-8 name up to 255 bytes; we follow RabbitMQ (see docs/compat.md).
+pub fn check_name(name: &str, what: &str) -> Result<(), ProtocolError> {
+    if name.len() > 255 {
+        return Err(ProtocolError::precondition_failed(format!(
+            "{what} name '{name}' is longer than 255 bytes"
+        )));
+    }
+    Ok(())
+}

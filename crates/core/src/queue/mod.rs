@@ -1,0 +1,153 @@
+//! Queues: the definition, the handle others hold, and the commands a queue actor accepts.
+//! A queue's messages, consumers and unacknowledged deliveries are owned by its actor task
+//! (`actor.rs`) alone; everything else talks to it through a bounded inbox, whose bound is
+//! the publishers' backpressure.
+
+mod actor;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use tokio::sync::{mpsc, oneshot};
+use warren_protocol::{FieldTable, ProtocolError, ShortString};
+
+use crate::consumer::{ChannelKey, ConsumerSpec, Delivery};
+use crate::message::MessageRef;
+use crate::vhost::VHost;
+
+/// Depth of a queue's command inbox: how many commands may wait before senders wait.
+pub const QUEUE_INBOX_CAPACITY: usize = 4096;
+
+static NEXT_QUEUE_ID: AtomicU64 = AtomicU64::new(1);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueDef {
+    pub name: ShortString,
+    pub durable: bool,
+    /// The owning connection of an exclusive queue.
+    pub exclusive_owner: Option<u64>,
+    pub auto_delete: bool,
+    pub arguments: FieldTable,
+}
+
+/// Counts reported by queue.declare-ok.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    pub messages: u32,
+    pub consumers: u32,
+}
+
+/// What a queue actor is asked to do.
+#[derive(Debug)]
+pub enum QueueCommand {
+    Publish(MessageRef),
+    Consume(ConsumerSpec, oneshot::Sender<Result<(), ProtocolError>>),
+    Cancel {
+        channel_key: ChannelKey,
+        tag: ShortString,
+    },
+    Get {
+        channel_key: ChannelKey,
+        no_ack: bool,
+        reply: oneshot::Sender<Option<(Delivery, u32)>>,
+    },
+    /// Settle deliveries: ack (`requeue: None`), or reject/nack with or without requeue.
+    Settle {
+        channel_key: ChannelKey,
+        ids: Vec<u64>,
+        requeue: Option<bool>,
+    },
+    /// Requeue every unacked delivery of the channel (basic.recover requeue=true).
+    Recover {
+        channel_key: ChannelKey,
+    },
+    /// The channel closed: requeue its unacked deliveries and forget its consumers.
+    ChannelClosed {
+        channel_key: ChannelKey,
+    },
+    /// A channel's shared prefetch limit has room again.
+    Resume,
+    Stats(oneshot::Sender<QueueStats>),
+    Purge(oneshot::Sender<u32>),
+    Delete {
+        if_unused: bool,
+        if_empty: bool,
+        reply: oneshot::Sender<Result<u32, ProtocolError>>,
+    },
+}
+
+struct QueueInner {
+    id: u64,
+    name: ShortString,
+    tx: mpsc::Sender<QueueCommand>,
+}
+
+/// A cheap, clonable reference to a queue actor.
+#[derive(Clone)]
+pub struct QueueHandle(Arc<QueueInner>);
+
+impl fmt::Debug for QueueHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Queue({}#{})", self.0.name.as_str(), self.0.id)
+    }
+}
+
+impl QueueHandle {
+    pub fn name(&self) -> &ShortString {
+        &self.0.name
+    }
+
+    /// Unique per queue incarnation (a queue deleted and redeclared gets a new id).
+    pub fn id(&self) -> u64 {
+        self.0.id
+    }
+
+    pub fn same(&self, other: &QueueHandle) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// Sends a command, waiting for room in the inbox. Fails only if the queue is gone.
+    pub async fn send(&self, cmd: QueueCommand) -> Result<(), ProtocolError> {
+        self.0.tx.send(cmd).await.map_err(|_| self.gone())
+    }
+
+    /// Sends without waiting; used where waiting could deadlock (queue → queue) or where the
+    /// command must not be lost to backpressure (channel close). Unbounded growth is not a
+    /// risk: these commands are one per channel event, not per message.
+    pub fn send_now(&self, cmd: QueueCommand) {
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.0.tx.try_send(cmd) {
+            let tx = self.0.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
+    }
+
+    /// Sends a command built around a reply channel and awaits the reply.
+    pub async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> QueueCommand,
+    ) -> Result<T, ProtocolError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(make(tx)).await?;
+        rx.await.map_err(|_| self.gone())
+    }
+
+    fn gone(&self) -> ProtocolError {
+        ProtocolError::not_found(format!("no queue '{}' in vhost", self.0.name.as_str()))
+    }
+
+    /// Starts a queue actor.
+    pub(crate) fn spawn(def: QueueDef, vhost: Weak<VHost>) -> QueueHandle {
+        let (tx, rx) = mpsc::channel(QUEUE_INBOX_CAPACITY);
+        let handle = QueueHandle(Arc::new(QueueInner {
+            id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
+            name: def.name.clone(),
+            tx,
+        }));
+        let actor = actor::QueueActor::new(def, handle.clone(), vhost);
+        tokio::spawn(actor.run(rx));
+        handle
+    }
+}

@@ -1,0 +1,179 @@
+//! The routing snapshot: an immutable picture of a vhost's exchanges, bindings and queues,
+//! published through an `ArcSwap` whenever a definition changes. The publish path loads the
+//! current snapshot (one atomic load, no lock) and walks it.
+//!
+//! Routing follows exchange-to-exchange bindings breadth-first with a visited set, so cycles
+//! terminate, and reports each queue once however many bindings match.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use warren_protocol::{FieldTable, ShortString};
+
+use crate::exchange::headers::headers_match;
+use crate::exchange::topic::TopicTrie;
+use crate::exchange::{ExchangeKind, DEFAULT_EXCHANGE};
+use crate::queue::QueueHandle;
+
+/// Where a binding leads.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Destination {
+    Queue(ShortString),
+    Exchange(ShortString),
+}
+
+/// One exchange's bindings, in the form its type matches fastest.
+#[derive(Clone, Debug)]
+pub enum Matcher {
+    Direct(HashMap<ShortString, Vec<Destination>>),
+    Fanout(Vec<Destination>),
+    Topic(TopicTrie<Destination>),
+    Headers(Vec<(FieldTable, Destination)>),
+}
+
+/// A binding as the definitions keep it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Binding {
+    pub destination: Destination,
+    pub routing_key: ShortString,
+    pub arguments: FieldTable,
+}
+
+impl Matcher {
+    pub fn build(kind: ExchangeKind, bindings: &[Binding]) -> Matcher {
+        match kind {
+            ExchangeKind::Direct => {
+                let mut map: HashMap<ShortString, Vec<Destination>> = HashMap::new();
+                for b in bindings {
+                    let dests = map.entry(b.routing_key.clone()).or_default();
+                    if !dests.contains(&b.destination) {
+                        dests.push(b.destination.clone());
+                    }
+                }
+                Matcher::Direct(map)
+            }
+            ExchangeKind::Fanout => {
+                let mut dests: Vec<Destination> = Vec::new();
+                for b in bindings {
+                    if !dests.contains(&b.destination) {
+                        dests.push(b.destination.clone());
+                    }
+                }
+                Matcher::Fanout(dests)
+            }
+            ExchangeKind::Topic => {
+                let mut trie = TopicTrie::new();
+                for b in bindings {
+                    trie.insert(b.routing_key.as_str(), b.destination.clone());
+                }
+                Matcher::Topic(trie)
+            }
+            ExchangeKind::Headers => Matcher::Headers(
+                bindings
+                    .iter()
+                    .map(|b| (b.arguments.clone(), b.destination.clone()))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn matches(
+        &self,
+        routing_key: &str,
+        headers: Option<&FieldTable>,
+        out: &mut dyn FnMut(&Destination),
+    ) {
+        match self {
+            Matcher::Direct(map) => {
+                if let Some(dests) = map.get(routing_key) {
+                    dests.iter().for_each(out);
+                }
+            }
+            Matcher::Fanout(dests) => dests.iter().for_each(out),
+            Matcher::Topic(trie) => trie.route(routing_key, out),
+            Matcher::Headers(bindings) => {
+                for (args, dest) in bindings {
+                    if headers_match(args, headers) {
+                        out(dest);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// What the publish path needs to know about one exchange.
+#[derive(Clone, Debug)]
+pub struct ExchangeRoute {
+    pub kind: ExchangeKind,
+    pub internal: bool,
+    pub matcher: Matcher,
+}
+
+/// An immutable snapshot of a vhost's routing state.
+#[derive(Clone, Debug, Default)]
+pub struct RoutingTable {
+    pub exchanges: HashMap<ShortString, Arc<ExchangeRoute>>,
+    pub queues: HashMap<ShortString, QueueHandle>,
+}
+
+/// Fan-out through exchange-to-exchange bindings is bounded; beyond this many exchanges in
+/// one route the rest are ignored (a safety net; cycles are already cut by the visited set).
+pub const ROUTE_EXCHANGES_MAX: usize = 1024;
+
+impl RoutingTable {
+    /// Routes a message published to `exchange` with the given routing keys (the key plus
+    /// any `CC`/`BCC` keys). Each destination queue is pushed to `out` once.
+    pub fn route(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        headers: Option<&FieldTable>,
+        out: &mut Vec<QueueHandle>,
+    ) {
+        if exchange == DEFAULT_EXCHANGE {
+            for key in routing_keys {
+                if let Some(q) = self.queues.get(*key) {
+                    push_unique(out, q);
+                }
+            }
+            return;
+        }
+        let mut visited: Vec<&str> = vec![exchange];
+        let mut next = 0;
+        while next < visited.len() && next < ROUTE_EXCHANGES_MAX {
+            let name = visited[next];
+            next += 1;
+            let Some(route) = self.exchanges.get(name) else {
+                continue;
+            };
+            let mut found_exchanges: Vec<&str> = Vec::new();
+            for key in routing_keys {
+                route.matcher.matches(key, headers, &mut |dest| match dest {
+                    Destination::Queue(q) => {
+                        if let Some(handle) = self.queues.get(q) {
+                            push_unique(out, handle);
+                        }
+                    }
+                    Destination::Exchange(x) => {
+                        // Lifetime: `x` lives in `route`, which lives in `self`.
+                        if let Some((k, _)) = self.exchanges.get_key_value(x.as_str()) {
+                            found_exchanges.push(k.as_str());
+                        }
+                    }
+                });
+            }
+            for x in found_exchanges {
+                if !visited.contains(&x) {
+                    visited.push(x);
+                }
+            }
+        }
+    }
+}
+
+fn push_unique(out: &mut Vec<QueueHandle>, q: &QueueHandle) {
+    if !out.iter().any(|o| o.same(q)) {
+        out.push(q.clone());
+    }
+}

@@ -1,0 +1,627 @@
+//! The basic class (publish, consume, get, ack/nack/reject, qos, recover), confirm and tx,
+//! and the delivery side: turning queue events into basic.deliver frames.
+//!
+//! The publish path: content assembled (channel.rs) → `check_*` guards → routing snapshot →
+//! each destination queue's inbox (a bounded send: the publisher's backpressure) → confirm.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use warren_core::consumer::{ClientEvent, ConsumerSpec, Delivery};
+use warren_core::queue::QueueCommand;
+use warren_core::{Message, QueueHandle, VHost};
+use warren_protocol::content::ContentHeader;
+use warren_protocol::{
+    access, basic, confirm, encode, tx, AMQPClass, AMQPValue, FieldTable, ProtocolError,
+    ShortString,
+};
+
+use crate::channel::{Channel, Mode, TxOp, Unacked};
+use crate::connection::Connection;
+use crate::definitions::generated_name;
+
+impl Connection {
+    pub(crate) fn vhost(&self) -> Arc<VHost> {
+        // The main loop runs only after connection.open set the vhost.
+        self.vhost
+            .clone()
+            .expect("vhost is set once the connection is open")
+    }
+
+    fn channel(&mut self, id: u16) -> Result<&mut Channel, ProtocolError> {
+        self.channels
+            .get_mut(&id)
+            .ok_or_else(|| ProtocolError::channel_error(format!("channel {id} is not open")))
+    }
+
+    /// Runs one method on an open channel.
+    pub(crate) async fn handle_method(
+        &mut self,
+        ch: u16,
+        class: AMQPClass,
+    ) -> Result<(), ProtocolError> {
+        match class {
+            AMQPClass::Basic(m) => self.handle_basic(ch, m).await,
+            AMQPClass::Channel(m) => self.handle_channel_class(ch, m),
+            AMQPClass::Exchange(m) => self.handle_exchange(ch, m).await,
+            AMQPClass::Queue(m) => self.handle_queue(ch, m).await,
+            AMQPClass::Confirm(confirm::AMQPMethod::Select(m)) => {
+                let c = self.channel(ch)?;
+                match c.mode {
+                    Mode::Tx => {
+                        return Err(ProtocolError::precondition_failed(
+                            "cannot switch from tx to confirm mode",
+                        ))
+                    }
+                    Mode::Plain => c.mode = Mode::Confirm { next_seq: 1 },
+                    Mode::Confirm { .. } => {}
+                }
+                if !m.nowait {
+                    self.send_method(
+                        ch,
+                        AMQPClass::Confirm(confirm::AMQPMethod::SelectOk(confirm::SelectOk {})),
+                    );
+                }
+                Ok(())
+            }
+            AMQPClass::Tx(m) => self.handle_tx(ch, m).await,
+            AMQPClass::Access(access::AMQPMethod::Request(_)) => {
+                self.send_method(
+                    ch,
+                    AMQPClass::Access(access::AMQPMethod::RequestOk(access::RequestOk {})),
+                );
+                Ok(())
+            }
+            AMQPClass::Connection(_) => Err(ProtocolError::command_invalid(
+                "connection methods are only allowed on channel 0",
+            )),
+            _ => Err(ProtocolError::command_invalid(
+                "unexpected method from client",
+            )),
+        }
+    }
+
+    async fn handle_basic(
+        &mut self,
+        ch: u16,
+        method: basic::AMQPMethod,
+    ) -> Result<(), ProtocolError> {
+        match method {
+            basic::AMQPMethod::Publish(m) => {
+                if m.immediate {
+                    return Err(ProtocolError::not_implemented("immediate=true"));
+                }
+                self.channel(ch)?.assembler.start(m);
+                Ok(())
+            }
+            basic::AMQPMethod::Consume(m) => self.consume(ch, m).await,
+            basic::AMQPMethod::Cancel(m) => {
+                let c = self.channel(ch)?;
+                if let Some(queue) = c.consumers.remove(&m.consumer_tag) {
+                    queue
+                        .send(QueueCommand::Cancel {
+                            channel_key: c.key,
+                            tag: m.consumer_tag.clone(),
+                        })
+                        .await
+                        .ok();
+                }
+                if !m.nowait {
+                    self.send_method(
+                        ch,
+                        AMQPClass::Basic(basic::AMQPMethod::CancelOk(basic::CancelOk {
+                            consumer_tag: m.consumer_tag,
+                        })),
+                    );
+                }
+                Ok(())
+            }
+            basic::AMQPMethod::Get(m) => self.get(ch, m).await,
+            basic::AMQPMethod::Ack(m) => {
+                self.settle_or_buffer(ch, m.delivery_tag, m.multiple, None, (60, 80))
+                    .await
+            }
+            basic::AMQPMethod::Nack(m) => {
+                self.settle_or_buffer(ch, m.delivery_tag, m.multiple, Some(m.requeue), (60, 120))
+                    .await
+            }
+            basic::AMQPMethod::Reject(m) => {
+                self.settle_or_buffer(ch, m.delivery_tag, false, Some(m.requeue), (60, 90))
+                    .await
+            }
+            basic::AMQPMethod::Qos(m) => {
+                let c = self.channel(ch)?;
+                if m.global {
+                    c.limiter.set_limit(m.prefetch_count as u32);
+                } else {
+                    c.consumer_prefetch = m.prefetch_count as u32;
+                }
+                self.send_method(
+                    ch,
+                    AMQPClass::Basic(basic::AMQPMethod::QosOk(basic::QosOk {})),
+                );
+                self.resume_consumers(ch);
+                Ok(())
+            }
+            basic::AMQPMethod::Recover(m) => {
+                self.recover(ch, m.requeue)?;
+                self.send_method(
+                    ch,
+                    AMQPClass::Basic(basic::AMQPMethod::RecoverOk(basic::RecoverOk {})),
+                );
+                Ok(())
+            }
+            basic::AMQPMethod::RecoverAsync(m) => self.recover(ch, m.requeue),
+            _ => Err(ProtocolError::command_invalid(
+                "unexpected basic method from client",
+            )),
+        }
+    }
+
+    async fn consume(&mut self, ch: u16, m: basic::Consume) -> Result<(), ProtocolError> {
+        let queue = self.lookup_queue(ch, &m.queue)?;
+        let events = self.events_tx.clone();
+        let connection_id = self.id;
+        let c = self.channel(ch)?;
+        let tag = if m.consumer_tag.as_str().is_empty() {
+            generated_name("amq.ctag-")
+        } else {
+            m.consumer_tag
+        };
+        if c.consumers.contains_key(&tag) {
+            return Err(ProtocolError::not_allowed(format!(
+                "attempt to reuse consumer tag '{}'",
+                tag.as_str()
+            )));
+        }
+        let spec = ConsumerSpec {
+            tag: tag.clone(),
+            channel_key: c.key,
+            connection_id,
+            no_ack: m.no_ack,
+            exclusive: m.exclusive,
+            prefetch: c.consumer_prefetch,
+            channel_limiter: c.limiter.clone(),
+            client: events,
+        };
+        c.touch(&queue);
+        queue
+            .ask(|reply| QueueCommand::Consume(spec, reply))
+            .await??;
+        let c = self.channel(ch)?;
+        c.consumers.insert(tag.clone(), queue);
+        if !m.nowait {
+            self.send_method(
+                ch,
+                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
+                    consumer_tag: tag,
+                })),
+            );
+        }
+        Ok(())
+    }
+
+    async fn get(&mut self, ch: u16, m: basic::Get) -> Result<(), ProtocolError> {
+        let queue = self.lookup_queue(ch, &m.queue)?;
+        let c = self.channel(ch)?;
+        let channel_key = c.key;
+        c.touch(&queue);
+        let got = queue
+            .ask(|reply| QueueCommand::Get {
+                channel_key,
+                no_ack: m.no_ack,
+                reply,
+            })
+            .await?;
+        match got {
+            None => self.send_method(
+                ch,
+                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+            ),
+            Some((d, remaining)) => {
+                let frame_max = self.frame_max;
+                let c = self.channel(ch)?;
+                let tag = c.next_tag;
+                c.next_tag += 1;
+                if d.needs_ack {
+                    c.unacked.insert(
+                        tag,
+                        Unacked {
+                            queue: d.queue.clone(),
+                            message_id: d.message_id,
+                            counted: false,
+                        },
+                    );
+                }
+                let msg = &d.message;
+                encode::get_ok(
+                    &mut self.out,
+                    ch,
+                    tag,
+                    d.redelivered,
+                    msg.exchange.as_str(),
+                    msg.routing_key.as_str(),
+                    remaining,
+                );
+                encode::content_header_raw(&mut self.out, ch, &msg.header_raw);
+                encode::body(&mut self.out, ch, &msg.body, frame_max);
+            }
+        }
+        Ok(())
+    }
+
+    fn recover(&mut self, ch: u16, requeue: bool) -> Result<(), ProtocolError> {
+        if !requeue {
+            return Err(ProtocolError::not_implemented("requeue=false"));
+        }
+        let c = self.channel(ch)?;
+        let counted = c.unacked.values().filter(|u| u.counted).count() as u32;
+        c.unacked.clear();
+        for queue in c.touched.values() {
+            queue.send_now(QueueCommand::Recover { channel_key: c.key });
+        }
+        if c.limiter.release(counted) {
+            self.resume_consumers(ch);
+        }
+        Ok(())
+    }
+
+    /// Tells the queues of a channel's consumers that its shared limit has room.
+    fn resume_consumers(&mut self, ch: u16) {
+        if let Some(c) = self.channels.get(&ch) {
+            for queue in c.consumers.values() {
+                queue.send_now(QueueCommand::Resume);
+            }
+        }
+    }
+
+    async fn settle_or_buffer(
+        &mut self,
+        ch: u16,
+        tag: u64,
+        multiple: bool,
+        requeue: Option<bool>,
+        class_method: (u16, u16),
+    ) -> Result<(), ProtocolError> {
+        let c = self.channel(ch)?;
+        if c.mode == Mode::Tx {
+            c.tx_ops.push(TxOp::Settle {
+                tag,
+                multiple,
+                requeue,
+                class_method,
+            });
+            return Ok(());
+        }
+        self.settle(ch, tag, multiple, requeue).await
+    }
+
+    /// basic.ack / nack / reject: settle one delivery, or all up to `tag` with `multiple`
+    /// (tag 0 with multiple means all).
+    async fn settle(
+        &mut self,
+        ch: u16,
+        tag: u64,
+        multiple: bool,
+        requeue: Option<bool>,
+    ) -> Result<(), ProtocolError> {
+        let c = self.channel(ch)?;
+        let unknown = || ProtocolError::precondition_failed(format!("unknown delivery tag {tag}"));
+        let settled: Vec<Unacked> = if multiple {
+            let upto = if tag == 0 { u64::MAX } else { tag };
+            if tag != 0 && !c.unacked.contains_key(&tag) {
+                return Err(unknown());
+            }
+            let rest = c.unacked.split_off(&upto.saturating_add(1));
+            let taken = std::mem::replace(&mut c.unacked, rest);
+            taken.into_values().collect()
+        } else {
+            vec![c.unacked.remove(&tag).ok_or_else(unknown)?]
+        };
+        let key = c.key;
+        let counted = settled.iter().filter(|u| u.counted).count() as u32;
+        let resume = c.limiter.release(counted);
+        // Group by queue, keeping order; usually there is one queue.
+        let mut groups: Vec<(QueueHandle, Vec<u64>)> = Vec::new();
+        for u in settled {
+            match groups.iter_mut().find(|(q, _)| q.same(&u.queue)) {
+                Some((_, ids)) => ids.push(u.message_id),
+                None => groups.push((u.queue, vec![u.message_id])),
+            }
+        }
+        for (queue, ids) in groups {
+            let _ = queue
+                .send(QueueCommand::Settle {
+                    channel_key: key,
+                    ids,
+                    requeue,
+                })
+                .await;
+        }
+        if resume {
+            self.resume_consumers(ch);
+        }
+        Ok(())
+    }
+
+    async fn handle_tx(&mut self, ch: u16, method: tx::AMQPMethod) -> Result<(), ProtocolError> {
+        let c = self.channel(ch)?;
+        match method {
+            tx::AMQPMethod::Select(_) => {
+                if let Mode::Confirm { .. } = c.mode {
+                    return Err(ProtocolError::precondition_failed(
+                        "cannot switch from confirm to tx mode",
+                    ));
+                }
+                c.mode = Mode::Tx;
+                self.send_method(ch, AMQPClass::Tx(tx::AMQPMethod::SelectOk(tx::SelectOk {})));
+            }
+            tx::AMQPMethod::Commit(_) => {
+                if c.mode != Mode::Tx {
+                    return Err(ProtocolError::precondition_failed(
+                        "channel is not transactional",
+                    ));
+                }
+                let ops = std::mem::take(&mut c.tx_ops);
+                for op in ops {
+                    match op {
+                        TxOp::Publish(m, header, body) => {
+                            self.route_and_enqueue(ch, m, header, body).await?
+                        }
+                        TxOp::Settle {
+                            tag,
+                            multiple,
+                            requeue,
+                            class_method,
+                        } => self
+                            .settle(ch, tag, multiple, requeue)
+                            .await
+                            .map_err(|e| e.on(class_method.0, class_method.1))?,
+                    }
+                }
+                self.send_method(ch, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
+            }
+            tx::AMQPMethod::Rollback(_) => {
+                if c.mode != Mode::Tx {
+                    return Err(ProtocolError::precondition_failed(
+                        "channel is not transactional",
+                    ));
+                }
+                c.tx_ops.clear();
+                self.send_method(
+                    ch,
+                    AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
+                );
+            }
+            _ => {
+                return Err(ProtocolError::command_invalid(
+                    "unexpected tx method from client",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    /// A complete basic.publish (method, header, body) arrived.
+    pub(crate) async fn publish(
+        &mut self,
+        ch: u16,
+        method: basic::Publish,
+        header: ContentHeader,
+        body: Bytes,
+    ) -> Result<(), ProtocolError> {
+        let vhost = self.vhost();
+        VHost::check_publish_target(&vhost.routing(), vhost.name(), method.exchange.as_str())?;
+        let c = self.channel(ch)?;
+        match c.mode {
+            Mode::Tx => {
+                c.tx_ops.push(TxOp::Publish(method, header, body));
+                Ok(())
+            }
+            Mode::Confirm { next_seq } => {
+                c.mode = Mode::Confirm {
+                    next_seq: next_seq + 1,
+                };
+                self.route_and_enqueue(ch, method, header, body).await?;
+                if let Some(c) = self.channels.get_mut(&ch) {
+                    if c.confirm_upto.is_none() {
+                        self.pending_confirms.push(ch);
+                    }
+                    c.confirm_upto = Some(next_seq);
+                }
+                Ok(())
+            }
+            Mode::Plain => self.route_and_enqueue(ch, method, header, body).await,
+        }
+    }
+
+    /// Routes a message and hands it to every destination queue; an unroutable mandatory
+    /// message comes back as basic.return 312.
+    async fn route_and_enqueue(
+        &mut self,
+        ch: u16,
+        method: basic::Publish,
+        header: ContentHeader,
+        body: Bytes,
+    ) -> Result<(), ProtocolError> {
+        let vhost = self.vhost();
+        let (properties, header_raw, extra_keys) = sender_selected(header, body.len() as u64);
+        let message = Arc::new(Message {
+            exchange: method.exchange,
+            routing_key: method.routing_key,
+            properties,
+            header_raw,
+            body,
+        });
+        let mut queues: Vec<QueueHandle> = Vec::new();
+        {
+            let routing = vhost.routing();
+            VHost::check_publish_target(&routing, vhost.name(), message.exchange.as_str())?;
+            let mut keys: Vec<&str> = Vec::with_capacity(1 + extra_keys.len());
+            keys.push(message.routing_key.as_str());
+            keys.extend(extra_keys.iter().map(|s| s.as_str()));
+            routing.route(
+                message.exchange.as_str(),
+                &keys,
+                message.properties.headers().as_ref(),
+                &mut queues,
+            );
+        }
+        if queues.is_empty() {
+            if method.mandatory {
+                self.send_method(
+                    ch,
+                    AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
+                        reply_code: 312,
+                        reply_text: "NO_ROUTE".into(),
+                        exchange: message.exchange.clone(),
+                        routing_key: message.routing_key.clone(),
+                    })),
+                );
+                encode::content_header_raw(&mut self.out, ch, &message.header_raw);
+                encode::body(&mut self.out, ch, &message.body, self.frame_max);
+            }
+            return Ok(());
+        }
+        for queue in queues {
+            // A queue deleted since routing simply misses the message.
+            let _ = queue.send(QueueCommand::Publish(message.clone())).await;
+        }
+        Ok(())
+    }
+
+    /// Writes the confirms gathered while processing this batch of input: one basic.ack
+    /// with multiple=true per channel.
+    pub(crate) fn flush_confirms(&mut self) {
+        for ch in std::mem::take(&mut self.pending_confirms) {
+            if let Some(c) = self.channels.get_mut(&ch) {
+                if let Some(upto) = c.confirm_upto.take() {
+                    if !c.closing {
+                        encode::confirm(&mut self.out, ch, upto, true, true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// An event from a queue.
+    pub(crate) fn handle_event(&mut self, event: ClientEvent) {
+        match event {
+            ClientEvent::Deliver(d) => {
+                let id = Channel::number_of(d.channel_key);
+                match self.channels.get_mut(&id) {
+                    Some(c) if c.key == d.channel_key && !c.closing => {
+                        if c.flow_active {
+                            self.write_delivery(d);
+                        } else {
+                            c.paused.push_back(d);
+                        }
+                    }
+                    // The channel is gone; its queue takes the message back on ChannelClosed.
+                    _ => {}
+                }
+            }
+            ClientEvent::ConsumerCancelled {
+                channel_key,
+                consumer_tag,
+            } => {
+                let id = Channel::number_of(channel_key);
+                if let Some(c) = self.channels.get_mut(&id) {
+                    if c.key == channel_key
+                        && c.consumers.remove(&consumer_tag).is_some()
+                        && !c.closing
+                        && self.cancel_notify
+                    {
+                        self.send_method(
+                            id,
+                            AMQPClass::Basic(basic::AMQPMethod::Cancel(basic::Cancel {
+                                consumer_tag,
+                                nowait: true,
+                            })),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// basic.deliver + header + body for a consumer delivery.
+    pub(crate) fn write_delivery(&mut self, d: Delivery) {
+        let id = Channel::number_of(d.channel_key);
+        let Some(c) = self.channels.get_mut(&id) else {
+            return;
+        };
+        let tag = c.next_tag;
+        c.next_tag += 1;
+        let msg = d.message;
+        if d.needs_ack {
+            c.unacked.insert(
+                tag,
+                Unacked {
+                    queue: d.queue,
+                    message_id: d.message_id,
+                    counted: true,
+                },
+            );
+        }
+        let consumer_tag = d.consumer_tag.as_ref().map(|t| t.as_str()).unwrap_or("");
+        encode::deliver(
+            &mut self.out,
+            id,
+            consumer_tag,
+            tag,
+            d.redelivered,
+            msg.exchange.as_str(),
+            msg.routing_key.as_str(),
+        );
+        encode::content_header_raw(&mut self.out, id, &msg.header_raw);
+        encode::body(&mut self.out, id, &msg.body, self.frame_max);
+    }
+}
+
+/// Sender-selected distribution: `CC` and `BCC` headers (arrays of strings) add routing keys;
+/// `BCC` is removed from the message before delivery (RabbitMQ's behaviour).
+fn sender_selected(
+    header: ContentHeader,
+    body_size: u64,
+) -> (
+    warren_protocol::basic::AMQPProperties,
+    Bytes,
+    Vec<ShortString>,
+) {
+    let ContentHeader {
+        properties, raw, ..
+    } = header;
+    let Some(headers) = properties.headers() else {
+        return (properties, raw, Vec::new());
+    };
+    let keys_of = |v: Option<&AMQPValue>| -> Vec<ShortString> {
+        match v {
+            Some(AMQPValue::FieldArray(items)) => items
+                .as_slice()
+                .iter()
+                .filter_map(|i| warren_core::args::as_str(i).map(ShortString::from))
+                .collect(),
+            _ => Vec::new(),
+        }
+    };
+    let cc = headers.inner().get("CC");
+    let bcc = headers.inner().get("BCC");
+    if cc.is_none() && bcc.is_none() {
+        return (properties, raw, Vec::new());
+    }
+    let mut keys = keys_of(cc);
+    keys.extend(keys_of(bcc));
+    if bcc.is_none() {
+        return (properties, raw, keys);
+    }
+    let mut stripped: FieldTable = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if k.as_str() != "BCC" {
+            stripped.insert(k.clone(), v.clone());
+        }
+    }
+    let properties = properties.with_headers(stripped);
+    let raw = encode::header_payload(&properties, body_size);
+    (properties, raw, keys)
+}

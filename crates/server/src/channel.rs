@@ -1,0 +1,331 @@
+//! Channels: their state, the frame dispatch for channel numbers above 0, the channel class
+//! (open, close, flow) and soft errors (which close a channel and nothing else).
+//!
+//! A channel's state lives in its connection task; queues reach it only through events that
+//! carry its `ChannelKey`, so deliveries for a closed (or reopened) channel number are
+//! recognised and dropped (the queue has already taken them back).
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tracing::warn;
+use warren_core::consumer::{ChannelKey, ChannelLimiter, Delivery};
+use warren_core::queue::QueueCommand;
+use warren_core::QueueHandle;
+use warren_protocol::content::{parse_header, Assembled, ContentAssembler, ContentHeader};
+use warren_protocol::frame::{Frame, FrameKind};
+use warren_protocol::method::{decode_method, method_ids};
+use warren_protocol::{basic, channel, AMQPClass, ProtocolError, ShortString};
+
+use crate::connection::Connection;
+
+static NEXT_CHANNEL_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// A delivery awaiting the client's ack.
+pub(crate) struct Unacked {
+    pub queue: QueueHandle,
+    pub message_id: u64,
+    /// Whether it holds a slot in the channel's shared prefetch limit.
+    pub counted: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mode {
+    Plain,
+    /// Publisher confirms; the next publish sequence number.
+    Confirm {
+        next_seq: u64,
+    },
+    Tx,
+}
+
+/// Work buffered by a transaction until tx.commit.
+pub(crate) enum TxOp {
+    Publish(basic::Publish, ContentHeader, Bytes),
+    Settle {
+        tag: u64,
+        multiple: bool,
+        requeue: Option<bool>,
+        class_method: (u16, u16),
+    },
+}
+
+pub(crate) struct Channel {
+    pub key: ChannelKey,
+    /// We sent channel.close and wait for close-ok.
+    pub closing: bool,
+    pub assembler: ContentAssembler<basic::Publish>,
+    pub mode: Mode,
+    pub tx_ops: Vec<TxOp>,
+    /// Highest publish sequence number to confirm at the end of this batch.
+    pub confirm_upto: Option<u64>,
+    /// basic.qos global=false: prefetch for consumers created from now on.
+    pub consumer_prefetch: u32,
+    pub limiter: Arc<ChannelLimiter>,
+    /// Consumer tag → its queue.
+    pub consumers: HashMap<ShortString, QueueHandle>,
+    /// Every queue this channel consumed or got from: told when the channel closes.
+    pub touched: HashMap<u64, QueueHandle>,
+    pub next_tag: u64,
+    pub unacked: BTreeMap<u64, Unacked>,
+    /// channel.flow: when false, deliveries wait in `paused`.
+    pub flow_active: bool,
+    pub paused: VecDeque<Delivery>,
+    /// The last queue declared on this channel (an empty queue name means it).
+    pub last_queue: Option<ShortString>,
+}
+
+impl Channel {
+    fn new(id: u16) -> Channel {
+        let generation = NEXT_CHANNEL_GENERATION.fetch_add(1, Ordering::Relaxed);
+        Channel {
+            key: (generation << 16) | id as u64,
+            closing: false,
+            assembler: ContentAssembler::default(),
+            mode: Mode::Plain,
+            tx_ops: Vec::new(),
+            confirm_upto: None,
+            consumer_prefetch: 0,
+            limiter: Arc::new(ChannelLimiter::default()),
+            consumers: HashMap::new(),
+            touched: HashMap::new(),
+            next_tag: 1,
+            unacked: BTreeMap::new(),
+            flow_active: true,
+            paused: VecDeque::new(),
+            last_queue: None,
+        }
+    }
+
+    /// The channel number a key belongs to.
+    pub fn number_of(key: ChannelKey) -> u16 {
+        (key & 0xFFFF) as u16
+    }
+
+    pub fn touch(&mut self, queue: &QueueHandle) {
+        self.touched
+            .entry(queue.id())
+            .or_insert_with(|| queue.clone());
+    }
+
+    /// Gives every unacked delivery back to its queue and drops the consumers.
+    pub fn release(&mut self) {
+        for queue in self.touched.values() {
+            queue.send_now(QueueCommand::ChannelClosed {
+                channel_key: self.key,
+            });
+        }
+        self.touched.clear();
+        self.consumers.clear();
+        self.unacked.clear();
+        self.paused.clear();
+        self.tx_ops.clear();
+        self.assembler.reset();
+    }
+}
+
+impl Connection {
+    /// A frame for channel 1..=channel_max.
+    pub(crate) async fn handle_channel_frame(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        let id = frame.channel;
+        let Some(ch) = self.channels.get_mut(&id) else {
+            return self.frame_on_unopened_channel(frame);
+        };
+        if ch.closing {
+            return self.frame_on_closing_channel(frame);
+        }
+        match frame.kind {
+            FrameKind::Method => {
+                if !ch.assembler.is_idle() {
+                    let (c, m) = method_ids(&frame.payload).unwrap_or((0, 0));
+                    return Err(ch.assembler.unexpected_method().on(c, m));
+                }
+                let method = decode_method(&frame.payload)?;
+                let ids = (method.class_id, method.method_id);
+                if let Err(e) = self.handle_method(id, method.class).await {
+                    let e = e.on(ids.0, ids.1);
+                    if e.code.is_hard() {
+                        return Err(e);
+                    }
+                    self.channel_error(id, e);
+                }
+                Ok(())
+            }
+            FrameKind::Header => {
+                let header = parse_header(frame.payload)?;
+                let max = self.ctx.config.max_message_bytes;
+                let step = ch.assembler.header(header, |size| {
+                    if size > max {
+                        Err(ProtocolError::precondition_failed(format!(
+                            "message size {size} is larger than configured max size {max}"
+                        ))
+                        .on(60, 40))
+                    } else {
+                        Ok(())
+                    }
+                });
+                self.content_step(id, step).await
+            }
+            FrameKind::Body => {
+                let step = ch.assembler.body(frame.payload);
+                self.content_step(id, step).await
+            }
+            FrameKind::Heartbeat => Ok(()),
+        }
+    }
+
+    async fn content_step(
+        &mut self,
+        id: u16,
+        step: Result<Assembled<basic::Publish>, ProtocolError>,
+    ) -> Result<(), ProtocolError> {
+        match step {
+            Ok(Assembled::Pending) => Ok(()),
+            Ok(Assembled::Complete(method, header, body)) => {
+                if let Err(e) = self.publish(id, method, header, body).await {
+                    let e = e.on(60, 40);
+                    if e.code.is_hard() {
+                        return Err(e);
+                    }
+                    self.channel_error(id, e);
+                }
+                Ok(())
+            }
+            Err(e) if e.code.is_hard() => Err(e),
+            Err(e) => {
+                self.channel_error(id, e);
+                Ok(())
+            }
+        }
+    }
+
+    fn frame_on_unopened_channel(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        let id = frame.channel;
+        if frame.kind != FrameKind::Method {
+            return Err(ProtocolError::channel_error(format!(
+                "content frame on channel {id}, which is not open"
+            )));
+        }
+        let method = decode_method(&frame.payload)?;
+        match method.class {
+            AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
+                if id > self.channel_max() {
+                    return Err(ProtocolError::not_allowed(format!(
+                        "channel number {id} is higher than the negotiated channel_max ({})",
+                        self.channel_max()
+                    ))
+                    .on(20, 10));
+                }
+                self.channels.insert(id, Channel::new(id));
+                self.send_method(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::OpenOk(channel::OpenOk {})),
+                );
+                Ok(())
+            }
+            // A close-ok for a channel we already forgot, or a close racing ours: harmless.
+            AMQPClass::Channel(channel::AMQPMethod::CloseOk(_)) => Ok(()),
+            _ => Err(ProtocolError::channel_error(format!(
+                "expected 'channel.open' on channel {id}"
+            ))
+            .on(method.class_id, method.method_id)),
+        }
+    }
+
+    /// After we sent channel.close, everything but close / close-ok is discarded.
+    fn frame_on_closing_channel(&mut self, frame: Frame) -> Result<(), ProtocolError> {
+        if frame.kind != FrameKind::Method {
+            return Ok(());
+        }
+        match decode_method(&frame.payload).map(|m| m.class) {
+            Ok(AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => {
+                self.channels.remove(&frame.channel);
+            }
+            Ok(AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {
+                self.channels.remove(&frame.channel);
+                self.send_method(
+                    frame.channel,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A soft error: close the channel with `err`, release its resources.
+    pub(crate) fn channel_error(&mut self, id: u16, err: ProtocolError) {
+        warn!(
+            connection = self.id,
+            channel = id,
+            code = err.code.code(),
+            error = %err.reply_text(),
+            class_id = err.class_id,
+            method_id = err.method_id,
+            "channel error"
+        );
+        if let Some(ch) = self.channels.get_mut(&id) {
+            ch.release();
+            ch.closing = true;
+        }
+        self.send_method(
+            id,
+            AMQPClass::Channel(channel::AMQPMethod::Close(channel::Close {
+                reply_code: err.code.code(),
+                reply_text: err.reply_text().into(),
+                class_id: err.class_id,
+                method_id: err.method_id,
+            })),
+        );
+    }
+
+    /// The channel class: close and flow (open is handled before a channel exists).
+    pub(crate) fn handle_channel_class(
+        &mut self,
+        id: u16,
+        method: channel::AMQPMethod,
+    ) -> Result<(), ProtocolError> {
+        match method {
+            channel::AMQPMethod::Open(_) => {
+                Err(ProtocolError::channel_error("second 'channel.open' seen"))
+            }
+            channel::AMQPMethod::Close(_) => {
+                if let Some(mut ch) = self.channels.remove(&id) {
+                    ch.release();
+                }
+                self.send_method(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
+                );
+                Ok(())
+            }
+            channel::AMQPMethod::CloseOk(_) => Ok(()),
+            channel::AMQPMethod::Flow(flow) => {
+                let resumed = match self.channels.get_mut(&id) {
+                    Some(ch) => {
+                        ch.flow_active = flow.active;
+                        if flow.active {
+                            std::mem::take(&mut ch.paused)
+                        } else {
+                            VecDeque::new()
+                        }
+                    }
+                    None => VecDeque::new(),
+                };
+                self.send_method(
+                    id,
+                    AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
+                        active: flow.active,
+                    })),
+                );
+                for d in resumed {
+                    self.write_delivery(d);
+                }
+                Ok(())
+            }
+            channel::AMQPMethod::FlowOk(_) | channel::AMQPMethod::OpenOk(_) => Ok(()),
+        }
+    }
+}

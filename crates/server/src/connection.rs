@@ -1,0 +1,559 @@
+//! One task per client connection: the handshake, then a loop that reads frames, runs the
+//! methods of its channels, turns queue events into deliveries, and keeps heartbeats. The
+//! task owns all connection and channel state; the socket's write half belongs to the writer
+//! task (`writer.rs`), which gets one batch of frames per loop iteration.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+use tokio::time::{timeout, Instant};
+use tracing::{info, warn};
+use warren_core::consumer::ClientEvent;
+use warren_core::{Broker, VHost};
+use warren_protocol::frame::{decode_frame, Frame, FrameKind};
+use warren_protocol::method::{decode_method, Method};
+use warren_protocol::{connection, encode, AMQPClass, ProtocolError, ReplyCode, PROTOCOL_HEADER};
+
+use crate::channel::Channel;
+use crate::config::{Config, FRAME_MIN_SIZE};
+use crate::properties::{client_has, server_properties};
+use crate::sasl;
+
+/// How long we wait for close-ok after sending connection.close.
+pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most queue events handled in one loop iteration before reading the socket again.
+pub const EVENTS_PER_ITERATION_MAX: usize = 1024;
+/// Initial size of the read buffer.
+pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// What every connection shares.
+pub struct ServerContext {
+    pub broker: Arc<Broker>,
+    pub config: Config,
+}
+
+/// Why a connection loop ended.
+enum End {
+    /// The peer closed the socket or it failed.
+    SocketClosed,
+    /// A close handshake finished (either side started it).
+    Closed,
+    /// The peer missed heartbeats.
+    HeartbeatTimeout,
+}
+
+pub(crate) struct Connection {
+    pub(crate) id: u64,
+    peer: SocketAddr,
+    pub(crate) ctx: Arc<ServerContext>,
+    reader: OwnedReadHalf,
+    inbuf: BytesMut,
+    pub(crate) out: BytesMut,
+    writer: mpsc::UnboundedSender<Bytes>,
+    pub(crate) frame_max: u32,
+    channel_max: u16,
+    heartbeat_secs: u16,
+    pub(crate) user: String,
+    pub(crate) vhost: Option<Arc<VHost>>,
+    pub(crate) channels: HashMap<u16, Channel>,
+    pub(crate) events_tx: mpsc::UnboundedSender<ClientEvent>,
+    events_rx: mpsc::UnboundedReceiver<ClientEvent>,
+    /// Client capability: it understands basic.cancel from the broker.
+    pub(crate) cancel_notify: bool,
+    /// Channels with confirms to send at the end of this batch.
+    pub(crate) pending_confirms: Vec<u16>,
+    auth_failure_close: bool,
+    last_read: Instant,
+    last_write: Instant,
+}
+
+/// Serves one accepted socket until it closes.
+pub(crate) async fn serve(
+    socket: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    ctx: Arc<ServerContext>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let _ = socket.set_nodelay(true);
+    let (reader, write_half) = socket.into_split();
+    let (writer, batches) = mpsc::unbounded_channel();
+    let writer_task = tokio::spawn(crate::writer::run(write_half, batches));
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let now = Instant::now();
+    let mut conn = Connection {
+        id,
+        peer,
+        frame_max: ctx.config.frame_max,
+        channel_max: ctx.config.channel_max,
+        heartbeat_secs: 0,
+        ctx,
+        reader,
+        inbuf: BytesMut::with_capacity(READ_BUFFER_BYTES),
+        out: BytesMut::with_capacity(READ_BUFFER_BYTES),
+        writer,
+        user: String::new(),
+        vhost: None,
+        channels: HashMap::new(),
+        events_tx,
+        events_rx,
+        cancel_notify: false,
+        pending_confirms: Vec::new(),
+        auth_failure_close: false,
+        last_read: now,
+        last_write: now,
+    };
+    let handshake_timeout = conn.ctx.config.handshake_timeout;
+    match timeout(handshake_timeout, conn.handshake()).await {
+        Ok(Ok(())) => {
+            info!(
+                connection = id,
+                peer = %peer,
+                user = %conn.user,
+                vhost = conn.vhost.as_ref().map(|v| v.name()).unwrap_or(""),
+                "connection opened"
+            );
+            let end = conn.run(shutdown).await;
+            conn.cleanup().await;
+            let reason = match end {
+                End::SocketClosed => "socket closed",
+                End::Closed => "closed",
+                End::HeartbeatTimeout => "missed heartbeats",
+            };
+            info!(connection = id, peer = %peer, user = %conn.user, reason, "connection closed");
+        }
+        Ok(Err(Some(err))) => {
+            warn!(connection = id, peer = %peer, code = err.code.code(), error = %err.reply_text(), "handshake failed");
+            conn.flush();
+        }
+        Ok(Err(None)) => {
+            conn.flush();
+        }
+        Err(_) => {
+            warn!(connection = id, peer = %peer, "handshake timed out");
+        }
+    }
+    drop(conn);
+    let _ = writer_task.await;
+}
+
+impl Connection {
+    /// Hands the pending output to the writer task.
+    pub(crate) fn flush(&mut self) {
+        if !self.out.is_empty() {
+            let batch = self.out.split().freeze();
+            let _ = self.writer.send(batch);
+            self.last_write = Instant::now();
+        }
+    }
+
+    pub(crate) fn send_method(&mut self, channel: u16, class: AMQPClass) {
+        encode::method(&mut self.out, channel, class);
+    }
+
+    /// Reads until one complete frame is buffered. `None` when the socket closed.
+    async fn read_frame(&mut self) -> Result<Option<Frame>, ProtocolError> {
+        loop {
+            if let Some(frame) = decode_frame(&mut self.inbuf, self.frame_max)? {
+                return Ok(Some(frame));
+            }
+            match self.reader.read_buf(&mut self.inbuf).await {
+                Ok(0) | Err(_) => return Ok(None),
+                Ok(_) => self.last_read = Instant::now(),
+            }
+        }
+    }
+
+    /// Reads the next method on channel 0 during the handshake.
+    async fn read_handshake_method(&mut self) -> Result<Method, Option<ProtocolError>> {
+        loop {
+            let frame = match self.read_frame().await {
+                Ok(Some(f)) => f,
+                Ok(None) => return Err(None),
+                Err(e) => return Err(Some(self.send_close(e))),
+            };
+            match frame.kind {
+                FrameKind::Heartbeat => continue,
+                FrameKind::Method if frame.channel == 0 => {
+                    return decode_method(&frame.payload).map_err(|e| Some(self.send_close(e)));
+                }
+                _ => {
+                    let e = ProtocolError::unexpected_frame(
+                        "expected a connection method on channel 0 during the handshake",
+                    );
+                    return Err(Some(self.send_close(e)));
+                }
+            }
+        }
+    }
+
+    /// Sends connection.close for `err` and returns it.
+    fn send_close(&mut self, err: ProtocolError) -> ProtocolError {
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Close(connection::Close {
+                reply_code: err.code.code(),
+                reply_text: err.reply_text().into(),
+                class_id: err.class_id,
+                method_id: err.method_id,
+            })),
+        );
+        err
+    }
+
+    /// Protocol header, start/start-ok, tune/tune-ok, open/open-ok.
+    async fn handshake(&mut self) -> Result<(), Option<ProtocolError>> {
+        while self.inbuf.len() < PROTOCOL_HEADER.len() {
+            match self.reader.read_buf(&mut self.inbuf).await {
+                Ok(0) | Err(_) => return Err(None),
+                Ok(_) => {}
+            }
+        }
+        if &self.inbuf[..PROTOCOL_HEADER.len()] != PROTOCOL_HEADER {
+            self.out.extend_from_slice(PROTOCOL_HEADER);
+            warn!(connection = self.id, peer = %self.peer, "bad protocol header");
+            return Err(None);
+        }
+        let _ = self.inbuf.split_to(PROTOCOL_HEADER.len());
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Start(connection::Start {
+                version_major: 0,
+                version_minor: 9,
+                server_properties: server_properties("warren"),
+                mechanisms: sasl::MECHANISMS.as_bytes().to_vec().into(),
+                locales: b"en_US".to_vec().into(),
+            })),
+        );
+        self.flush();
+
+        let start_ok = match self.read_handshake_method().await? {
+            Method {
+                class: AMQPClass::Connection(connection::AMQPMethod::StartOk(m)),
+                ..
+            } => m,
+            m => {
+                return Err(Some(
+                    self.send_close(unexpected_in_handshake(&m, "connection.start-ok")),
+                ))
+            }
+        };
+        self.cancel_notify = client_has(&start_ok.client_properties, "consumer_cancel_notify");
+        self.auth_failure_close =
+            client_has(&start_ok.client_properties, "authentication_failure_close");
+        let (user, password) =
+            sasl::credentials(start_ok.mechanism.as_str(), start_ok.response.as_bytes())
+                .map_err(|e| Some(self.refuse(e.on(10, 11))))?;
+        if let Err(e) = self
+            .ctx
+            .broker
+            .users
+            .authenticate(&user, &password, self.peer.ip())
+        {
+            return Err(Some(self.refuse(e.on(10, 11))));
+        }
+        self.user = user;
+
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::Tune(connection::Tune {
+                channel_max: self.ctx.config.channel_max,
+                frame_max: self.ctx.config.frame_max,
+                heartbeat: self.ctx.config.heartbeat_secs,
+            })),
+        );
+        self.flush();
+        let tune_ok = match self.read_handshake_method().await? {
+            Method {
+                class: AMQPClass::Connection(connection::AMQPMethod::TuneOk(m)),
+                ..
+            } => m,
+            m => {
+                return Err(Some(
+                    self.send_close(unexpected_in_handshake(&m, "connection.tune-ok")),
+                ))
+            }
+        };
+        self.negotiate(&tune_ok)
+            .map_err(|e| Some(self.send_close(e.on(10, 31))))?;
+
+        let open = match self.read_handshake_method().await? {
+            Method {
+                class: AMQPClass::Connection(connection::AMQPMethod::Open(m)),
+                ..
+            } => m,
+            m => {
+                return Err(Some(
+                    self.send_close(unexpected_in_handshake(&m, "connection.open")),
+                ))
+            }
+        };
+        let vhost_name = open.virtual_host.as_str();
+        let Some(vhost) = self.ctx.broker.vhost(vhost_name) else {
+            let e = ProtocolError::not_allowed(format!("vhost {vhost_name} not found")).on(10, 40);
+            return Err(Some(self.send_close(e)));
+        };
+        self.vhost = Some(vhost);
+        self.send_method(
+            0,
+            AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
+        );
+        self.flush();
+        Ok(())
+    }
+
+    /// An authentication failure: connection.close 403 if the client asked for it
+    /// (`authentication_failure_close`), otherwise just the closed socket.
+    fn refuse(&mut self, err: ProtocolError) -> ProtocolError {
+        if self.auth_failure_close || err.code != ReplyCode::AccessRefused {
+            self.send_close(err)
+        } else {
+            err
+        }
+    }
+
+    fn negotiate(&mut self, tune_ok: &connection::TuneOk) -> Result<(), ProtocolError> {
+        let config = &self.ctx.config;
+        let frame_max = if tune_ok.frame_max == 0 {
+            config.frame_max
+        } else {
+            tune_ok.frame_max
+        };
+        if frame_max > config.frame_max {
+            return Err(ProtocolError::not_allowed(format!(
+                "negotiated frame_max = {frame_max} is higher than the maximum allowed value ({})",
+                config.frame_max
+            )));
+        }
+        if frame_max < FRAME_MIN_SIZE {
+            return Err(ProtocolError::not_allowed(format!(
+                "negotiated frame_max = {frame_max} is lower than the minimum allowed value ({FRAME_MIN_SIZE})"
+            )));
+        }
+        let channel_max = if tune_ok.channel_max == 0 {
+            config.channel_max
+        } else {
+            tune_ok.channel_max
+        };
+        if channel_max > config.channel_max {
+            return Err(ProtocolError::not_allowed(format!(
+                "negotiated channel_max = {channel_max} is higher than the maximum allowed value ({})",
+                config.channel_max
+            )));
+        }
+        self.frame_max = frame_max;
+        self.channel_max = channel_max;
+        self.heartbeat_secs = tune_ok.heartbeat;
+        Ok(())
+    }
+
+    /// The main loop after the handshake.
+    async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> End {
+        let beat = Duration::from_secs(self.heartbeat_secs.max(1) as u64);
+        let mut ticker = tokio::time::interval(beat / 2);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                read = self.reader.read_buf(&mut self.inbuf) => {
+                    match read {
+                        Ok(0) | Err(_) => return End::SocketClosed,
+                        Ok(_) => {
+                            self.last_read = Instant::now();
+                            if let Some(end) = self.process_input().await {
+                                return end;
+                            }
+                        }
+                    }
+                }
+                Some(event) = self.events_rx.recv() => {
+                    self.handle_event(event);
+                    for _ in 1..EVENTS_PER_ITERATION_MAX {
+                        match self.events_rx.try_recv() {
+                            Ok(event) => self.handle_event(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                _ = ticker.tick(), if self.heartbeat_secs > 0 => {
+                    let now = Instant::now();
+                    if now.duration_since(self.last_read) > beat * 2 {
+                        warn!(connection = self.id, peer = %self.peer, "missed heartbeats from client, closing connection");
+                        return End::HeartbeatTimeout;
+                    }
+                    if now.duration_since(self.last_write) >= beat / 2 {
+                        encode::heartbeat(&mut self.out);
+                    }
+                }
+                _ = shutdown.changed() => {
+                    let err = ProtocolError::connection_forced(
+                        "broker forced connection closure with reason 'shutdown'",
+                    );
+                    return self.close_with(err).await;
+                }
+            }
+            self.flush_confirms();
+            self.flush();
+        }
+    }
+
+    /// Runs every complete frame in the input buffer.
+    async fn process_input(&mut self) -> Option<End> {
+        loop {
+            let frame = match decode_frame(&mut self.inbuf, self.frame_max) {
+                Ok(Some(frame)) => frame,
+                Ok(None) => return None,
+                Err(e) => return Some(self.close_with(e).await),
+            };
+            match self.handle_frame(frame).await {
+                Ok(None) => {}
+                Ok(Some(end)) => return Some(end),
+                Err(e) => return Some(self.close_with(e).await),
+            }
+        }
+    }
+
+    /// Handles one frame; `Err` is a connection error, `Ok(Some)` the end of the connection.
+    async fn handle_frame(&mut self, frame: Frame) -> Result<Option<End>, ProtocolError> {
+        if frame.kind == FrameKind::Heartbeat {
+            if frame.channel != 0 {
+                return Err(ProtocolError::unexpected_frame(format!(
+                    "heartbeat frame on channel {}, expected channel 0",
+                    frame.channel
+                )));
+            }
+            return Ok(None);
+        }
+        if frame.channel == 0 {
+            return self.handle_channel_zero(frame).await;
+        }
+        self.handle_channel_frame(frame).await?;
+        Ok(None)
+    }
+
+    async fn handle_channel_zero(&mut self, frame: Frame) -> Result<Option<End>, ProtocolError> {
+        if frame.kind != FrameKind::Method {
+            return Err(ProtocolError::unexpected_frame(
+                "content frame on channel 0",
+            ));
+        }
+        let method = decode_method(&frame.payload)?;
+        match method.class {
+            AMQPClass::Connection(connection::AMQPMethod::Close(close)) => {
+                info!(
+                    connection = self.id,
+                    code = close.reply_code,
+                    text = close.reply_text.as_str(),
+                    "client closed the connection"
+                );
+                self.close_channels().await;
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
+                );
+                Ok(Some(End::Closed))
+            }
+            AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(Some(End::Closed)),
+            AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::UpdateSecretOk(
+                        connection::UpdateSecretOk {},
+                    )),
+                );
+                Ok(None)
+            }
+            _ => Err(ProtocolError::command_invalid(format!(
+                "method {}.{} is not allowed on channel 0",
+                method.class_id, method.method_id
+            ))
+            .on(method.class_id, method.method_id)),
+        }
+    }
+
+    /// Sends connection.close for a hard error (or shutdown), then waits for close-ok,
+    /// discarding everything else, as the spec requires.
+    async fn close_with(&mut self, err: ProtocolError) -> End {
+        if err.code != ReplyCode::ConnectionForced {
+            warn!(
+                connection = self.id,
+                peer = %self.peer,
+                code = err.code.code(),
+                error = %err.reply_text(),
+                class_id = err.class_id,
+                method_id = err.method_id,
+                "connection error"
+            );
+        }
+        self.close_channels().await;
+        self.send_close(err);
+        self.flush();
+        let wait = async {
+            loop {
+                match self.read_frame().await {
+                    Ok(Some(frame)) if frame.kind == FrameKind::Method && frame.channel == 0 => {
+                        match decode_method(&frame.payload) {
+                            Ok(Method {
+                                class: AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)),
+                                ..
+                            }) => return,
+                            Ok(Method {
+                                class: AMQPClass::Connection(connection::AMQPMethod::Close(_)),
+                                ..
+                            }) => {
+                                self.send_method(
+                                    0,
+                                    AMQPClass::Connection(connection::AMQPMethod::CloseOk(
+                                        connection::CloseOk {},
+                                    )),
+                                );
+                                return;
+                            }
+                            _ => {}
+                        }
+                    }
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        };
+        let _ = timeout(CLOSE_OK_TIMEOUT, wait).await;
+        End::Closed
+    }
+
+    /// Releases every channel's resources (unacked messages go back to their queues).
+    async fn close_channels(&mut self) {
+        let ids: Vec<u16> = self.channels.keys().copied().collect();
+        for id in ids {
+            if let Some(mut channel) = self.channels.remove(&id) {
+                channel.release();
+            }
+        }
+    }
+
+    async fn cleanup(&mut self) {
+        self.close_channels().await;
+        self.flush();
+        if let Some(vhost) = self.vhost.clone() {
+            vhost.connection_closed(self.id).await;
+        }
+    }
+
+    pub(crate) fn channel_max(&self) -> u16 {
+        self.channel_max
+    }
+}
+
+fn unexpected_in_handshake(method: &Method, expected: &str) -> ProtocolError {
+    ProtocolError::command_invalid(format!(
+        "expected {expected}, got method {}.{}",
+        method.class_id, method.method_id
+    ))
+    .on(method.class_id, method.method_id)
+}

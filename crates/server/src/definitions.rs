@@ -1,0 +1,245 @@
+//! The exchange and queue classes: declare, delete, bind, unbind, purge. These change the
+//! vhost's definitions (which publish a new routing snapshot) and answer with the -ok method.
+
+use rand::Rng;
+use warren_core::exchange::{ExchangeDef, ExchangeKind};
+use warren_core::queue::{QueueCommand, QueueDef, QueueStats};
+use warren_core::routing::Destination;
+use warren_core::QueueHandle;
+use warren_protocol::{exchange, queue, AMQPClass, ProtocolError, ShortString};
+
+use crate::connection::Connection;
+
+/// Length of the random part of server-generated names (RabbitMQ uses 22 base64 characters).
+pub const GENERATED_NAME_CHARS: usize = 22;
+
+/// A random name with RabbitMQ's prefixes (`amq.gen-`, `amq.ctag-`).
+pub fn generated_name(prefix: &str) -> ShortString {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut rng = rand::thread_rng();
+    let mut name = String::with_capacity(prefix.len() + GENERATED_NAME_CHARS);
+    name.push_str(prefix);
+    for _ in 0..GENERATED_NAME_CHARS {
+        name.push(ALPHABET[rng.gen_range(0..ALPHABET.len())] as char);
+    }
+    ShortString::from(name)
+}
+
+impl Connection {
+    /// The queue a method names, where an empty name means the channel's last declared queue.
+    pub(crate) fn resolve_queue_name(
+        &self,
+        channel: u16,
+        name: &ShortString,
+    ) -> Result<ShortString, ProtocolError> {
+        if !name.as_str().is_empty() {
+            return Ok(name.clone());
+        }
+        self.channels
+            .get(&channel)
+            .and_then(|c| c.last_queue.clone())
+            .ok_or_else(|| ProtocolError::not_found("no previously declared queue"))
+    }
+
+    pub(crate) fn lookup_queue(
+        &self,
+        channel: u16,
+        name: &ShortString,
+    ) -> Result<QueueHandle, ProtocolError> {
+        let name = self.resolve_queue_name(channel, name)?;
+        self.vhost().queue(name.as_str(), self.id)
+    }
+
+    pub(crate) async fn handle_exchange(
+        &mut self,
+        ch: u16,
+        method: exchange::AMQPMethod,
+    ) -> Result<(), ProtocolError> {
+        let vhost = self.vhost();
+        match method {
+            exchange::AMQPMethod::Declare(m) => {
+                let kind = ExchangeKind::parse(m.kind.as_str());
+                // A passive declare does not look at the type.
+                let kind = match (kind, m.passive) {
+                    (Ok(k), _) => k,
+                    (Err(_), true) => ExchangeKind::Direct,
+                    (Err(e), false) => return Err(e),
+                };
+                vhost.declare_exchange(
+                    ExchangeDef {
+                        name: m.exchange,
+                        kind,
+                        durable: m.durable,
+                        auto_delete: m.auto_delete,
+                        internal: m.internal,
+                        arguments: m.arguments,
+                    },
+                    m.passive,
+                )?;
+                if !m.nowait {
+                    self.send_method(
+                        ch,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeclareOk(
+                            exchange::DeclareOk {},
+                        )),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Delete(m) => {
+                vhost.delete_exchange(m.exchange.as_str(), m.if_unused)?;
+                if !m.nowait {
+                    self.send_method(
+                        ch,
+                        AMQPClass::Exchange(exchange::AMQPMethod::DeleteOk(exchange::DeleteOk {})),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Bind(m) => {
+                vhost.bind(
+                    m.source.as_str(),
+                    Destination::Exchange(m.destination),
+                    m.routing_key,
+                    m.arguments,
+                    self.id,
+                )?;
+                if !m.nowait {
+                    self.send_method(
+                        ch,
+                        AMQPClass::Exchange(exchange::AMQPMethod::BindOk(exchange::BindOk {})),
+                    );
+                }
+            }
+            exchange::AMQPMethod::Unbind(m) => {
+                vhost.unbind(
+                    m.source.as_str(),
+                    Destination::Exchange(m.destination),
+                    m.routing_key.as_str(),
+                    &m.arguments,
+                    self.id,
+                )?;
+                if !m.nowait {
+                    self.send_method(
+                        ch,
+                        AMQPClass::Exchange(exchange::AMQPMethod::UnbindOk(exchange::UnbindOk {})),
+                    );
+                }
+            }
+            _ => {
+                return Err(ProtocolError::command_invalid(
+                    "unexpected exchange method from client",
+                ))
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn handle_queue(
+        &mut self,
+        ch: u16,
+        method: queue::AMQPMethod,
+    ) -> Result<(), ProtocolError> {
+        let vhost = self.vhost();
+        match method {
+            queue::AMQPMethod::Declare(m) => {
+                let (handle, name) = if m.passive {
+                    let name = self.resolve_queue_name(ch, &m.queue)?;
+                    (vhost.queue(name.as_str(), self.id)?, name)
+                } else {
+                    let server_named = m.queue.as_str().is_empty();
+                    let name = if server_named {
+                        generated_name("amq.gen-")
+                    } else {
+                        m.queue
+                    };
+                    let declared = vhost.declare_queue(
+                        QueueDef {
+                            name: name.clone(),
+                            durable: m.durable,
+                            exclusive_owner: m.exclusive.then_some(self.id),
+                            auto_delete: m.auto_delete,
+                            arguments: m.arguments,
+                        },
+                        server_named,
+                    )?;
+                    (declared.handle, name)
+                };
+                if let Some(c) = self.channels.get_mut(&ch) {
+                    c.last_queue = Some(name.clone());
+                }
+                if !m.nowait {
+                    let stats: QueueStats = handle.ask(QueueCommand::Stats).await?;
+                    self.send_method(
+                        ch,
+                        AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                            queue: name,
+                            message_count: stats.messages,
+                            consumer_count: stats.consumers,
+                        })),
+                    );
+                }
+            }
+            queue::AMQPMethod::Bind(m) => {
+                let name = self.resolve_queue_name(ch, &m.queue)?;
+                vhost.bind(
+                    m.exchange.as_str(),
+                    Destination::Queue(name),
+                    m.routing_key,
+                    m.arguments,
+                    self.id,
+                )?;
+                if !m.nowait {
+                    self.send_method(
+                        ch,
+                        AMQPClass::Queue(queue::AMQPMethod::BindOk(queue::BindOk {})),
+                    );
+                }
+            }
+            queue::AMQPMethod::Unbind(m) => {
+                let name = self.resolve_queue_name(ch, &m.queue)?;
+                vhost.unbind(
+                    m.exchange.as_str(),
+                    Destination::Queue(name),
+                    m.routing_key.as_str(),
+                    &m.arguments,
+                    self.id,
+                )?;
+                self.send_method(
+                    ch,
+                    AMQPClass::Queue(queue::AMQPMethod::UnbindOk(queue::UnbindOk {})),
+                );
+            }
+            queue::AMQPMethod::Purge(m) => {
+                let handle = self.lookup_queue(ch, &m.queue)?;
+                let message_count = handle.ask(QueueCommand::Purge).await?;
+                if !m.nowait {
+                    self.send_method(
+                        ch,
+                        AMQPClass::Queue(queue::AMQPMethod::PurgeOk(queue::PurgeOk {
+                            message_count,
+                        })),
+                    );
+                }
+            }
+            queue::AMQPMethod::Delete(m) => {
+                let name = self.resolve_queue_name(ch, &m.queue)?;
+                let message_count = vhost
+                    .delete_queue(name.as_str(), self.id, m.if_unused, m.if_empty)
+                    .await?;
+                if !m.nowait {
+                    self.send_method(
+                        ch,
+                        AMQPClass::Queue(queue::AMQPMethod::DeleteOk(queue::DeleteOk {
+                            message_count,
+                        })),
+                    );
+                }
+            }
+            _ => {
+                return Err(ProtocolError::command_invalid(
+                    "unexpected queue method from client",
+                ))
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,218 @@
+//! Command-line flags, their environment variables and the optional TOML file, resolved into
+//! a `warren_server::Config`. Precedence: flag, then environment variable, then file, then
+//! the default.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use serde::Deserialize;
+use warren_server::config::{
+    DEFAULT_CHANNEL_MAX, DEFAULT_FRAME_MAX, DEFAULT_HEARTBEAT_SECS, DEFAULT_MAX_MESSAGE_BYTES,
+    DEFAULT_PORT, FRAME_MIN_SIZE,
+};
+use warren_server::{Config, UserConfig};
+
+/// Warren: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
+///
+/// Every option can also be set by its environment variable or by a key of the same name
+/// (with underscores) in the TOML file given by --config.
+#[derive(Debug, Default, Parser)]
+#[command(name = "warren", version)]
+pub struct Args {
+    /// TOML file with settings (keys: port, bind, data_dir, default_user, default_pass,
+    /// default_user_remote, frame_max, channel_max, heartbeat, max_message_size, log_level).
+    #[arg(long, env = "WARREN_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// AMQP port [default: 5672]
+    #[arg(long, env = "WARREN_PORT")]
+    pub port: Option<u16>,
+    /// Addresses to listen on, comma-separated [default: all interfaces, IPv4 and IPv6]
+    #[arg(long, env = "WARREN_BIND")]
+    pub bind: Option<String>,
+    /// Where the broker keeps its data [default: ./data]
+    #[arg(long, env = "WARREN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The user created at start [default: guest]
+    #[arg(long, env = "WARREN_DEFAULT_USER")]
+    pub default_user: Option<String>,
+    /// The default user's password [default: guest]
+    #[arg(long, env = "WARREN_DEFAULT_PASS")]
+    pub default_pass: Option<String>,
+    /// Let the default user `guest` log in from other hosts than loopback (RabbitMQ's
+    /// `loopback_users = none`) [default: false]; users with other names may always.
+    #[arg(long, env = "WARREN_DEFAULT_USER_REMOTE")]
+    pub default_user_remote: Option<bool>,
+    /// Largest frame offered to clients, in bytes [default: 131072]
+    #[arg(long, env = "WARREN_FRAME_MAX")]
+    pub frame_max: Option<u32>,
+    /// Highest channel number offered to clients [default: 2047]
+    #[arg(long, env = "WARREN_CHANNEL_MAX")]
+    pub channel_max: Option<u16>,
+    /// Heartbeat interval suggested to clients, in seconds; 0 disables [default: 60]
+    #[arg(long, env = "WARREN_HEARTBEAT")]
+    pub heartbeat: Option<u16>,
+    /// Largest message body accepted, in bytes [default: 134217728 (128 MiB)]
+    #[arg(long, env = "WARREN_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<u64>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: info]
+    #[arg(long, env = "WARREN_LOG_LEVEL")]
+    pub log_level: Option<String>,
+}
+
+/// The TOML file: the same settings as the flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    port: Option<u16>,
+    bind: Option<String>,
+    data_dir: Option<PathBuf>,
+    default_user: Option<String>,
+    default_pass: Option<String>,
+    default_user_remote: Option<bool>,
+    frame_max: Option<u32>,
+    channel_max: Option<u16>,
+    heartbeat: Option<u16>,
+    max_message_size: Option<u64>,
+    log_level: Option<String>,
+}
+
+pub struct Settings {
+    pub config: Config,
+    pub log_level: String,
+}
+
+impl Settings {
+    pub fn resolve(args: Args) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<FileSettings>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => FileSettings::default(),
+        };
+        let port = args.port.or(file.port).unwrap_or(DEFAULT_PORT);
+        let bind = args.bind.or(file.bind);
+        let listen = match bind {
+            None => Config::default()
+                .listen
+                .into_iter()
+                .map(|a| SocketAddr::new(a.ip(), port))
+                .collect(),
+            Some(list) => list
+                .split(',')
+                .map(|s| s.trim())
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.trim_matches(|c| c == '[' || c == ']')
+                        .parse::<IpAddr>()
+                        .map(|ip| SocketAddr::new(ip, port))
+                        .with_context(|| format!("invalid --bind address '{s}'"))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?,
+        };
+        if listen.is_empty() {
+            bail!("--bind names no address");
+        }
+        let frame_max = args
+            .frame_max
+            .or(file.frame_max)
+            .unwrap_or(DEFAULT_FRAME_MAX);
+        if frame_max < FRAME_MIN_SIZE {
+            bail!("--frame-max must be at least {FRAME_MIN_SIZE}");
+        }
+        let user = args
+            .default_user
+            .or(file.default_user)
+            .unwrap_or_else(|| "guest".into());
+        let password = args
+            .default_pass
+            .or(file.default_pass)
+            .unwrap_or_else(|| "guest".into());
+        let remote = args
+            .default_user_remote
+            .or(file.default_user_remote)
+            .unwrap_or(false);
+        let config = Config {
+            listen,
+            data_dir: args
+                .data_dir
+                .or(file.data_dir)
+                .unwrap_or_else(|| PathBuf::from("./data")),
+            users: vec![UserConfig {
+                loopback_only: user == "guest" && !remote,
+                name: user,
+                password,
+            }],
+            frame_max,
+            channel_max: args
+                .channel_max
+                .or(file.channel_max)
+                .unwrap_or(DEFAULT_CHANNEL_MAX),
+            heartbeat_secs: args
+                .heartbeat
+                .or(file.heartbeat)
+                .unwrap_or(DEFAULT_HEARTBEAT_SECS),
+            max_message_bytes: args
+                .max_message_size
+                .or(file.max_message_size)
+                .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            ..Config::default()
+        };
+        Ok(Settings {
+            config,
+            log_level: args
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_then_file_then_flags() {
+        let s = Settings::resolve(Args::default()).unwrap();
+        assert_eq!(s.config.listen[0].port(), 5672);
+        assert_eq!(s.config.data_dir, PathBuf::from("./data"));
+        assert!(s.config.users[0].loopback_only);
+
+        let dir = std::env::temp_dir().join(format!("warren-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("warren.toml");
+        std::fs::write(
+            &file,
+            "port = 5800\nframe_max = 8192\nbind = \"127.0.0.1\"\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(Args {
+            config: Some(file.clone()),
+            frame_max: Some(65536),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(s.config.listen, vec!["127.0.0.1:5800".parse().unwrap()]);
+        assert_eq!(s.config.frame_max, 65536, "a flag beats the file");
+
+        std::fs::write(&file, "prot = 1\n").unwrap();
+        assert!(
+            Settings::resolve(Args {
+                config: Some(file),
+                ..Args::default()
+            })
+            .is_err(),
+            "unknown keys are refused"
+        );
+        assert!(Settings::resolve(Args {
+            frame_max: Some(100),
+            ..Args::default()
+        })
+        .is_err());
+    }
+}
