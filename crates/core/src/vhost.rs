@@ -423,9 +423,7 @@ impl VHost {
         connection: u64,
     ) -> Result<(), ProtocolError> {
         let default_refused = || {
-            ProtocolError::access_refused(format!(
-                "operation not permitted on the default exchange"
-            ))
+            ProtocolError::access_refused("operation not permitted on the default exchange")
         };
         if source == DEFAULT_EXCHANGE {
             return Err(default_refused());

@@ -27,7 +27,7 @@ pub struct ContentHeader {
 /// Parses a content header frame payload.
 pub fn parse_header(payload: Bytes) -> Result<ContentHeader, ProtocolError> {
     match parse_content_header(&payload[..]) {
-        Ok((rest, header)) if rest.is_empty() => {
+        Ok(([], header)) => {
             if header.class_id != BASIC_CLASS_ID {
                 return Err(ProtocolError::unexpected_frame(format!(
                     "content header for class {} when expecting class {}",
@@ -46,6 +46,8 @@ pub fn parse_header(payload: Bytes) -> Result<ContentHeader, ProtocolError> {
     }
 }
 
+// One per channel and moved only within it: boxing would add an allocation per message.
+#[allow(clippy::large_enum_variant)]
 enum State<M> {
     Idle,
     AwaitHeader(M),
@@ -63,6 +65,7 @@ enum Body {
 }
 
 /// What feeding a frame produced.
+#[allow(clippy::large_enum_variant)]
 pub enum Assembled<M> {
     /// More frames are needed.
     Pending,

@@ -36,7 +36,7 @@ pub fn decode_method(payload: &[u8]) -> Result<Method, ProtocolError> {
         .on(class_id, method_id));
     }
     match parse_class(payload) {
-        Ok((rest, class)) if rest.is_empty() => Ok(Method {
+        Ok(([], class)) => Ok(Method {
             class_id,
             method_id,
             class,

@@ -365,7 +365,8 @@ impl Connection {
                 let ops = std::mem::take(&mut c.tx_ops);
                 for op in ops {
                     match op {
-                        TxOp::Publish(m, header, body) => {
+                        TxOp::Publish(publish) => {
+                            let (m, header, body) = *publish;
                             self.route_and_enqueue(ch, m, header, body).await?
                         }
                         TxOp::Settle {
@@ -415,7 +416,7 @@ impl Connection {
         let c = self.channel(ch)?;
         match c.mode {
             Mode::Tx => {
-                c.tx_ops.push(TxOp::Publish(method, header, body));
+                c.tx_ops.push(TxOp::Publish(Box::new((method, header, body))));
                 Ok(())
             }
             Mode::Confirm { next_seq } => {

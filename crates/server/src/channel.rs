@@ -43,7 +43,7 @@ pub(crate) enum Mode {
 
 /// Work buffered by a transaction until tx.commit.
 pub(crate) enum TxOp {
-    Publish(basic::Publish, ContentHeader, Bytes),
+    Publish(Box<(basic::Publish, ContentHeader, Bytes)>),
     Settle {
         tag: u64,
         multiple: bool,
