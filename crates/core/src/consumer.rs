@@ -36,6 +36,13 @@ pub struct Delivery {
 #[derive(Debug)]
 pub enum ClientEvent {
     Deliver(Delivery),
+    /// A publish in confirm mode is safe with every queue it was routed to (`ack`), or
+    /// failed somewhere (`!ack`).
+    Confirmed {
+        channel_key: ChannelKey,
+        seq: u64,
+        ack: bool,
+    },
     /// The queue went away: tell the client with basic.cancel.
     ConsumerCancelled {
         channel_key: ChannelKey,

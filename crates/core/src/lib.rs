@@ -8,6 +8,7 @@
 pub mod args;
 pub mod auth;
 pub mod broker;
+pub mod confirm;
 pub mod consumer;
 pub mod exchange;
 pub mod message;

@@ -422,9 +422,8 @@ impl VHost {
         destination: &Destination,
         connection: u64,
     ) -> Result<(), ProtocolError> {
-        let default_refused = || {
-            ProtocolError::access_refused("operation not permitted on the default exchange")
-        };
+        let default_refused =
+            || ProtocolError::access_refused("operation not permitted on the default exchange");
         if source == DEFAULT_EXCHANGE {
             return Err(default_refused());
         }

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use warren_core::confirm::ConfirmShare;
 use warren_core::consumer::{ClientEvent, ConsumerSpec, Delivery};
 use warren_core::queue::QueueCommand;
 use warren_core::{Message, QueueHandle, VHost};
@@ -53,8 +54,8 @@ impl Connection {
                             "cannot switch from tx to confirm mode",
                         ))
                     }
-                    Mode::Plain => c.mode = Mode::Confirm { next_seq: 1 },
-                    Mode::Confirm { .. } => {}
+                    Mode::Plain => c.mode = Mode::Confirm,
+                    Mode::Confirm => {}
                 }
                 if !m.nowait {
                     self.send_method(
@@ -348,7 +349,7 @@ impl Connection {
         let c = self.channel(ch)?;
         match method {
             tx::AMQPMethod::Select(_) => {
-                if let Mode::Confirm { .. } = c.mode {
+                if c.mode == Mode::Confirm {
                     return Err(ProtocolError::precondition_failed(
                         "cannot switch from confirm to tx mode",
                     ));
@@ -367,7 +368,7 @@ impl Connection {
                     match op {
                         TxOp::Publish(publish) => {
                             let (m, header, body) = *publish;
-                            self.route_and_enqueue(ch, m, header, body).await?
+                            self.route_and_enqueue(ch, m, header, body, None).await?
                         }
                         TxOp::Settle {
                             tag,
@@ -416,23 +417,17 @@ impl Connection {
         let c = self.channel(ch)?;
         match c.mode {
             Mode::Tx => {
-                c.tx_ops.push(TxOp::Publish(Box::new((method, header, body))));
+                c.tx_ops
+                    .push(TxOp::Publish(Box::new((method, header, body))));
                 Ok(())
             }
-            Mode::Confirm { next_seq } => {
-                c.mode = Mode::Confirm {
-                    next_seq: next_seq + 1,
-                };
-                self.route_and_enqueue(ch, method, header, body).await?;
-                if let Some(c) = self.channels.get_mut(&ch) {
-                    if c.confirm_upto.is_none() {
-                        self.pending_confirms.push(ch);
-                    }
-                    c.confirm_upto = Some(next_seq);
-                }
-                Ok(())
+            Mode::Confirm => {
+                let seq = c.confirms.publish();
+                let share = ConfirmShare::new(c.key, seq, self.events_tx.clone());
+                self.route_and_enqueue(ch, method, header, body, Some(share))
+                    .await
             }
-            Mode::Plain => self.route_and_enqueue(ch, method, header, body).await,
+            Mode::Plain => self.route_and_enqueue(ch, method, header, body, None).await,
         }
     }
 
@@ -444,6 +439,7 @@ impl Connection {
         method: basic::Publish,
         header: ContentHeader,
         body: Bytes,
+        confirm: Option<ConfirmShare>,
     ) -> Result<(), ProtocolError> {
         let vhost = self.vhost();
         let (properties, header_raw, extra_keys) = sender_selected(header, body.len() as u64);
@@ -456,8 +452,9 @@ impl Connection {
         });
         let mut queues: Vec<QueueHandle> = Vec::new();
         {
+            // The exchange was checked at publish time (`publish`); one deleted since then
+            // (before a tx.commit) simply routes nowhere.
             let routing = vhost.routing();
-            VHost::check_publish_target(&routing, vhost.name(), message.exchange.as_str())?;
             let mut keys: Vec<&str> = Vec::with_capacity(1 + extra_keys.len());
             keys.push(message.routing_key.as_str());
             keys.extend(extra_keys.iter().map(|s| s.as_str()));
@@ -486,20 +483,19 @@ impl Connection {
         }
         for queue in queues {
             // A queue deleted since routing simply misses the message.
-            let _ = queue.send(QueueCommand::Publish(message.clone())).await;
+            let _ = queue
+                .send(QueueCommand::Publish(message.clone(), confirm.clone()))
+                .await;
         }
         Ok(())
     }
 
-    /// Writes the confirms gathered while processing this batch of input: one basic.ack
-    /// with multiple=true per channel.
+    /// Writes the confirms that queues reported since the last flush.
     pub(crate) fn flush_confirms(&mut self) {
         for ch in std::mem::take(&mut self.pending_confirms) {
             if let Some(c) = self.channels.get_mut(&ch) {
-                if let Some(upto) = c.confirm_upto.take() {
-                    if !c.closing {
-                        encode::confirm(&mut self.out, ch, upto, true, true);
-                    }
+                if !c.closing {
+                    c.confirms.flush(&mut self.out, ch);
                 }
             }
         }
@@ -520,6 +516,21 @@ impl Connection {
                     }
                     // The channel is gone; its queue takes the message back on ChannelClosed.
                     _ => {}
+                }
+            }
+            ClientEvent::Confirmed {
+                channel_key,
+                seq,
+                ack,
+            } => {
+                let id = Channel::number_of(channel_key);
+                if let Some(c) = self.channels.get_mut(&id) {
+                    if c.key == channel_key {
+                        c.confirms.confirmed(seq, ack);
+                        if !self.pending_confirms.contains(&id) {
+                            self.pending_confirms.push(id);
+                        }
+                    }
                 }
             }
             ClientEvent::ConsumerCancelled {

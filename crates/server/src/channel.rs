@@ -19,6 +19,7 @@ use warren_protocol::frame::{Frame, FrameKind};
 use warren_protocol::method::{decode_method, method_ids};
 use warren_protocol::{basic, channel, AMQPClass, ProtocolError, ShortString};
 
+use crate::confirms::ConfirmTracker;
 use crate::connection::Connection;
 
 static NEXT_CHANNEL_GENERATION: AtomicU64 = AtomicU64::new(1);
@@ -34,10 +35,8 @@ pub(crate) struct Unacked {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
     Plain,
-    /// Publisher confirms; the next publish sequence number.
-    Confirm {
-        next_seq: u64,
-    },
+    /// Publisher confirms (see `confirms`).
+    Confirm,
     Tx,
 }
 
@@ -59,8 +58,7 @@ pub(crate) struct Channel {
     pub assembler: ContentAssembler<basic::Publish>,
     pub mode: Mode,
     pub tx_ops: Vec<TxOp>,
-    /// Highest publish sequence number to confirm at the end of this batch.
-    pub confirm_upto: Option<u64>,
+    pub confirms: ConfirmTracker,
     /// basic.qos global=false: prefetch for consumers created from now on.
     pub consumer_prefetch: u32,
     pub limiter: Arc<ChannelLimiter>,
@@ -86,7 +84,7 @@ impl Channel {
             assembler: ContentAssembler::default(),
             mode: Mode::Plain,
             tx_ops: Vec::new(),
-            confirm_upto: None,
+            confirms: ConfirmTracker::default(),
             consumer_prefetch: 0,
             limiter: Arc::new(ChannelLimiter::default()),
             consumers: HashMap::new(),

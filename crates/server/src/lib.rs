@@ -5,6 +5,7 @@
 mod basic;
 mod channel;
 pub mod config;
+mod confirms;
 mod connection;
 mod definitions;
 mod properties;

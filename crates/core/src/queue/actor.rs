@@ -99,7 +99,7 @@ impl QueueActor {
 
     fn handle_command(&mut self, cmd: QueueCommand) -> Flow {
         match cmd {
-            QueueCommand::Publish(message) => {
+            QueueCommand::Publish(message, confirm) => {
                 let id = self.next_id;
                 self.next_id += 1;
                 self.ready.push_back(Ready {
@@ -107,6 +107,8 @@ impl QueueActor {
                     message,
                     redelivered: false,
                 });
+                // In memory the message is safe once enqueued: the share drops here.
+                drop(confirm);
             }
             QueueCommand::Consume(spec, reply) => {
                 let result = self.add_consumer(spec);

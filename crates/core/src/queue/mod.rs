@@ -12,6 +12,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::{mpsc, oneshot};
 use warren_protocol::{FieldTable, ProtocolError, ShortString};
 
+use crate::confirm::ConfirmShare;
 use crate::consumer::{ChannelKey, ConsumerSpec, Delivery};
 use crate::message::MessageRef;
 use crate::vhost::VHost;
@@ -41,7 +42,8 @@ pub struct QueueStats {
 /// What a queue actor is asked to do.
 #[derive(Debug)]
 pub enum QueueCommand {
-    Publish(MessageRef),
+    /// A message, with its publisher-confirm share if the channel is in confirm mode.
+    Publish(MessageRef, Option<ConfirmShare>),
     Consume(ConsumerSpec, oneshot::Sender<Result<(), ProtocolError>>),
     Cancel {
         channel_key: ChannelKey,

@@ -1,0 +1,55 @@
+//! Publisher confirms across queues. A message published in confirm mode carries one
+//! `ConfirmShare` per destination queue; a queue drops its share once the message is safe
+//! with it (enqueued in memory, or fsynced for a persistent message in a durable queue), or
+//! marks it failed first (a store error). When the last share is gone the channel gets one
+//! `ClientEvent::Confirmed` — basic.ack, or basic.nack if any queue failed.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::consumer::{ChannelKey, ClientEvent, ClientSender};
+
+struct Ticket {
+    channel_key: ChannelKey,
+    seq: u64,
+    failed: AtomicBool,
+    client: ClientSender,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let _ = self.client.send(ClientEvent::Confirmed {
+            channel_key: self.channel_key,
+            seq: self.seq,
+            ack: !self.failed.load(Ordering::Acquire),
+        });
+    }
+}
+
+/// One queue's part of a publisher confirm. Dropping it means "done here".
+#[derive(Clone)]
+pub struct ConfirmShare(Arc<Ticket>);
+
+impl std::fmt::Debug for ConfirmShare {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ConfirmShare({})", self.0.seq)
+    }
+}
+
+impl ConfirmShare {
+    /// A confirm for publish `seq` on a channel; clone it once per destination queue and
+    /// drop the original (an unroutable message confirms at once).
+    pub fn new(channel_key: ChannelKey, seq: u64, client: ClientSender) -> ConfirmShare {
+        ConfirmShare(Arc::new(Ticket {
+            channel_key,
+            seq,
+            failed: AtomicBool::new(false),
+            client,
+        }))
+    }
+
+    /// The message could not be made safe: the publisher gets basic.nack.
+    pub fn fail(self) {
+        self.0.failed.store(true, Ordering::Release);
+    }
+}
