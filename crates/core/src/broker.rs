@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::auth::Users;
+use crate::queue::settings::QueueDefaults;
 use crate::vhost::VHost;
 
 /// The vhost every broker has.
@@ -15,9 +16,12 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(users: Users) -> Arc<Broker> {
+    pub fn new(users: Users, queue_defaults: QueueDefaults) -> Arc<Broker> {
         let mut vhosts = HashMap::new();
-        vhosts.insert(DEFAULT_VHOST.to_owned(), VHost::new(DEFAULT_VHOST));
+        vhosts.insert(
+            DEFAULT_VHOST.to_owned(),
+            VHost::new(DEFAULT_VHOST, queue_defaults),
+        );
         Arc::new(Broker { vhosts, users })
     }
 

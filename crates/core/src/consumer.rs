@@ -43,6 +43,18 @@ pub enum ClientEvent {
         seq: u64,
         ack: bool,
     },
+    /// A delivery was not acked in time and the broker is set to close the channel
+    /// (RabbitMQ's behaviour): 406 on the channel.
+    ConsumerTimeout {
+        channel_key: ChannelKey,
+        timeout_ms: u64,
+    },
+    /// A reply for a direct reply-to consumer (no queue, nothing to ack).
+    DirectReply {
+        channel_key: ChannelKey,
+        consumer_tag: ShortString,
+        message: MessageRef,
+    },
     /// The queue went away: tell the client with basic.cancel.
     ConsumerCancelled {
         channel_key: ChannelKey,
@@ -108,6 +120,8 @@ pub struct ConsumerSpec {
     pub connection_id: u64,
     pub no_ack: bool,
     pub exclusive: bool,
+    /// `x-priority`: higher-priority consumers are served first.
+    pub priority: i32,
     /// Per-consumer prefetch (basic.qos global=false); 0 = unlimited.
     pub prefetch: u32,
     /// The channel's shared limit (basic.qos global=true).

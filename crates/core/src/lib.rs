@@ -10,6 +10,7 @@ pub mod auth;
 pub mod broker;
 pub mod confirm;
 pub mod consumer;
+pub mod direct_reply;
 pub mod exchange;
 pub mod message;
 pub mod queue;

@@ -31,3 +31,42 @@ impl Message {
         self.body.len()
     }
 }
+
+impl Message {
+    /// A copy with other properties (the header is re-encoded; the body is shared).
+    pub fn with_properties(
+        &self,
+        properties: AMQPProperties,
+        exchange: ShortString,
+        routing_key: ShortString,
+    ) -> Message {
+        let header_raw =
+            warren_protocol::encode::header_payload(&properties, self.body.len() as u64);
+        Message {
+            exchange,
+            routing_key,
+            properties,
+            header_raw,
+            body: self.body.clone(),
+        }
+    }
+
+    /// A copy whose headers carry `key = value` (e.g. x-delivery-count).
+    pub fn with_header(&self, key: &str, value: warren_protocol::AMQPValue) -> Message {
+        let mut headers = self.properties.headers().clone().unwrap_or_default();
+        headers.insert(key.into(), value);
+        self.with_properties(
+            self.properties.clone().with_headers(headers),
+            self.exchange.clone(),
+            self.routing_key.clone(),
+        )
+    }
+}
+
+/// Milliseconds since the Unix epoch (deadlines are absolute so they survive restarts).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

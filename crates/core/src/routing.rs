@@ -107,6 +107,8 @@ impl Matcher {
 pub struct ExchangeRoute {
     pub kind: ExchangeKind,
     pub internal: bool,
+    /// Receives what this exchange's bindings cannot route.
+    pub alternate: Option<ShortString>,
     pub matcher: Matcher,
 }
 
@@ -148,20 +150,32 @@ impl RoutingTable {
                 continue;
             };
             let mut found_exchanges: Vec<&str> = Vec::new();
+            let mut matched = false;
             for key in routing_keys {
                 route.matcher.matches(key, headers, &mut |dest| match dest {
                     Destination::Queue(q) => {
                         if let Some(handle) = self.queues.get(q) {
+                            matched = true;
                             push_unique(out, handle);
                         }
                     }
                     Destination::Exchange(x) => {
                         // Lifetime: `x` lives in `route`, which lives in `self`.
                         if let Some((k, _)) = self.exchanges.get_key_value(x.as_str()) {
+                            matched = true;
                             found_exchanges.push(k.as_str());
                         }
                     }
                 });
+            }
+            if !matched {
+                if let Some((k, _)) = route
+                    .alternate
+                    .as_ref()
+                    .and_then(|a| self.exchanges.get_key_value(a.as_str()))
+                {
+                    found_exchanges.push(k.as_str());
+                }
             }
             for x in found_exchanges {
                 if !visited.contains(&x) {

@@ -12,10 +12,12 @@ use arc_swap::{ArcSwap, Guard};
 use warren_protocol::{FieldTable, ProtocolError, ShortString};
 
 use crate::args::{check_equivalent, check_flag};
+use crate::direct_reply::DirectReplies;
 use crate::exchange::headers::validate_binding_args;
 use crate::exchange::{
     check_name, ExchangeDef, ExchangeKind, DEFAULT_EXCHANGE, STANDARD_EXCHANGES,
 };
+use crate::queue::settings::{QueueDefaults, QueueSettings};
 use crate::queue::{QueueCommand, QueueDef, QueueHandle};
 use crate::routing::{Binding, Destination, ExchangeRoute, Matcher, RoutingTable};
 
@@ -31,6 +33,7 @@ impl ExchangeEntry {
         let route = Arc::new(ExchangeRoute {
             kind: def.kind,
             internal: def.internal,
+            alternate: alternate_of(&def),
             matcher: Matcher::build(def.kind, &[]),
         });
         ExchangeEntry {
@@ -44,9 +47,23 @@ impl ExchangeEntry {
         self.route = Arc::new(ExchangeRoute {
             kind: self.def.kind,
             internal: self.def.internal,
+            alternate: alternate_of(&self.def),
             matcher: Matcher::build(self.def.kind, &self.bindings),
         });
     }
+}
+
+/// The `alternate-exchange` argument: where this exchange sends what it cannot route.
+fn alternate_of(def: &ExchangeDef) -> Option<ShortString> {
+    def.arguments
+        .inner()
+        .get("alternate-exchange")
+        .and_then(crate::args::as_str)
+        .map(ShortString::from)
+}
+
+fn default_exchange_refused() -> ProtocolError {
+    ProtocolError::access_refused("operation not permitted on the default exchange")
 }
 
 struct QueueEntry {
@@ -70,11 +87,13 @@ pub struct VHost {
     name: String,
     defs: Mutex<Definitions>,
     routing: ArcSwap<RoutingTable>,
+    queue_defaults: QueueDefaults,
+    pub direct_replies: Arc<DirectReplies>,
     me: Weak<VHost>,
 }
 
 impl VHost {
-    pub fn new(name: impl Into<String>) -> Arc<VHost> {
+    pub fn new(name: impl Into<String>, queue_defaults: QueueDefaults) -> Arc<VHost> {
         let name = name.into();
         Arc::new_cyclic(|me| {
             let mut defs = Definitions::default();
@@ -95,6 +114,8 @@ impl VHost {
                 name,
                 defs: Mutex::new(defs),
                 routing: ArcSwap::from_pointee(RoutingTable::default()),
+                queue_defaults,
+                direct_replies: Arc::new(DirectReplies::default()),
                 me: me.clone(),
             };
             vhost.publish(&vhost.lock());
@@ -155,22 +176,15 @@ impl VHost {
     pub fn declare_exchange(&self, def: ExchangeDef, passive: bool) -> Result<(), ProtocolError> {
         let name = def.name.as_str();
         check_name(name, "exchange")?;
+        if name == DEFAULT_EXCHANGE {
+            return Err(default_exchange_refused());
+        }
         let mut defs = self.lock();
-        if passive {
-            return match defs.exchanges.get(name) {
-                Some(_) => Ok(()),
-                None if name == DEFAULT_EXCHANGE => Ok(()),
-                None => Err(self.no_exchange(name)),
-            };
-        }
-        if name == DEFAULT_EXCHANGE || name.starts_with("amq.") {
-            // Redeclaring a standard exchange with its own properties is allowed in RabbitMQ
-            // only passively; any other declare of an amq.* name is refused.
-            return Err(ProtocolError::access_refused(format!(
-                "exchange name '{name}' contains reserved prefix 'amq.'"
-            )));
-        }
         if let Some(existing) = defs.exchanges.get(name) {
+            if passive {
+                return Ok(());
+            }
+            // An equivalent redeclare is fine, even of an `amq.*` exchange.
             let what = self.exchange_what(name);
             let cur = &existing.def;
             if cur.kind != def.kind {
@@ -186,6 +200,14 @@ impl VHost {
             check_equivalent(&def.arguments, &cur.arguments, &what)?;
             return Ok(());
         }
+        if passive {
+            return Err(self.no_exchange(name));
+        }
+        if name.starts_with("amq.") {
+            return Err(ProtocolError::access_refused(format!(
+                "exchange name '{name}' contains reserved prefix 'amq.'"
+            )));
+        }
         defs.exchanges
             .insert(def.name.clone(), ExchangeEntry::new(def));
         self.publish(&defs);
@@ -194,14 +216,19 @@ impl VHost {
 
     /// exchange.delete.
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), ProtocolError> {
-        if name == DEFAULT_EXCHANGE || name.starts_with("amq.") {
+        if name == DEFAULT_EXCHANGE {
+            return Err(default_exchange_refused());
+        }
+        if name.starts_with("amq.") {
             return Err(ProtocolError::access_refused(format!(
-                "operation not permitted on the default exchange or an 'amq.*' exchange ('{name}')"
+                "deletion of system exchange '{name}' in vhost '{}' refused",
+                self.name
             )));
         }
         let mut defs = self.lock();
+        // exchange.delete is idempotent in RabbitMQ: a missing exchange is not an error.
         let Some(entry) = defs.exchanges.get(name) else {
-            return Err(self.no_exchange(name));
+            return Ok(());
         };
         let dest = Destination::Exchange(ShortString::from(name));
         let bound_as_destination = defs
@@ -230,6 +257,14 @@ impl VHost {
     ) -> Result<DeclaredQueue, ProtocolError> {
         let name = def.name.as_str().to_owned();
         check_name(&name, "queue")?;
+        // RabbitMQ refuses a non-passive declare of any `amq.` name, even an existing
+        // server-named queue; only the server itself names queues so.
+        if name.starts_with("amq.") && !server_named {
+            return Err(ProtocolError::access_refused(format!(
+                "queue name '{name}' contains reserved prefix 'amq.*'"
+            )));
+        }
+        let settings = QueueSettings::from_arguments(&def.arguments, &self.queue_what(&name))?;
         let mut defs = self.lock();
         if let Some(existing) = defs.queues.get(name.as_str()) {
             self.check_owner(&existing.def, def.exclusive_owner)?;
@@ -249,13 +284,8 @@ impl VHost {
                 created: false,
             });
         }
-        // Redeclaring an existing `amq.` queue (a server-named one) is fine; creating one is not.
-        if name.starts_with("amq.") && !server_named {
-            return Err(ProtocolError::access_refused(format!(
-                "queue name '{name}' contains reserved prefix 'amq.*'"
-            )));
-        }
-        let handle = QueueHandle::spawn(def.clone(), self.me.clone());
+        let handle =
+            QueueHandle::spawn(def.clone(), settings, &self.queue_defaults, self.me.clone());
         defs.queues.insert(
             def.name.clone(),
             QueueEntry {

@@ -20,6 +20,9 @@ use warren_protocol::{
 use crate::channel::{Channel, Mode, TxOp, Unacked};
 use crate::connection::Connection;
 use crate::definitions::generated_name;
+use crate::reply_to::check_expiration;
+use warren_core::direct_reply::REPLY_TO;
+use warren_core::queue::settings::consumer_priority;
 
 impl Connection {
     pub(crate) fn vhost(&self) -> Arc<VHost> {
@@ -97,8 +100,13 @@ impl Connection {
             }
             basic::AMQPMethod::Consume(m) => self.consume(ch, m).await,
             basic::AMQPMethod::Cancel(m) => {
+                let reply_consumer = self.cancel_reply_to(ch, &m.consumer_tag);
                 let c = self.channel(ch)?;
-                if let Some(queue) = c.consumers.remove(&m.consumer_tag) {
+                if let Some(queue) = c
+                    .consumers
+                    .remove(&m.consumer_tag)
+                    .filter(|_| !reply_consumer)
+                {
                     queue
                         .send(QueueCommand::Cancel {
                             channel_key: c.key,
@@ -160,7 +168,18 @@ impl Connection {
     }
 
     async fn consume(&mut self, ch: u16, m: basic::Consume) -> Result<(), ProtocolError> {
+        if m.queue.as_str() == REPLY_TO {
+            return self.consume_reply_to(ch, m);
+        }
         let queue = self.lookup_queue(ch, &m.queue)?;
+        let priority = consumer_priority(
+            &m.arguments,
+            &format!(
+                "queue '{}' in vhost '{}'",
+                queue.name().as_str(),
+                self.vhost().name()
+            ),
+        )?;
         let events = self.events_tx.clone();
         let connection_id = self.id;
         let c = self.channel(ch)?;
@@ -181,6 +200,7 @@ impl Connection {
             connection_id,
             no_ack: m.no_ack,
             exclusive: m.exclusive,
+            priority,
             prefetch: c.consumer_prefetch,
             channel_limiter: c.limiter.clone(),
             client: events,
@@ -414,6 +434,19 @@ impl Connection {
     ) -> Result<(), ProtocolError> {
         let vhost = self.vhost();
         VHost::check_publish_target(&vhost.routing(), vhost.name(), method.exchange.as_str())?;
+        if let Some(user_id) = header.properties.user_id() {
+            if user_id.as_str() != self.user {
+                return Err(ProtocolError::precondition_failed(format!(
+                    "user_id property set to '{}' but authenticated user was '{}'",
+                    user_id.as_str(),
+                    self.user
+                )));
+            }
+        }
+        if let Some(expiration) = header.properties.expiration() {
+            check_expiration(expiration.as_str())?;
+        }
+        let header = self.rewrite_reply_to(ch, header)?;
         let c = self.channel(ch)?;
         match c.mode {
             Mode::Tx => {
@@ -450,6 +483,9 @@ impl Connection {
             header_raw,
             body,
         });
+        if message.exchange.as_str().is_empty() && self.deliver_reply(&message) {
+            return Ok(());
+        }
         let mut queues: Vec<QueueHandle> = Vec::new();
         {
             // The exchange was checked at publish time (`publish`); one deleted since then
@@ -531,6 +567,30 @@ impl Connection {
                             self.pending_confirms.push(id);
                         }
                     }
+                }
+            }
+            ClientEvent::DirectReply {
+                channel_key,
+                consumer_tag,
+                message,
+            } => {
+                let id = Channel::number_of(channel_key);
+                if matches!(self.channels.get(&id), Some(c) if c.key == channel_key && !c.closing) {
+                    self.write_reply(id, consumer_tag.as_str(), &message);
+                }
+            }
+            ClientEvent::ConsumerTimeout {
+                channel_key,
+                timeout_ms,
+            } => {
+                let id = Channel::number_of(channel_key);
+                if matches!(self.channels.get(&id), Some(c) if c.key == channel_key && !c.closing) {
+                    self.channel_error(
+                        id,
+                        ProtocolError::precondition_failed(format!(
+                            "delivery acknowledgement on channel {id} timed out. Timeout value used: {timeout_ms} ms. This timeout value can be configured, see consumers doc guide to learn more"
+                        )),
+                    );
                 }
             }
             ClientEvent::ConsumerCancelled {

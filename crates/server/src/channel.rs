@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use tracing::warn;
 use warren_core::consumer::{ChannelKey, ChannelLimiter, Delivery};
+use warren_core::direct_reply::Registration;
 use warren_core::queue::QueueCommand;
 use warren_core::QueueHandle;
 use warren_protocol::content::{parse_header, Assembled, ContentAssembler, ContentHeader};
@@ -71,6 +72,8 @@ pub(crate) struct Channel {
     /// channel.flow: when false, deliveries wait in `paused`.
     pub flow_active: bool,
     pub paused: VecDeque<Delivery>,
+    /// This channel's direct reply-to consumer, if any (unregisters when dropped).
+    pub reply_consumer: Option<Registration>,
     /// The last queue declared on this channel (an empty queue name means it).
     pub last_queue: Option<ShortString>,
 }
@@ -94,6 +97,7 @@ impl Channel {
             flow_active: true,
             paused: VecDeque::new(),
             last_queue: None,
+            reply_consumer: None,
         }
     }
 
@@ -121,6 +125,7 @@ impl Channel {
         self.paused.clear();
         self.tx_ops.clear();
         self.assembler.reset();
+        self.reply_consumer = None;
     }
 }
 

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use warren_core::queue::settings::{ConsumerTimeoutAction, DEFAULT_CONSUMER_TIMEOUT_MS};
+
 /// AMQP's IANA port.
 pub const DEFAULT_PORT: u16 = 5672;
 /// Largest frame we offer in connection.tune (RabbitMQ's default).
@@ -42,6 +44,11 @@ pub struct Config {
     pub heartbeat_secs: u16,
     pub max_message_bytes: u64,
     pub handshake_timeout: Duration,
+    /// How long a delivery may stay unacked (None: forever); a queue's
+    /// `x-consumer-timeout` overrides it.
+    pub consumer_timeout_ms: Option<u64>,
+    /// What a consumer timeout does: requeue and cancel (Warren) or close the channel (RabbitMQ).
+    pub consumer_timeout_action: ConsumerTimeoutAction,
 }
 
 impl Default for Config {
@@ -60,6 +67,8 @@ impl Default for Config {
             heartbeat_secs: DEFAULT_HEARTBEAT_SECS,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            consumer_timeout_ms: Some(DEFAULT_CONSUMER_TIMEOUT_MS),
+            consumer_timeout_action: ConsumerTimeoutAction::Requeue,
         }
     }
 }

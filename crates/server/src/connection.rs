@@ -469,7 +469,7 @@ impl Connection {
                 );
                 Ok(None)
             }
-            _ => Err(ProtocolError::command_invalid(format!(
+            _ => Err(ProtocolError::channel_error(format!(
                 "method {}.{} is not allowed on channel 0",
                 method.class_id, method.method_id
             ))

@@ -2,6 +2,7 @@
 //! vhost's definitions (which publish a new routing snapshot) and answer with the -ok method.
 
 use rand::Rng;
+use warren_core::direct_reply::REPLY_TO;
 use warren_core::exchange::{ExchangeDef, ExchangeKind};
 use warren_core::queue::{QueueCommand, QueueDef, QueueStats};
 use warren_core::routing::Destination;
@@ -48,6 +49,26 @@ impl Connection {
     ) -> Result<QueueHandle, ProtocolError> {
         let name = self.resolve_queue_name(channel, name)?;
         self.vhost().queue(name.as_str(), self.id)
+    }
+
+    /// A passive declare of the direct reply-to pseudo-queue, or of a channel's reply name.
+    fn declare_reply_to(&mut self, ch: u16, name: ShortString) -> Result<(), ProtocolError> {
+        if name.as_str() != REPLY_TO && !self.vhost().direct_replies.exists(name.as_str()) {
+            return Err(ProtocolError::not_found(format!(
+                "no queue '{}' in vhost '{}'",
+                name.as_str(),
+                self.vhost().name()
+            )));
+        }
+        self.send_method(
+            ch,
+            AMQPClass::Queue(queue::AMQPMethod::DeclareOk(queue::DeclareOk {
+                queue: name,
+                message_count: 0,
+                consumer_count: 0,
+            })),
+        );
+        Ok(())
     }
 
     pub(crate) async fn handle_exchange(
@@ -141,6 +162,9 @@ impl Connection {
         let vhost = self.vhost();
         match method {
             queue::AMQPMethod::Declare(m) => {
+                if m.passive && m.queue.as_str().starts_with(REPLY_TO) {
+                    return self.declare_reply_to(ch, m.queue);
+                }
                 let (handle, name) = if m.passive {
                     let name = self.resolve_queue_name(ch, &m.queue)?;
                     (vhost.queue(name.as_str(), self.id)?, name)

@@ -9,6 +9,7 @@ mod confirms;
 mod connection;
 mod definitions;
 mod properties;
+mod reply_to;
 mod sasl;
 mod writer;
 
@@ -22,6 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 use warren_core::auth::{User, Users};
+use warren_core::queue::settings::QueueDefaults;
 use warren_core::Broker;
 
 use crate::connection::ServerContext;
@@ -66,7 +68,13 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
             .iter()
             .map(|u| User::new(&u.name, &u.password, u.loopback_only)),
     );
-    let broker = Broker::new(users);
+    let broker = Broker::new(
+        users,
+        QueueDefaults {
+            consumer_timeout_ms: config.consumer_timeout_ms,
+            consumer_timeout_action: config.consumer_timeout_action,
+        },
+    );
     let mut listeners = Vec::new();
     for addr in &config.listen {
         let listener = bind(*addr)?;

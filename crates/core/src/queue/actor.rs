@@ -1,33 +1,36 @@
 //! The queue actor: the one owner of a queue's ready messages, its consumers and the
 //! deliveries awaiting settlement. It processes its inbox in order and never waits on a
-//! client: deliveries go out over unbounded channels, bounded by consumers' prefetch.
+//! client or another queue: deliveries go out over unbounded channels (bounded by
+//! consumers' prefetch) and dead-lettered messages with `send_now`.
 //!
-//! Ready messages are kept sorted by id, so a requeued message goes back to its original
-//! place, ahead of newer ones (RabbitMQ's order).
+//! Its timers (message expiry at the head, consumer timeouts, `x-expires`) are deadlines in
+//! Unix milliseconds, checked whenever the inbox is idle until the earliest one.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Weak;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::debug;
-use warren_protocol::{ProtocolError, ShortString};
+use warren_protocol::{AMQPValue, ProtocolError, ShortString};
 
+use super::dead_letter::{dead_lettered, is_cycle, Reason};
+use super::ready::{Ready, ReadyQueue};
+use super::settings::{ConsumerTimeoutAction, Overflow, QueueDefaults, QueueSettings};
 use super::{QueueCommand, QueueDef, QueueHandle, QueueStats};
+use crate::confirm::ConfirmShare;
 use crate::consumer::{ChannelKey, ClientEvent, ConsumerSpec, Delivery};
-use crate::message::MessageRef;
+use crate::message::{now_ms, MessageRef};
 use crate::vhost::VHost;
-
-struct Ready {
-    id: u64,
-    message: MessageRef,
-    redelivered: bool,
-}
 
 struct Unacked {
     message: MessageRef,
     channel_key: ChannelKey,
     /// None for basic.get deliveries.
     consumer_tag: Option<ShortString>,
+    delivery_count: u32,
+    expires_at_ms: Option<u64>,
+    deadline_ms: Option<u64>,
 }
 
 struct Consumer {
@@ -43,16 +46,22 @@ impl Consumer {
 
 pub(super) struct QueueActor {
     def: QueueDef,
+    settings: QueueSettings,
+    consumer_timeout_ms: Option<u64>,
+    timeout_action: ConsumerTimeoutAction,
     handle: QueueHandle,
     vhost: Weak<VHost>,
     next_id: u64,
-    ready: VecDeque<Ready>,
+    ready: ReadyQueue,
     unacked: HashMap<u64, Unacked>,
+    /// Sorted by priority (highest first); within a priority, the next to serve first.
     consumers: Vec<Consumer>,
-    /// Round-robin position in `consumers`.
-    next_consumer: usize,
+    /// Consumer-timeout deadlines of unacked deliveries: (deadline ms, message id).
+    timeouts: BTreeSet<(u64, u64)>,
     /// Set once a consumer has attached; auto-delete applies only after that.
     had_consumer: bool,
+    /// Last use for `x-expires` (consume, get, declare).
+    last_used_ms: u64,
 }
 
 enum Flow {
@@ -61,22 +70,51 @@ enum Flow {
 }
 
 impl QueueActor {
-    pub(super) fn new(def: QueueDef, handle: QueueHandle, vhost: Weak<VHost>) -> Self {
+    pub(super) fn new(
+        def: QueueDef,
+        settings: QueueSettings,
+        defaults: &QueueDefaults,
+        handle: QueueHandle,
+        vhost: Weak<VHost>,
+    ) -> Self {
         QueueActor {
+            ready: ReadyQueue::new(settings.max_priority),
+            consumer_timeout_ms: settings
+                .consumer_timeout_ms
+                .or(defaults.consumer_timeout_ms),
+            timeout_action: defaults.consumer_timeout_action,
             def,
+            settings,
             handle,
             vhost,
             next_id: 1,
-            ready: VecDeque::new(),
             unacked: HashMap::new(),
             consumers: Vec::new(),
-            next_consumer: 0,
+            timeouts: BTreeSet::new(),
             had_consumer: false,
+            last_used_ms: now_ms(),
         }
     }
 
     pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<QueueCommand>) {
-        while let Some(cmd) = inbox.recv().await {
+        loop {
+            let cmd = match self.next_deadline_ms() {
+                Some(deadline) => {
+                    let wait = Duration::from_millis(deadline.saturating_sub(now_ms()));
+                    tokio::select! {
+                        cmd = inbox.recv() => cmd,
+                        _ = tokio::time::sleep(wait) => {
+                            if let Flow::Stop = self.on_timer() {
+                                break;
+                            }
+                            self.deliver();
+                            continue;
+                        }
+                    }
+                }
+                None => inbox.recv().await,
+            };
+            let Some(cmd) = cmd else { break };
             if let Flow::Stop = self.handle_command(cmd) {
                 break;
             }
@@ -99,17 +137,7 @@ impl QueueActor {
 
     fn handle_command(&mut self, cmd: QueueCommand) -> Flow {
         match cmd {
-            QueueCommand::Publish(message, confirm) => {
-                let id = self.next_id;
-                self.next_id += 1;
-                self.ready.push_back(Ready {
-                    id,
-                    message,
-                    redelivered: false,
-                });
-                // In memory the message is safe once enqueued: the share drops here.
-                drop(confirm);
-            }
+            QueueCommand::Publish(message, confirm) => self.publish(message, confirm),
             QueueCommand::Consume(spec, reply) => {
                 let result = self.add_consumer(spec);
                 let _ = reply.send(result);
@@ -117,13 +145,15 @@ impl QueueActor {
             QueueCommand::Cancel { channel_key, tag } => {
                 self.consumers
                     .retain(|c| !(c.spec.channel_key == channel_key && c.spec.tag == tag));
-                return self.maybe_auto_delete();
+                return self.consumers_changed();
             }
             QueueCommand::Get {
                 channel_key,
                 no_ack,
                 reply,
             } => {
+                self.last_used_ms = now_ms();
+                self.expire(self.last_used_ms);
                 let got = self.ready.pop_front().map(|r| {
                     let delivery = self.make_delivery(r, channel_key, None, no_ack);
                     (delivery, self.ready.len() as u32)
@@ -135,77 +165,128 @@ impl QueueActor {
                 ids,
                 requeue,
             } => self.settle(channel_key, &ids, requeue),
-            QueueCommand::Recover { channel_key } => {
-                self.requeue_channel(channel_key);
-            }
+            QueueCommand::Recover { channel_key } => self.requeue_channel(channel_key),
             QueueCommand::ChannelClosed { channel_key } => {
                 self.consumers.retain(|c| c.spec.channel_key != channel_key);
                 self.requeue_channel(channel_key);
-                return self.maybe_auto_delete();
+                return self.consumers_changed();
             }
             QueueCommand::Resume => {}
             QueueCommand::Stats(reply) => {
+                // queue.declare asks for these: a redeclare counts as use for x-expires.
+                self.last_used_ms = now_ms();
                 let _ = reply.send(QueueStats {
                     messages: self.ready.len() as u32,
                     consumers: self.consumers.len() as u32,
                 });
             }
             QueueCommand::Purge(reply) => {
-                let n = self.ready.len() as u32;
-                self.ready.clear();
-                let _ = reply.send(n);
+                let _ = reply.send(self.ready.clear() as u32);
             }
             QueueCommand::Delete {
                 if_unused,
                 if_empty,
                 reply,
-            } => {
-                let name = self.def.name.as_str();
-                if if_unused && !self.consumers.is_empty() {
-                    let _ = reply.send(Err(ProtocolError::precondition_failed(format!(
-                        "queue '{name}' in vhost '{}' in use",
-                        self.vhost_name()
-                    ))));
-                    return Flow::Continue;
-                }
-                if if_empty && !self.ready.is_empty() {
-                    let _ = reply.send(Err(ProtocolError::precondition_failed(format!(
-                        "queue '{name}' in vhost '{}' is not empty",
-                        self.vhost_name()
-                    ))));
-                    return Flow::Continue;
-                }
-                let _ = reply.send(Ok(self.ready.len() as u32));
-                self.cancel_all_consumers();
-                return Flow::Stop;
-            }
+            } => return self.delete(if_unused, if_empty, reply),
         }
         Flow::Continue
     }
 
-    fn vhost_name(&self) -> String {
-        self.vhost
+    fn delete(
+        &mut self,
+        if_unused: bool,
+        if_empty: bool,
+        reply: tokio::sync::oneshot::Sender<Result<u32, ProtocolError>>,
+    ) -> Flow {
+        let what = self.what();
+        if if_unused && !self.consumers.is_empty() {
+            let _ = reply.send(Err(ProtocolError::precondition_failed(format!(
+                "{what} in use"
+            ))));
+            return Flow::Continue;
+        }
+        if if_empty && !self.ready.is_empty() {
+            let _ = reply.send(Err(ProtocolError::precondition_failed(format!(
+                "{what} is not empty"
+            ))));
+            return Flow::Continue;
+        }
+        let _ = reply.send(Ok(self.ready.len() as u32));
+        self.cancel_all_consumers();
+        Flow::Stop
+    }
+
+    fn what(&self) -> String {
+        let vhost = self
+            .vhost
             .upgrade()
             .map(|v| v.name().to_owned())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        format!("queue '{}' in vhost '{vhost}'", self.def.name.as_str())
+    }
+
+    fn over_limit(&self, extra_messages: u64, extra_bytes: u64) -> bool {
+        let len = self.ready.len() as u64 + extra_messages;
+        let bytes = self.ready.bytes() + extra_bytes;
+        self.settings.max_length.is_some_and(|m| len > m)
+            || self.settings.max_length_bytes.is_some_and(|m| bytes > m)
+    }
+
+    fn publish(&mut self, message: MessageRef, confirm: Option<ConfirmShare>) {
+        let size = message.body_size() as u64;
+        let overflow = self.settings.overflow;
+        if overflow != Overflow::DropHead && self.over_limit(1, size) {
+            // Refused: the publisher's confirm becomes a nack.
+            if let Some(c) = confirm {
+                c.fail();
+            }
+            if overflow == Overflow::RejectPublishDlx {
+                self.dead_letter(&message, Reason::MaxLen);
+            }
+            return;
+        }
+        let now = now_ms();
+        let ttl = match (self.settings.message_ttl_ms, message_expiration(&message)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ready.push_back(Ready {
+            id,
+            message,
+            redelivered: false,
+            delivery_count: 0,
+            expires_at_ms: ttl.map(|t| now.saturating_add(t)),
+        });
+        // In memory the message is safe once enqueued: the share drops here.
+        drop(confirm);
+        if overflow == Overflow::DropHead {
+            while self.over_limit(0, 0) {
+                match self.ready.pop_front() {
+                    Some(head) => self.dead_letter(&head.message, Reason::MaxLen),
+                    None => break,
+                }
+            }
+        }
     }
 
     fn add_consumer(&mut self, spec: ConsumerSpec) -> Result<(), ProtocolError> {
-        let in_exclusive_use = || {
-            ProtocolError::access_refused(format!(
-                "queue '{}' in vhost '{}' in exclusive use",
-                self.def.name.as_str(),
-                self.vhost_name()
-            ))
-        };
-        if spec.exclusive && !self.consumers.is_empty() {
-            return Err(in_exclusive_use());
-        }
-        if self.consumers.iter().any(|c| c.spec.exclusive) {
-            return Err(in_exclusive_use());
+        if (spec.exclusive && !self.consumers.is_empty())
+            || self.consumers.iter().any(|c| c.spec.exclusive)
+        {
+            return Err(ProtocolError::access_refused(format!(
+                "{} in exclusive use",
+                self.what()
+            )));
         }
         self.had_consumer = true;
-        self.consumers.push(Consumer { spec, in_flight: 0 });
+        self.last_used_ms = now_ms();
+        // After every consumer of the same or higher priority: arrival order within a band.
+        let at = self
+            .consumers
+            .partition_point(|c| c.spec.priority >= spec.priority);
+        self.consumers.insert(at, Consumer { spec, in_flight: 0 });
         Ok(())
     }
 
@@ -216,13 +297,29 @@ impl QueueActor {
         consumer_tag: Option<ShortString>,
         no_ack: bool,
     ) -> Delivery {
+        let message = if ready.delivery_count > 0 {
+            // Consumers see how often it came back (RabbitMQ's quorum-queue header).
+            Arc::new(ready.message.with_header(
+                "x-delivery-count",
+                AMQPValue::LongLongInt(ready.delivery_count as i64),
+            ))
+        } else {
+            ready.message.clone()
+        };
         if !no_ack {
+            let deadline_ms = self.consumer_timeout_ms.map(|t| now_ms().saturating_add(t));
+            if let Some(d) = deadline_ms {
+                self.timeouts.insert((d, ready.id));
+            }
             self.unacked.insert(
                 ready.id,
                 Unacked {
-                    message: ready.message.clone(),
+                    message: ready.message,
                     channel_key,
                     consumer_tag: consumer_tag.clone(),
+                    delivery_count: ready.delivery_count,
+                    expires_at_ms: ready.expires_at_ms,
+                    deadline_ms,
                 },
             );
         }
@@ -231,15 +328,20 @@ impl QueueActor {
             consumer_tag,
             queue: self.handle.clone(),
             message_id: ready.id,
-            message: ready.message,
+            message,
             redelivered: ready.redelivered,
             needs_ack: !no_ack,
         }
     }
 
-    /// Hands ready messages to consumers with credit, round-robin.
+    /// Hands ready messages to consumers with credit: highest consumer priority first,
+    /// round-robin within a priority; only the first consumer with single-active-consumer.
     fn deliver(&mut self) {
-        while !self.ready.is_empty() && !self.consumers.is_empty() {
+        if self.consumers.is_empty() || self.ready.is_empty() {
+            return;
+        }
+        self.expire(now_ms());
+        while !self.ready.is_empty() {
             let Some(index) = self.next_with_credit() else {
                 return;
             };
@@ -247,9 +349,11 @@ impl QueueActor {
                 return;
             };
             let consumer = &self.consumers[index];
-            let channel_key = consumer.spec.channel_key;
-            let tag = consumer.spec.tag.clone();
-            let no_ack = consumer.spec.no_ack;
+            let (channel_key, tag, no_ack) = (
+                consumer.spec.channel_key,
+                consumer.spec.tag.clone(),
+                consumer.spec.no_ack,
+            );
             let delivery = self.make_delivery(ready, channel_key, Some(tag), no_ack);
             let consumer = &mut self.consumers[index];
             if !no_ack {
@@ -258,50 +362,74 @@ impl QueueActor {
             if let Err(mpsc::error::SendError(ClientEvent::Deliver(d))) =
                 consumer.spec.client.send(ClientEvent::Deliver(delivery))
             {
-                // The connection is gone; its ChannelClosed will follow, but stop using the
-                // consumer now and put the message back.
+                // The connection is gone (its ChannelClosed follows): drop the consumer now
+                // and put the message back as it was.
                 self.consumers.remove(index);
-                if d.needs_ack {
-                    self.unacked.remove(&d.message_id);
+                if let Some(u) = self.unacked.remove(&d.message_id) {
+                    self.forget_timeout(&u, d.message_id);
+                    self.ready.requeue(Ready {
+                        id: d.message_id,
+                        message: u.message,
+                        redelivered: d.redelivered,
+                        delivery_count: u.delivery_count,
+                        expires_at_ms: u.expires_at_ms,
+                    });
                 }
-                self.requeue(d.message_id, d.message);
                 continue;
             }
-            self.next_consumer = index + 1;
+            if !self.settings.single_active_consumer {
+                self.rotate(index);
+            }
         }
     }
 
-    /// The next consumer (round-robin) that may take a message, reserving a slot in its
-    /// channel's shared limit.
+    /// Moves a consumer just served to the end of its priority band.
+    fn rotate(&mut self, index: usize) {
+        let priority = self.consumers[index].spec.priority;
+        let end = index
+            + self.consumers[index..]
+                .iter()
+                .take_while(|c| c.spec.priority == priority)
+                .count();
+        self.consumers[index..end].rotate_left(1);
+    }
+
+    /// The consumer to serve next, with a slot reserved in its channel's shared limit.
     fn next_with_credit(&mut self) -> Option<usize> {
-        let n = self.consumers.len();
-        for i in 0..n {
-            let index = (self.next_consumer + i) % n;
-            let c = &self.consumers[index];
-            if !c.has_credit() {
-                continue;
-            }
-            if c.spec.no_ack || c.spec.channel_limiter.try_reserve() {
-                return Some(index);
-            }
-        }
-        None
+        let candidates = if self.settings.single_active_consumer {
+            self.consumers.len().min(1)
+        } else {
+            self.consumers.len()
+        };
+        (0..candidates).find(|&i| {
+            let c = &self.consumers[i];
+            c.has_credit() && (c.spec.no_ack || c.spec.channel_limiter.try_reserve())
+        })
     }
 
     fn settle(&mut self, channel_key: ChannelKey, ids: &[u64], requeue: Option<bool>) {
         for &id in ids {
+            match self.unacked.get(&id) {
+                Some(u) if u.channel_key == channel_key => {}
+                // Not this channel's (or already taken back by a timeout): nothing to do.
+                _ => continue,
+            }
             let Some(entry) = self.unacked.remove(&id) else {
                 continue;
             };
-            if entry.channel_key != channel_key {
-                // Not this channel's to settle; the connection checked tags, so keep it.
-                self.unacked.insert(id, entry);
-                continue;
-            }
+            self.forget_timeout(&entry, id);
             self.release_credit(entry.channel_key, entry.consumer_tag.as_ref());
-            if requeue == Some(true) {
-                self.requeue(id, entry.message);
+            match requeue {
+                None => {}
+                Some(true) => self.return_to_queue(id, entry),
+                Some(false) => self.dead_letter(&entry.message, Reason::Rejected),
             }
+        }
+    }
+
+    fn forget_timeout(&mut self, entry: &Unacked, id: u64) {
+        if let Some(d) = entry.deadline_ms {
+            self.timeouts.remove(&(d, id));
         }
     }
 
@@ -316,17 +444,25 @@ impl QueueActor {
         }
     }
 
-    /// Puts a message back in its place by id, marked redelivered.
-    fn requeue(&mut self, id: u64, message: MessageRef) {
-        let at = self.ready.partition_point(|r| r.id < id);
-        self.ready.insert(
-            at,
-            Ready {
-                id,
-                message,
-                redelivered: true,
-            },
-        );
+    /// An unsettled delivery comes back: redelivered, one more in its count, unless that
+    /// passes `x-delivery-limit`, in which case it is dead-lettered.
+    fn return_to_queue(&mut self, id: u64, entry: Unacked) {
+        let count = entry.delivery_count.saturating_add(1);
+        if self
+            .settings
+            .delivery_limit
+            .is_some_and(|limit| count as u64 > limit)
+        {
+            self.dead_letter(&entry.message, Reason::DeliveryLimit);
+            return;
+        }
+        self.ready.requeue(Ready {
+            id,
+            message: entry.message,
+            redelivered: true,
+            delivery_count: count,
+            expires_at_ms: entry.expires_at_ms,
+        });
     }
 
     fn requeue_channel(&mut self, channel_key: ChannelKey) {
@@ -339,8 +475,9 @@ impl QueueActor {
         ids.sort_unstable();
         for id in ids {
             if let Some(entry) = self.unacked.remove(&id) {
+                self.forget_timeout(&entry, id);
                 self.release_credit(channel_key, entry.consumer_tag.as_ref());
-                self.requeue(id, entry.message);
+                self.return_to_queue(id, entry);
             }
         }
     }
@@ -354,17 +491,154 @@ impl QueueActor {
         }
     }
 
-    /// An auto-delete queue goes when its last consumer does.
-    fn maybe_auto_delete(&mut self) -> Flow {
-        if !(self.def.auto_delete && self.had_consumer && self.consumers.is_empty()) {
+    /// After consumers left: an auto-delete queue goes with its last consumer; otherwise
+    /// the x-expires clock starts.
+    fn consumers_changed(&mut self) -> Flow {
+        if !self.consumers.is_empty() {
             return Flow::Continue;
         }
-        match self.vhost.upgrade() {
-            Some(vhost) => {
-                vhost.forget_queue(&self.handle);
-                Flow::Stop
+        self.last_used_ms = now_ms();
+        if self.def.auto_delete && self.had_consumer {
+            return self.remove_self();
+        }
+        Flow::Continue
+    }
+
+    fn remove_self(&mut self) -> Flow {
+        if let Some(vhost) = self.vhost.upgrade() {
+            vhost.forget_queue(&self.handle);
+        }
+        self.cancel_all_consumers();
+        Flow::Stop
+    }
+
+    // ---- timers ----
+
+    fn next_deadline_ms(&self) -> Option<u64> {
+        let expiry = self.ready.next_expiry_ms();
+        let timeout = self.timeouts.first().map(|(d, _)| *d);
+        let unused = match (self.settings.expires_ms, self.consumers.is_empty()) {
+            (Some(e), true) => Some(self.last_used_ms.saturating_add(e)),
+            _ => None,
+        };
+        [expiry, timeout, unused].into_iter().flatten().min()
+    }
+
+    fn on_timer(&mut self) -> Flow {
+        let now = now_ms();
+        self.expire(now);
+        while let Some(&(deadline, id)) = self.timeouts.first() {
+            if deadline > now {
+                break;
             }
-            None => Flow::Stop,
+            self.timeouts.pop_first();
+            self.consumer_timed_out(id);
+        }
+        if let Some(e) = self.settings.expires_ms {
+            if self.consumers.is_empty() && now >= self.last_used_ms.saturating_add(e) {
+                debug!(queue = %self.def.name.as_str(), "queue expired (x-expires)");
+                return self.remove_self();
+            }
+        }
+        Flow::Continue
+    }
+
+    /// Drops (dead-letters) expired messages at the head.
+    fn expire(&mut self, now: u64) {
+        if self.ready.next_expiry_ms().is_none_or(|t| t > now) {
+            return;
+        }
+        let mut expired = Vec::new();
+        self.ready.take_expired(now, &mut expired);
+        for r in expired {
+            self.dead_letter(&r.message, Reason::Expired);
         }
     }
+
+    fn consumer_timed_out(&mut self, id: u64) {
+        let Some(entry) = self.unacked.remove(&id) else {
+            return;
+        };
+        let channel_key = entry.channel_key;
+        let tag = entry.consumer_tag.clone();
+        self.release_credit(channel_key, tag.as_ref());
+        let timeout_ms = self.consumer_timeout_ms.unwrap_or(0);
+        let client = self
+            .consumers
+            .iter()
+            .find(|c| c.spec.channel_key == channel_key)
+            .map(|c| c.spec.client.clone());
+        self.return_to_queue(id, entry);
+        match self.timeout_action {
+            ConsumerTimeoutAction::Requeue => {
+                let Some(tag) = tag else { return };
+                if let Some(i) = self
+                    .consumers
+                    .iter()
+                    .position(|c| c.spec.channel_key == channel_key && c.spec.tag == tag)
+                {
+                    let c = self.consumers.remove(i);
+                    let _ = c.spec.client.send(ClientEvent::ConsumerCancelled {
+                        channel_key,
+                        consumer_tag: tag,
+                    });
+                }
+            }
+            ConsumerTimeoutAction::CloseChannel => {
+                if let Some(client) = client {
+                    let _ = client.send(ClientEvent::ConsumerTimeout {
+                        channel_key,
+                        timeout_ms,
+                    });
+                }
+            }
+        }
+    }
+
+    // ---- dead-lettering ----
+
+    fn dead_letter(&mut self, message: &MessageRef, reason: Reason) {
+        let Some(dlx) = self.settings.dead_letter_exchange.clone() else {
+            return;
+        };
+        let Some(vhost) = self.vhost.upgrade() else {
+            return;
+        };
+        let (dead, keys) = dead_lettered(
+            message,
+            self.def.name.as_str(),
+            reason,
+            &dlx,
+            self.settings.dead_letter_routing_key.as_ref(),
+            now_ms() / 1000,
+        );
+        let mut queues = Vec::new();
+        {
+            let routing = vhost.routing();
+            let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
+            routing.route(
+                dlx.as_str(),
+                &keys,
+                dead.properties.headers().as_ref(),
+                &mut queues,
+            );
+        }
+        let dead = Arc::new(dead);
+        for queue in queues {
+            if is_cycle(&dead, queue.name().as_str()) {
+                debug!(queue = %queue.name().as_str(), "dead-letter cycle: message dropped");
+                continue;
+            }
+            queue.send_now(QueueCommand::Publish(dead.clone(), None));
+        }
+    }
+}
+
+/// The per-message TTL from the `expiration` property (checked at publish time).
+fn message_expiration(message: &MessageRef) -> Option<u64> {
+    message
+        .properties
+        .expiration()
+        .as_ref()
+        .and_then(|e| e.as_str().parse::<u64>().ok())
 }

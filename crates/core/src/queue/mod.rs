@@ -4,6 +4,9 @@
 //! the publishers' backpressure.
 
 mod actor;
+pub mod dead_letter;
+pub mod ready;
+pub mod settings;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -141,14 +144,19 @@ impl QueueHandle {
     }
 
     /// Starts a queue actor.
-    pub(crate) fn spawn(def: QueueDef, vhost: Weak<VHost>) -> QueueHandle {
+    pub(crate) fn spawn(
+        def: QueueDef,
+        settings: settings::QueueSettings,
+        defaults: &settings::QueueDefaults,
+        vhost: Weak<VHost>,
+    ) -> QueueHandle {
         let (tx, rx) = mpsc::channel(QUEUE_INBOX_CAPACITY);
         let handle = QueueHandle(Arc::new(QueueInner {
             id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
             name: def.name.clone(),
             tx,
         }));
-        let actor = actor::QueueActor::new(def, handle.clone(), vhost);
+        let actor = actor::QueueActor::new(def, settings, defaults, handle.clone(), vhost);
         tokio::spawn(actor.run(rx));
         handle
     }
