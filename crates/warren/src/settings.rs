@@ -9,6 +9,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 use warren_server::config::{
+    ConsumerTimeoutAction, DEFAULT_CONSUMER_TIMEOUT_MS,
     DEFAULT_CHANNEL_MAX, DEFAULT_FRAME_MAX, DEFAULT_HEARTBEAT_SECS, DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_PORT, FRAME_MIN_SIZE,
 };
@@ -22,7 +23,8 @@ use warren_server::{Config, UserConfig};
 #[command(name = "warren", version)]
 pub struct Args {
     /// TOML file with settings (keys: port, bind, data_dir, default_user, default_pass,
-    /// default_user_remote, frame_max, channel_max, heartbeat, max_message_size, log_level).
+    /// default_user_remote, frame_max, channel_max, heartbeat, max_message_size,
+    /// consumer_timeout, consumer_timeout_action, log_level).
     #[arg(long, env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// AMQP port [default: 5672]
@@ -56,6 +58,14 @@ pub struct Args {
     /// Largest message body accepted, in bytes [default: 134217728 (128 MiB)]
     #[arg(long, env = "WARREN_MAX_MESSAGE_SIZE")]
     pub max_message_size: Option<u64>,
+    /// How long a delivery may stay unacknowledged, in milliseconds; 0 disables. A queue's
+    /// `x-consumer-timeout` argument overrides it [default: 1800000 (30 minutes)]
+    #[arg(long, env = "WARREN_CONSUMER_TIMEOUT")]
+    pub consumer_timeout: Option<u64>,
+    /// What a consumer timeout does: `requeue` (the delivery returns to the queue, the consumer
+    /// is cancelled, the channel stays open) or `close-channel` (RabbitMQ's 406) [default: requeue]
+    #[arg(long, env = "WARREN_CONSUMER_TIMEOUT_ACTION")]
+    pub consumer_timeout_action: Option<String>,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: info]
     #[arg(long, env = "WARREN_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -75,6 +85,8 @@ struct FileSettings {
     channel_max: Option<u16>,
     heartbeat: Option<u16>,
     max_message_size: Option<u64>,
+    consumer_timeout: Option<u64>,
+    consumer_timeout_action: Option<String>,
     log_level: Option<String>,
 }
 
@@ -136,7 +148,28 @@ impl Settings {
             .default_user_remote
             .or(file.default_user_remote)
             .unwrap_or(false);
+        let consumer_timeout_ms = match args
+            .consumer_timeout
+            .or(file.consumer_timeout)
+            .unwrap_or(DEFAULT_CONSUMER_TIMEOUT_MS)
+        {
+            0 => None,
+            ms => Some(ms),
+        };
+        let consumer_timeout_action = match args
+            .consumer_timeout_action
+            .or(file.consumer_timeout_action)
+            .as_deref()
+        {
+            None | Some("requeue") => ConsumerTimeoutAction::Requeue,
+            Some("close-channel") => ConsumerTimeoutAction::CloseChannel,
+            Some(other) => bail!(
+                "--consumer-timeout-action must be 'requeue' or 'close-channel', not '{other}'"
+            ),
+        };
         let config = Config {
+            consumer_timeout_ms,
+            consumer_timeout_action,
             listen,
             data_dir: args
                 .data_dir
