@@ -171,7 +171,9 @@ impl QueueSettings {
         }
         if let Some(value) = args.inner().get("x-queue-type") {
             match as_str(value).as_deref() {
-                Some("classic") => {}
+                // Quorum queues are accepted as Warren's one queue type, which already has
+                // their delivery limit; streams are not implemented.
+                Some("classic") | Some("quorum") => {}
                 Some(other) => {
                     return Err(invalid(
                         "x-queue-type",
