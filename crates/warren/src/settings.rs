@@ -9,9 +9,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 use warren_server::config::{
-    ConsumerTimeoutAction, DEFAULT_CONSUMER_TIMEOUT_MS,
-    DEFAULT_CHANNEL_MAX, DEFAULT_FRAME_MAX, DEFAULT_HEARTBEAT_SECS, DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_PORT, FRAME_MIN_SIZE,
+    ConsumerTimeoutAction, DEFAULT_CHANNEL_MAX, DEFAULT_CONSUMER_TIMEOUT_MS, DEFAULT_FRAME_MAX,
+    DEFAULT_HEARTBEAT_SECS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PORT, FRAME_MIN_SIZE,
 };
 use warren_server::{Config, UserConfig};
 
