@@ -11,6 +11,7 @@ pub mod broker;
 pub mod confirm;
 pub mod consumer;
 pub mod direct_reply;
+pub mod durable;
 pub mod exchange;
 pub mod message;
 pub mod queue;
