@@ -70,7 +70,7 @@ pub fn decode(record: Bytes) -> Result<(Message, Option<u64>), DecodeError> {
             .try_into()
             .map_err(|_| DecodeError("bad expiry"))?,
     );
-    let mut short = |at: &mut usize| -> Result<ShortString, DecodeError> {
+    let short = |at: &mut usize| -> Result<ShortString, DecodeError> {
         let len = record[take(at, 1)?.start] as usize;
         let r = take(at, len)?;
         std::str::from_utf8(&record[r])
