@@ -87,7 +87,7 @@ pub fn check_equivalent(
     for key in keys {
         let r = received.inner().get(key);
         let c = current.inner().get(key);
-        if r == c {
+        if r == c || same_integer(r, c) {
             continue;
         }
         let describe = |v: Option<&AMQPValue>| match v {
@@ -103,6 +103,15 @@ pub fn check_equivalent(
         )));
     }
     Ok(())
+}
+
+/// Integers of different widths with the same value are equivalent (clients pick the width:
+/// pika sends 60000 as a signed int, lapin may send a long).
+fn same_integer(a: Option<&AMQPValue>, b: Option<&AMQPValue>) -> bool {
+    match (a.and_then(as_i64), b.and_then(as_i64)) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
 }
 
 /// A 406 for a boolean property that differs between declarations.

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::auth::Users;
 use crate::queue::settings::QueueDefaults;
-use crate::vhost::VHost;
+use crate::vhost::{Persistence, VHost};
 
 /// The vhost every broker has.
 pub const DEFAULT_VHOST: &str = "/";
@@ -13,16 +13,52 @@ pub const DEFAULT_VHOST: &str = "/";
 pub struct Broker {
     vhosts: HashMap<String, Arc<VHost>>,
     pub users: Users,
+    /// None for a broker that keeps nothing on disk (tests of the core alone).
+    persistence: Option<Arc<Persistence>>,
 }
 
 impl Broker {
-    pub fn new(users: Users, queue_defaults: QueueDefaults) -> Arc<Broker> {
+    /// A broker that keeps everything in memory.
+    pub fn in_memory(users: Users, queue_defaults: QueueDefaults) -> Arc<Broker> {
         let mut vhosts = HashMap::new();
         vhosts.insert(
             DEFAULT_VHOST.to_owned(),
-            VHost::new(DEFAULT_VHOST, queue_defaults),
+            VHost::new(DEFAULT_VHOST, queue_defaults, None),
         );
-        Arc::new(Broker { vhosts, users })
+        Broker::with_vhosts(vhosts, users, None)
+    }
+
+    /// A broker on a data directory, with everything durable in it restored.
+    pub fn open(
+        data_dir: &std::path::Path,
+        sync_mode: warren_store::SyncMode,
+        users: Users,
+        queue_defaults: QueueDefaults,
+    ) -> Result<Arc<Broker>, warren_store::StoreError> {
+        crate::recovery::open(
+            data_dir,
+            warren_store::RealIo::shared(),
+            sync_mode,
+            users,
+            queue_defaults,
+        )
+    }
+
+    pub(crate) fn with_vhosts(
+        vhosts: HashMap<String, Arc<VHost>>,
+        users: Users,
+        persistence: Option<Arc<Persistence>>,
+    ) -> Arc<Broker> {
+        Arc::new(Broker {
+            vhosts,
+            users,
+            persistence,
+        })
+    }
+
+    /// Whether the broker keeps durable things on disk.
+    pub fn is_persistent(&self) -> bool {
+        self.persistence.is_some()
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

@@ -15,6 +15,7 @@ pub mod durable;
 pub mod exchange;
 pub mod message;
 pub mod queue;
+pub mod recovery;
 pub mod routing;
 pub mod vhost;
 
@@ -23,3 +24,4 @@ pub use consumer::{ChannelKey, ChannelLimiter, ClientEvent, ClientSender, Delive
 pub use message::Message;
 pub use queue::QueueHandle;
 pub use vhost::VHost;
+pub use warren_store::SyncMode;

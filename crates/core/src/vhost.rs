@@ -13,12 +13,14 @@ use warren_protocol::{FieldTable, ProtocolError, ShortString};
 
 use crate::args::{check_equivalent, check_flag};
 use crate::direct_reply::DirectReplies;
+use crate::durable::definitions::{self as def_records, DefinitionOp};
 use crate::exchange::headers::validate_binding_args;
 use crate::exchange::{
     check_name, ExchangeDef, ExchangeKind, DEFAULT_EXCHANGE, STANDARD_EXCHANGES,
 };
 use crate::queue::settings::{QueueDefaults, QueueSettings};
-use crate::queue::{QueueCommand, QueueDef, QueueHandle};
+use crate::queue::store::{QueueStore, StoreContext};
+use crate::queue::{QueueCommand, QueueDef, QueueHandle, Startup};
 use crate::routing::{Binding, Destination, ExchangeRoute, Matcher, RoutingTable};
 
 struct ExchangeEntry {
@@ -69,6 +71,14 @@ fn default_exchange_refused() -> ProtocolError {
 struct QueueEntry {
     def: QueueDef,
     handle: QueueHandle,
+    /// Its definition is in the definitions log and its persistent messages in a log.
+    persisted: bool,
+}
+
+/// What a vhost needs to keep durable things durable.
+pub struct Persistence {
+    pub store: StoreContext,
+    pub definitions: Mutex<warren_store::DefinitionsLog>,
 }
 
 #[derive(Default)]
@@ -89,11 +99,16 @@ pub struct VHost {
     routing: ArcSwap<RoutingTable>,
     queue_defaults: QueueDefaults,
     pub direct_replies: Arc<DirectReplies>,
+    persistence: Option<Arc<Persistence>>,
     me: Weak<VHost>,
 }
 
 impl VHost {
-    pub fn new(name: impl Into<String>, queue_defaults: QueueDefaults) -> Arc<VHost> {
+    pub fn new(
+        name: impl Into<String>,
+        queue_defaults: QueueDefaults,
+        persistence: Option<Arc<Persistence>>,
+    ) -> Arc<VHost> {
         let name = name.into();
         Arc::new_cyclic(|me| {
             let mut defs = Definitions::default();
@@ -116,6 +131,7 @@ impl VHost {
                 routing: ArcSwap::from_pointee(RoutingTable::default()),
                 queue_defaults,
                 direct_replies: Arc::new(DirectReplies::default()),
+                persistence,
                 me: me.clone(),
             };
             vhost.publish(&vhost.lock());
@@ -170,6 +186,33 @@ impl VHost {
         ProtocolError::not_found(format!("no {}", self.queue_what(name)))
     }
 
+    /// Appends a change of durable definitions to the log (fsynced before it returns).
+    /// Called with the definitions lock held: lock order is definitions, then the log.
+    fn log_op(&self, op: DefinitionOp) -> Result<(), ProtocolError> {
+        let Some(p) = &self.persistence else {
+            return Ok(());
+        };
+        let record = def_records::encode(&self.name, &op);
+        let mut log = p.definitions.lock().unwrap_or_else(|e| e.into_inner());
+        log.append(&record).map_err(|e| {
+            tracing::error!(error = %e, "cannot write the definitions log");
+            ProtocolError::internal_error(format!("cannot store the definition: {e}"))
+        })
+    }
+
+    /// Whether a binding is durable: both ends are.
+    fn binding_is_durable(defs: &Definitions, source: &str, destination: &Destination) -> bool {
+        let source_durable = defs.exchanges.get(source).is_some_and(|e| e.def.durable);
+        let destination_durable = match destination {
+            Destination::Queue(q) => defs.queues.get(q.as_str()).is_some_and(|q| q.persisted),
+            Destination::Exchange(x) => defs
+                .exchanges
+                .get(x.as_str())
+                .is_some_and(|e| e.def.durable),
+        };
+        source_durable && destination_durable
+    }
+
     // ---- exchanges ----
 
     /// exchange.declare. `passive` only checks existence.
@@ -208,6 +251,9 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.'"
             )));
         }
+        if def.durable {
+            self.log_op(DefinitionOp::ExchangeDeclared(def.clone()))?;
+        }
         defs.exchanges
             .insert(def.name.clone(), ExchangeEntry::new(def));
         self.publish(&defs);
@@ -240,6 +286,9 @@ impl VHost {
                 "{} in use",
                 self.exchange_what(name)
             )));
+        }
+        if entry.def.durable {
+            self.log_op(DefinitionOp::ExchangeDeleted(ShortString::from(name)))?;
         }
         defs.exchanges.remove(name);
         self.remove_bindings_to(&mut defs, &dest);
@@ -284,19 +333,57 @@ impl VHost {
                 created: false,
             });
         }
-        let handle =
-            QueueHandle::spawn(def.clone(), settings, &self.queue_defaults, self.me.clone());
+        // Server-named and exclusive queues never survive a restart.
+        let persisted = def.durable && def.exclusive_owner.is_none() && !server_named;
+        let startup = self.startup_for(&def, persisted)?;
+        if persisted {
+            self.log_op(DefinitionOp::QueueDeclared(def.clone()))?;
+        }
+        let handle = QueueHandle::spawn(
+            def.clone(),
+            settings,
+            &self.queue_defaults,
+            self.me.clone(),
+            startup,
+        );
         defs.queues.insert(
             def.name.clone(),
             QueueEntry {
                 def,
                 handle: handle.clone(),
+                persisted,
             },
         );
         self.publish(&defs);
         Ok(DeclaredQueue {
             handle,
             created: true,
+        })
+    }
+
+    /// What a new queue starts with: for a persisted queue, its (empty) log.
+    fn startup_for(&self, def: &QueueDef, persisted: bool) -> Result<Startup, ProtocolError> {
+        let store_context = self.persistence.as_ref().map(|p| p.store.clone());
+        let store = match (&store_context, persisted) {
+            (Some(ctx), true) => {
+                let dir = ctx.queue_dir(&self.name, def.name.as_str());
+                let (log, _) = warren_store::open_file_log_with(
+                    &dir,
+                    ctx.io.clone(),
+                    ctx.log_options(),
+                )
+                .map_err(|e| {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot open a queue's log");
+                    ProtocolError::internal_error(format!("cannot open the queue's store: {e}"))
+                })?;
+                Some(QueueStore::new(log, &dir, true, ctx))
+            }
+            _ => None,
+        };
+        Ok(Startup {
+            store,
+            store_context,
+            recovered: Vec::new(),
         })
     }
 
@@ -353,7 +440,13 @@ impl VHost {
             Some(entry) if entry.handle.same(handle) => {}
             _ => return,
         }
-        defs.queues.remove(name.as_str());
+        if let Some(entry) = defs.queues.remove(name.as_str()) {
+            if entry.persisted {
+                // The queue is gone either way; a failure here only means it comes back
+                // (empty of acked messages) after a restart.
+                let _ = self.log_op(DefinitionOp::QueueDeleted(name.clone()));
+            }
+        }
         self.remove_bindings_to(&mut defs, &Destination::Queue(name));
         self.publish(&defs);
     }
@@ -392,6 +485,7 @@ impl VHost {
     ) -> Result<(), ProtocolError> {
         let mut defs = self.lock();
         self.check_binding_ends(&defs, source, &destination, connection)?;
+        let durable = Self::binding_is_durable(&defs, source, &destination);
         let entry = defs
             .exchanges
             .get_mut(source)
@@ -407,6 +501,18 @@ impl VHost {
         if entry.bindings.contains(&binding) {
             return Ok(());
         }
+        if durable {
+            self.log_op(DefinitionOp::Bound {
+                source: ShortString::from(source),
+                destination: binding.destination.clone(),
+                routing_key: binding.routing_key.clone(),
+                arguments: binding.arguments.clone(),
+            })?;
+        }
+        let entry = defs
+            .exchanges
+            .get_mut(source)
+            .ok_or_else(|| self.no_exchange(source))?;
         entry.bindings.push(binding);
         entry.rebuild();
         self.publish(&defs);
@@ -424,6 +530,24 @@ impl VHost {
     ) -> Result<(), ProtocolError> {
         let mut defs = self.lock();
         self.check_binding_ends(&defs, source, &destination, connection)?;
+        let durable = Self::binding_is_durable(&defs, source, &destination);
+        let entry = defs
+            .exchanges
+            .get_mut(source)
+            .ok_or_else(|| self.no_exchange(source))?;
+        let bound = entry.bindings.iter().any(|b| {
+            b.destination == destination
+                && b.routing_key.as_str() == routing_key
+                && &b.arguments == arguments
+        });
+        if durable && bound {
+            self.log_op(DefinitionOp::Unbound {
+                source: ShortString::from(source),
+                destination: destination.clone(),
+                routing_key: ShortString::from(routing_key),
+                arguments: arguments.clone(),
+            })?;
+        }
         let entry = defs
             .exchanges
             .get_mut(source)
@@ -499,9 +623,102 @@ impl VHost {
 
     /// An auto-delete exchange goes when its last binding (as source) does.
     fn auto_delete_exchange(&self, defs: &mut Definitions, name: &str) {
-        if defs.exchanges.remove(name).is_some() {
+        if let Some(entry) = defs.exchanges.remove(name) {
+            if entry.def.durable {
+                let _ = self.log_op(DefinitionOp::ExchangeDeleted(ShortString::from(name)));
+            }
             self.remove_bindings_to(defs, &Destination::Exchange(ShortString::from(name)));
         }
+    }
+
+    // ---- restart ----
+
+    /// Puts back a durable exchange read from the definitions log (not logged again).
+    pub(crate) fn restore_exchange(&self, def: ExchangeDef) {
+        let mut defs = self.lock();
+        defs.exchanges
+            .insert(def.name.clone(), ExchangeEntry::new(def));
+    }
+
+    /// Puts back a durable queue with its log and the messages recovered from it.
+    pub(crate) fn restore_queue(
+        &self,
+        def: QueueDef,
+        store: QueueStore,
+        recovered: Vec<crate::queue::ready::Entry>,
+    ) -> Result<(), ProtocolError> {
+        let settings =
+            QueueSettings::from_arguments(&def.arguments, &self.queue_what(def.name.as_str()))?;
+        let startup = Startup {
+            store: Some(store),
+            store_context: self.persistence.as_ref().map(|p| p.store.clone()),
+            recovered,
+        };
+        let handle = QueueHandle::spawn(
+            def.clone(),
+            settings,
+            &self.queue_defaults,
+            self.me.clone(),
+            startup,
+        );
+        self.lock().queues.insert(
+            def.name.clone(),
+            QueueEntry {
+                def,
+                handle,
+                persisted: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Puts back a durable binding (its ends were restored first; a binding whose end is
+    /// missing is dropped).
+    pub(crate) fn restore_binding(&self, source: &str, binding: Binding) {
+        let mut defs = self.lock();
+        let ends_exist = match &binding.destination {
+            Destination::Queue(q) => defs.queues.contains_key(q.as_str()),
+            Destination::Exchange(x) => defs.exchanges.contains_key(x.as_str()),
+        };
+        if let (true, Some(entry)) = (ends_exist, defs.exchanges.get_mut(source)) {
+            if !entry.bindings.contains(&binding) {
+                entry.bindings.push(binding);
+            }
+        }
+    }
+
+    /// Rebuilds every matcher and publishes the routing snapshot after a restore.
+    pub(crate) fn restore_done(&self) {
+        let mut defs = self.lock();
+        defs.exchanges.values_mut().for_each(|e| e.rebuild());
+        self.publish(&defs);
+    }
+
+    /// The durable definitions as a minimal list of operations (to compact the log).
+    pub(crate) fn snapshot_ops(&self) -> Vec<DefinitionOp> {
+        let defs = self.lock();
+        let mut ops = Vec::new();
+        for e in defs.exchanges.values() {
+            if e.def.durable && !e.def.name.as_str().starts_with("amq.") {
+                ops.push(DefinitionOp::ExchangeDeclared(e.def.clone()));
+            }
+        }
+        for q in defs.queues.values().filter(|q| q.persisted) {
+            ops.push(DefinitionOp::QueueDeclared(q.def.clone()));
+        }
+        for (name, e) in &defs.exchanges {
+            for b in &e.bindings {
+                if Self::binding_is_durable(&defs, name.as_str(), &b.destination) {
+                    ops.push(DefinitionOp::Bound {
+                        source: name.clone(),
+                        destination: b.destination.clone(),
+                        routing_key: b.routing_key.clone(),
+                        arguments: b.arguments.clone(),
+                    });
+                }
+            }
+        }
+        ops
     }
 
     /// Checks that an exchange may be published to: exists and is not internal.

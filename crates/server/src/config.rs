@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use warren_core::queue::settings::{ConsumerTimeoutAction, DEFAULT_CONSUMER_TIMEOUT_MS};
+pub use warren_core::SyncMode;
 
 /// AMQP's IANA port.
 pub const DEFAULT_PORT: u16 = 5672;
@@ -49,6 +50,8 @@ pub struct Config {
     pub consumer_timeout_ms: Option<u64>,
     /// What a consumer timeout does: requeue and cancel (Warren) or close the channel (RabbitMQ).
     pub consumer_timeout_action: ConsumerTimeoutAction,
+    /// `Always` (default): a confirm for a persistent message means it is fsynced.
+    pub sync: SyncMode,
 }
 
 impl Default for Config {
@@ -69,16 +72,20 @@ impl Default for Config {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             consumer_timeout_ms: Some(DEFAULT_CONSUMER_TIMEOUT_MS),
             consumer_timeout_action: ConsumerTimeoutAction::Requeue,
+            sync: SyncMode::Always,
         }
     }
 }
 
 impl Config {
-    /// A config for tests: one listener on 127.0.0.1 with an OS-chosen port.
+    /// A config for tests: one listener on 127.0.0.1 with an OS-chosen port and a fresh data
+    /// directory under the system's temp dir (the caller removes it).
     pub fn for_tests() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Config {
             listen: vec![SocketAddr::from(([127, 0, 0, 1], 0))],
-            data_dir: std::env::temp_dir().join("warren-test-data"),
+            data_dir: std::env::temp_dir().join(format!("warren-test-{}-{n}", std::process::id())),
             ..Config::default()
         }
     }

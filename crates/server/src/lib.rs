@@ -13,7 +13,7 @@ mod reply_to;
 mod sasl;
 mod writer;
 
-pub use config::{Config, UserConfig};
+pub use config::{Config, SyncMode, UserConfig};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -68,13 +68,16 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
             .iter()
             .map(|u| User::new(&u.name, &u.password, u.loopback_only)),
     );
-    let broker = Broker::new(
+    let broker = Broker::open(
+        &config.data_dir,
+        config.sync,
         users,
         QueueDefaults {
             consumer_timeout_ms: config.consumer_timeout_ms,
             consumer_timeout_action: config.consumer_timeout_action,
         },
-    );
+    )
+    .map_err(|e| std::io::Error::other(format!("cannot open the data directory: {e}")))?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
         let listener = bind(*addr)?;

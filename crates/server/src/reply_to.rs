@@ -137,6 +137,7 @@ pub(crate) fn check_expiration(expiration: &str) -> Result<(), ProtocolError> {
         Err(_) => "no_integer".to_owned(),
         Ok(_) if !rest.is_empty() => format!("{{leftover_string,\"{rest}\"}}"),
         Ok(v) if v < 0 => format!("{{value_negative,{v}}}"),
+        Ok(v) if v > warren_core::queue::settings::TTL_MS_MAX => format!("{{value_too_large,{v}}}"),
         Ok(_) => return Ok(()),
     };
     Err(ProtocolError::precondition_failed(format!(
@@ -168,6 +169,11 @@ mod tests {
             text(""),
             "PRECONDITION_FAILED - invalid expiration '': no_integer"
         );
+        assert_eq!(
+            text("315360000001"),
+            "PRECONDITION_FAILED - invalid expiration '315360000001': {value_too_large,315360000001}"
+        );
+        assert!(check_expiration("315360000000").is_ok());
         assert!(check_expiration("0").is_ok());
         assert!(check_expiration("60000").is_ok());
     }

@@ -12,7 +12,7 @@ use warren_server::config::{
     ConsumerTimeoutAction, DEFAULT_CHANNEL_MAX, DEFAULT_CONSUMER_TIMEOUT_MS, DEFAULT_FRAME_MAX,
     DEFAULT_HEARTBEAT_SECS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PORT, FRAME_MIN_SIZE,
 };
-use warren_server::{Config, UserConfig};
+use warren_server::{Config, SyncMode, UserConfig};
 
 /// Warren: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
 ///
@@ -23,7 +23,7 @@ use warren_server::{Config, UserConfig};
 pub struct Args {
     /// TOML file with settings (keys: port, bind, data_dir, default_user, default_pass,
     /// default_user_remote, frame_max, channel_max, heartbeat, max_message_size,
-    /// consumer_timeout, consumer_timeout_action, log_level).
+    /// consumer_timeout, consumer_timeout_action, sync, log_level).
     #[arg(long, env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// AMQP port [default: 5672]
@@ -65,6 +65,11 @@ pub struct Args {
     /// is cancelled, the channel stays open) or `close-channel` (RabbitMQ's 406) [default: requeue]
     #[arg(long, env = "WARREN_CONSUMER_TIMEOUT_ACTION")]
     pub consumer_timeout_action: Option<String>,
+    /// `always`: a publisher confirm for a persistent message means it is fsynced (group
+    /// commit). `none`: data is handed to the OS only, faster but a power loss can lose
+    /// confirmed messages [default: always]
+    #[arg(long, env = "WARREN_SYNC")]
+    pub sync: Option<String>,
     /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: info]
     #[arg(long, env = "WARREN_LOG_LEVEL")]
     pub log_level: Option<String>,
@@ -86,6 +91,7 @@ struct FileSettings {
     max_message_size: Option<u64>,
     consumer_timeout: Option<u64>,
     consumer_timeout_action: Option<String>,
+    sync: Option<String>,
     log_level: Option<String>,
 }
 
@@ -166,7 +172,13 @@ impl Settings {
                 "--consumer-timeout-action must be 'requeue' or 'close-channel', not '{other}'"
             ),
         };
+        let sync = match args.sync.or(file.sync).as_deref() {
+            None | Some("always") => SyncMode::Always,
+            Some("none") => SyncMode::None,
+            Some(other) => bail!("--sync must be 'always' or 'none', not '{other}'"),
+        };
         let config = Config {
+            sync,
             consumer_timeout_ms,
             consumer_timeout_action,
             listen,

@@ -15,8 +15,9 @@ use tracing::debug;
 use warren_protocol::{AMQPValue, ProtocolError, ShortString};
 
 use super::dead_letter::{dead_lettered, is_cycle, Reason};
-use super::ready::{Ready, ReadyQueue};
+use super::ready::{Entry, ReadyQueue};
 use super::settings::{ConsumerTimeoutAction, Overflow, QueueDefaults, QueueSettings};
+use super::store::{QueueStore, StoreContext, RESIDENT_BYTES_MAX, RESIDENT_MESSAGES_MAX};
 use super::{QueueCommand, QueueDef, QueueHandle, QueueStats};
 use crate::confirm::ConfirmShare;
 use crate::consumer::{ChannelKey, ClientEvent, ConsumerSpec, Delivery};
@@ -24,12 +25,10 @@ use crate::message::{now_ms, MessageRef};
 use crate::vhost::VHost;
 
 struct Unacked {
-    message: MessageRef,
+    entry: Entry,
     channel_key: ChannelKey,
     /// None for basic.get deliveries.
     consumer_tag: Option<ShortString>,
-    delivery_count: u32,
-    expires_at_ms: Option<u64>,
     deadline_ms: Option<u64>,
 }
 
@@ -62,6 +61,18 @@ pub(super) struct QueueActor {
     had_consumer: bool,
     /// Last use for `x-expires` (consume, get, declare).
     last_used_ms: u64,
+    /// The queue's log: a durable queue's from the start, a transient queue's once it pages.
+    store: Option<QueueStore>,
+    /// Where a transient queue's log would go (None: never page, e.g. in tests).
+    store_context: Option<StoreContext>,
+}
+
+/// What a queue starts with.
+pub(crate) struct Startup {
+    pub store: Option<QueueStore>,
+    pub store_context: Option<StoreContext>,
+    /// Messages recovered from the log, in id order.
+    pub recovered: Vec<Entry>,
 }
 
 enum Flow {
@@ -76,9 +87,15 @@ impl QueueActor {
         defaults: &QueueDefaults,
         handle: QueueHandle,
         vhost: Weak<VHost>,
+        startup: Startup,
     ) -> Self {
+        let mut ready = ReadyQueue::new(settings.max_priority);
+        let next_id = startup.recovered.last().map(|e| e.id + 1).unwrap_or(1);
+        for entry in startup.recovered {
+            ready.push_back(entry);
+        }
         QueueActor {
-            ready: ReadyQueue::new(settings.max_priority),
+            ready,
             consumer_timeout_ms: settings
                 .consumer_timeout_ms
                 .or(defaults.consumer_timeout_ms),
@@ -87,12 +104,14 @@ impl QueueActor {
             settings,
             handle,
             vhost,
-            next_id: 1,
+            next_id,
             unacked: HashMap::new(),
             consumers: Vec::new(),
             timeouts: BTreeSet::new(),
             had_consumer: false,
             last_used_ms: now_ms(),
+            store: startup.store,
+            store_context: startup.store_context,
         }
     }
 
@@ -108,6 +127,7 @@ impl QueueActor {
                                 break;
                             }
                             self.deliver();
+                            self.start_sync();
                             continue;
                         }
                     }
@@ -131,8 +151,19 @@ impl QueueActor {
                 break;
             }
             self.deliver();
+            self.start_sync();
+        }
+        // Every way out of the loop is the queue's deletion: its log goes too.
+        if let Some(store) = self.store.take() {
+            store.destroy();
         }
         debug!(queue = %self.def.name.as_str(), "queue actor stopped");
+    }
+
+    fn start_sync(&mut self) {
+        if let Some(store) = self.store.as_mut() {
+            store.start_sync(&self.handle);
+        }
     }
 
     fn handle_command(&mut self, cmd: QueueCommand) -> Flow {
@@ -154,10 +185,13 @@ impl QueueActor {
             } => {
                 self.last_used_ms = now_ms();
                 self.expire(self.last_used_ms);
-                let got = self.ready.pop_front().map(|r| {
-                    let delivery = self.make_delivery(r, channel_key, None, no_ack);
-                    (delivery, self.ready.len() as u32)
-                });
+                let mut got = None;
+                while let Some(entry) = self.ready.pop_front() {
+                    if let Some(delivery) = self.make_delivery(entry, channel_key, None, no_ack) {
+                        got = Some((delivery, self.ready.len() as u32));
+                        break;
+                    }
+                }
                 let _ = reply.send(got);
             }
             QueueCommand::Settle {
@@ -181,7 +215,14 @@ impl QueueActor {
                 });
             }
             QueueCommand::Purge(reply) => {
-                let _ = reply.send(self.ready.clear() as u32);
+                let all = self.ready.drain_all();
+                let _ = reply.send(all.len() as u32);
+                all.into_iter().for_each(|e| self.discard(e));
+            }
+            QueueCommand::Synced(result) => {
+                if let Some(store) = self.store.as_mut() {
+                    store.synced(result, &self.handle);
+                }
             }
             QueueCommand::Delete {
                 if_unused,
@@ -232,7 +273,7 @@ impl QueueActor {
             || self.settings.max_length_bytes.is_some_and(|m| bytes > m)
     }
 
-    fn publish(&mut self, message: MessageRef, confirm: Option<ConfirmShare>) {
+    fn publish(&mut self, message: MessageRef, mut confirm: Option<ConfirmShare>) {
         let size = message.body_size() as u64;
         let overflow = self.settings.overflow;
         if overflow != Overflow::DropHead && self.over_limit(1, size) {
@@ -241,7 +282,7 @@ impl QueueActor {
                 c.fail();
             }
             if overflow == Overflow::RejectPublishDlx {
-                self.dead_letter(&message, Reason::MaxLen);
+                self.dead_letter_message(&message, Reason::MaxLen);
             }
             return;
         }
@@ -252,22 +293,82 @@ impl QueueActor {
         };
         let id = self.next_id;
         self.next_id += 1;
-        self.ready.push_back(Ready {
-            id,
-            message,
-            redelivered: false,
-            delivery_count: 0,
-            expires_at_ms: ttl.map(|t| now.saturating_add(t)),
-        });
-        // In memory the message is safe once enqueued: the share drops here.
+        let mut entry = Entry::new(id, message, ttl.map(|t| now.saturating_add(t)));
+        let persistent = self.store.as_ref().is_some_and(|s| s.durable)
+            && entry.message.as_ref().is_some_and(|m| m.is_persistent());
+        let page_out = self.over_resident();
+        if persistent || page_out {
+            let Some(store) = self.store_for_paging() else {
+                self.ready.push_back(entry);
+                return;
+            };
+            // A persistent message's confirm waits for the fsync that covers it.
+            let wait = if persistent { confirm.take() } else { None };
+            let message = entry.message.as_ref().expect("a new entry is in memory");
+            match store.append(id, message, entry.expires_at_ms, wait) {
+                Some(at) => {
+                    entry.location = Some(at);
+                    if page_out {
+                        entry.message = None;
+                    }
+                }
+                // Not durable: the publisher got a nack; do not keep it.
+                None if persistent => return,
+                None => {}
+            }
+        }
+        self.ready.push_back(entry);
+        // Safe with this queue now (in memory, or covered by a pending sync).
         drop(confirm);
         if overflow == Overflow::DropHead {
             while self.over_limit(0, 0) {
                 match self.ready.pop_front() {
-                    Some(head) => self.dead_letter(&head.message, Reason::MaxLen),
+                    Some(head) => {
+                        self.dead_letter(&head, Reason::MaxLen);
+                        self.discard(head);
+                    }
                     None => break,
                 }
             }
+        }
+    }
+
+    /// Whether new messages should be paged out rather than kept in memory.
+    fn over_resident(&self) -> bool {
+        let (bytes, count) = self.ready.resident();
+        bytes >= RESIDENT_BYTES_MAX || count >= RESIDENT_MESSAGES_MAX
+    }
+
+    /// The log to page into: a durable queue's, or a transient one created on first need.
+    fn store_for_paging(&mut self) -> Option<&mut QueueStore> {
+        if self.store.is_none() {
+            let ctx = self.store_context.as_ref()?;
+            let dir = ctx.transient_dir().join(format!("{}", self.handle.id()));
+            match warren_store::open_file_log_with(&dir, ctx.io.clone(), ctx.log_options()) {
+                Ok((log, _)) => self.store = Some(QueueStore::new(log, &dir, false, ctx)),
+                Err(e) => {
+                    tracing::error!(dir = %dir.display(), error = %e, "cannot open a log to page a queue out; keeping messages in memory");
+                    self.store_context = None;
+                    return None;
+                }
+            }
+        }
+        self.store.as_mut()
+    }
+
+    /// The message of an entry, from memory or read back from the log.
+    fn message_of(&mut self, entry: &Entry) -> Option<MessageRef> {
+        if let Some(m) = &entry.message {
+            return Some(m.clone());
+        }
+        let at = entry.location?;
+        self.store.as_mut()?.load(at)
+    }
+
+    /// A message leaves the queue for good (acked, expired, dropped, purged).
+    fn discard(&mut self, entry: Entry) {
+        if let (Some(at), Some(store)) = (entry.location, self.store.as_mut()) {
+            store.ack(entry.id, at);
         }
     }
 
@@ -290,48 +391,55 @@ impl QueueActor {
         Ok(())
     }
 
+    /// Turns an entry into a delivery (None if a paged-out message cannot be read back; it
+    /// is then dropped, and the failure logged).
     fn make_delivery(
         &mut self,
-        ready: Ready,
+        entry: Entry,
         channel_key: ChannelKey,
         consumer_tag: Option<ShortString>,
         no_ack: bool,
-    ) -> Delivery {
-        let message = if ready.delivery_count > 0 {
+    ) -> Option<Delivery> {
+        let Some(loaded) = self.message_of(&entry) else {
+            self.discard(entry);
+            return None;
+        };
+        let message = if entry.delivery_count > 0 {
             // Consumers see how often it came back (RabbitMQ's quorum-queue header).
-            Arc::new(ready.message.with_header(
+            Arc::new(loaded.with_header(
                 "x-delivery-count",
-                AMQPValue::LongLongInt(ready.delivery_count as i64),
+                AMQPValue::LongLongInt(entry.delivery_count as i64),
             ))
         } else {
-            ready.message.clone()
+            loaded
         };
-        if !no_ack {
+        let (id, redelivered) = (entry.id, entry.redelivered);
+        if no_ack {
+            self.discard(entry);
+        } else {
             let deadline_ms = self.consumer_timeout_ms.map(|t| now_ms().saturating_add(t));
             if let Some(d) = deadline_ms {
-                self.timeouts.insert((d, ready.id));
+                self.timeouts.insert((d, id));
             }
             self.unacked.insert(
-                ready.id,
+                id,
                 Unacked {
-                    message: ready.message,
+                    entry,
                     channel_key,
                     consumer_tag: consumer_tag.clone(),
-                    delivery_count: ready.delivery_count,
-                    expires_at_ms: ready.expires_at_ms,
                     deadline_ms,
                 },
             );
         }
-        Delivery {
+        Some(Delivery {
             channel_key,
             consumer_tag,
             queue: self.handle.clone(),
-            message_id: ready.id,
+            message_id: id,
             message,
-            redelivered: ready.redelivered,
+            redelivered,
             needs_ack: !no_ack,
-        }
+        })
     }
 
     /// Hands ready messages to consumers with credit: highest consumer priority first,
@@ -345,7 +453,7 @@ impl QueueActor {
             let Some(index) = self.next_with_credit() else {
                 return;
             };
-            let Some(ready) = self.ready.pop_front() else {
+            let Some(entry) = self.ready.pop_front() else {
                 return;
             };
             let consumer = &self.consumers[index];
@@ -354,7 +462,14 @@ impl QueueActor {
                 consumer.spec.tag.clone(),
                 consumer.spec.no_ack,
             );
-            let delivery = self.make_delivery(ready, channel_key, Some(tag), no_ack);
+            let Some(delivery) = self.make_delivery(entry, channel_key, Some(tag), no_ack) else {
+                // Unreadable message: give the reserved slot back and go on.
+                let c = &self.consumers[index];
+                if !c.spec.no_ack {
+                    c.spec.channel_limiter.release(1);
+                }
+                continue;
+            };
             let consumer = &mut self.consumers[index];
             if !no_ack {
                 consumer.in_flight += 1;
@@ -366,14 +481,10 @@ impl QueueActor {
                 // and put the message back as it was.
                 self.consumers.remove(index);
                 if let Some(u) = self.unacked.remove(&d.message_id) {
-                    self.forget_timeout(&u, d.message_id);
-                    self.ready.requeue(Ready {
-                        id: d.message_id,
-                        message: u.message,
-                        redelivered: d.redelivered,
-                        delivery_count: u.delivery_count,
-                        expires_at_ms: u.expires_at_ms,
-                    });
+                    if let Some(deadline) = u.deadline_ms {
+                        self.timeouts.remove(&(deadline, d.message_id));
+                    }
+                    self.ready.requeue(u.entry);
                 }
                 continue;
             }
@@ -420,9 +531,12 @@ impl QueueActor {
             self.forget_timeout(&entry, id);
             self.release_credit(entry.channel_key, entry.consumer_tag.as_ref());
             match requeue {
-                None => {}
-                Some(true) => self.return_to_queue(id, entry),
-                Some(false) => self.dead_letter(&entry.message, Reason::Rejected),
+                None => self.discard(entry.entry),
+                Some(true) => self.return_to_queue(entry),
+                Some(false) => {
+                    self.dead_letter(&entry.entry, Reason::Rejected);
+                    self.discard(entry.entry);
+                }
             }
         }
     }
@@ -446,23 +560,20 @@ impl QueueActor {
 
     /// An unsettled delivery comes back: redelivered, one more in its count, unless that
     /// passes `x-delivery-limit`, in which case it is dead-lettered.
-    fn return_to_queue(&mut self, id: u64, entry: Unacked) {
-        let count = entry.delivery_count.saturating_add(1);
+    fn return_to_queue(&mut self, unacked: Unacked) {
+        let mut entry = unacked.entry;
+        entry.delivery_count = entry.delivery_count.saturating_add(1);
+        entry.redelivered = true;
         if self
             .settings
             .delivery_limit
-            .is_some_and(|limit| count as u64 > limit)
+            .is_some_and(|limit| entry.delivery_count as u64 > limit)
         {
-            self.dead_letter(&entry.message, Reason::DeliveryLimit);
+            self.dead_letter(&entry, Reason::DeliveryLimit);
+            self.discard(entry);
             return;
         }
-        self.ready.requeue(Ready {
-            id,
-            message: entry.message,
-            redelivered: true,
-            delivery_count: count,
-            expires_at_ms: entry.expires_at_ms,
-        });
+        self.ready.requeue(entry);
     }
 
     fn requeue_channel(&mut self, channel_key: ChannelKey) {
@@ -477,7 +588,7 @@ impl QueueActor {
             if let Some(entry) = self.unacked.remove(&id) {
                 self.forget_timeout(&entry, id);
                 self.release_credit(channel_key, entry.consumer_tag.as_ref());
-                self.return_to_queue(id, entry);
+                self.return_to_queue(entry);
             }
         }
     }
@@ -550,8 +661,9 @@ impl QueueActor {
         }
         let mut expired = Vec::new();
         self.ready.take_expired(now, &mut expired);
-        for r in expired {
-            self.dead_letter(&r.message, Reason::Expired);
+        for entry in expired {
+            self.dead_letter(&entry, Reason::Expired);
+            self.discard(entry);
         }
     }
 
@@ -568,7 +680,7 @@ impl QueueActor {
             .iter()
             .find(|c| c.spec.channel_key == channel_key)
             .map(|c| c.spec.client.clone());
-        self.return_to_queue(id, entry);
+        self.return_to_queue(entry);
         match self.timeout_action {
             ConsumerTimeoutAction::Requeue => {
                 let Some(tag) = tag else { return };
@@ -597,7 +709,17 @@ impl QueueActor {
 
     // ---- dead-lettering ----
 
-    fn dead_letter(&mut self, message: &MessageRef, reason: Reason) {
+    /// Dead-letters the message of an entry (the caller discards the entry).
+    fn dead_letter(&mut self, entry: &Entry, reason: Reason) {
+        if self.settings.dead_letter_exchange.is_none() {
+            return;
+        }
+        if let Some(message) = self.message_of(entry) {
+            self.dead_letter_message(&message, reason);
+        }
+    }
+
+    fn dead_letter_message(&mut self, message: &MessageRef, reason: Reason) {
         let Some(dlx) = self.settings.dead_letter_exchange.clone() else {
             return;
         };

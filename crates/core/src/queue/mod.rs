@@ -4,9 +4,12 @@
 //! the publishers' backpressure.
 
 mod actor;
+
+pub(crate) use actor::Startup;
 pub mod dead_letter;
 pub mod ready;
 pub mod settings;
+pub mod store;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,6 +83,8 @@ pub enum QueueCommand {
         if_empty: bool,
         reply: oneshot::Sender<Result<u32, ProtocolError>>,
     },
+    /// A sync job of the queue's log finished (from the blocking thread that ran it).
+    Synced(Result<(), String>),
 }
 
 struct QueueInner {
@@ -149,6 +154,7 @@ impl QueueHandle {
         settings: settings::QueueSettings,
         defaults: &settings::QueueDefaults,
         vhost: Weak<VHost>,
+        startup: actor::Startup,
     ) -> QueueHandle {
         let (tx, rx) = mpsc::channel(QUEUE_INBOX_CAPACITY);
         let handle = QueueHandle(Arc::new(QueueInner {
@@ -156,7 +162,7 @@ impl QueueHandle {
             name: def.name.clone(),
             tx,
         }));
-        let actor = actor::QueueActor::new(def, settings, defaults, handle.clone(), vhost);
+        let actor = actor::QueueActor::new(def, settings, defaults, handle.clone(), vhost, startup);
         tokio::spawn(actor.run(rx));
         handle
     }

@@ -1,16 +1,25 @@
-//! The ready messages of a queue: one FIFO per priority level (one level without
-//! `x-max-priority`), each kept sorted by message id so a requeued message returns to its
-//! original place. Tracks the count and body bytes that length limits apply to.
+//! A queue's messages as the actor tracks them (`Entry`), and the ready ones: one FIFO per
+//! priority level (one level without `x-max-priority`), each kept sorted by message id so a
+//! requeued message returns to its original place. Tracks the count and body bytes that length
+//! limits apply to, and the bytes still held in memory (the rest is paged out to the log).
 
 use std::collections::VecDeque;
 
+use warren_store::Location;
+
 use crate::message::MessageRef;
 
-/// A message waiting for a consumer.
+/// A message in a queue: in memory, on disk, or both.
 #[derive(Debug)]
-pub struct Ready {
+pub struct Entry {
     pub id: u64,
-    pub message: MessageRef,
+    /// None when paged out: read it back from `location`.
+    pub message: Option<MessageRef>,
+    /// Where the queue's log holds it, if it does.
+    pub location: Option<Location>,
+    pub priority: u8,
+    /// Body bytes (what `x-max-length-bytes` counts).
+    pub size: u32,
     pub redelivered: bool,
     /// How many times it came back unsettled (x-delivery-count).
     pub delivery_count: u32,
@@ -18,11 +27,28 @@ pub struct Ready {
     pub expires_at_ms: Option<u64>,
 }
 
+impl Entry {
+    pub fn new(id: u64, message: MessageRef, expires_at_ms: Option<u64>) -> Entry {
+        Entry {
+            id,
+            priority: message.properties.priority().unwrap_or(0),
+            size: message.body.len().min(u32::MAX as usize) as u32,
+            message: Some(message),
+            location: None,
+            redelivered: false,
+            delivery_count: 0,
+            expires_at_ms,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct ReadyQueue {
-    levels: Vec<VecDeque<Ready>>,
+    levels: Vec<VecDeque<Entry>>,
     len: usize,
     bytes: u64,
+    resident_bytes: u64,
+    resident_count: usize,
 }
 
 impl ReadyQueue {
@@ -33,6 +59,8 @@ impl ReadyQueue {
             levels: (0..levels).map(|_| VecDeque::new()).collect(),
             len: 0,
             bytes: 0,
+            resident_bytes: 0,
+            resident_count: 0,
         }
     }
 
@@ -48,39 +76,36 @@ impl ReadyQueue {
         self.bytes
     }
 
-    fn level_of(&self, message: &MessageRef) -> usize {
-        let top = self.levels.len() - 1;
-        if top == 0 {
-            return 0;
-        }
-        (message.properties.priority().unwrap_or(0) as usize).min(top)
+    /// Body bytes and messages of ready entries held in memory.
+    pub fn resident(&self) -> (u64, usize) {
+        (self.resident_bytes, self.resident_count)
+    }
+
+    fn level_of(&self, entry: &Entry) -> usize {
+        (entry.priority as usize).min(self.levels.len() - 1)
     }
 
     /// Appends a new message (ids grow, so it goes last in its level).
-    pub fn push_back(&mut self, ready: Ready) {
-        let level = self.level_of(&ready.message);
-        self.account_in(&ready);
-        self.levels[level].push_back(ready);
+    pub fn push_back(&mut self, entry: Entry) {
+        let level = self.level_of(&entry);
+        self.account_in(&entry);
+        self.levels[level].push_back(entry);
     }
 
     /// Puts a message back in id order.
-    pub fn requeue(&mut self, ready: Ready) {
-        let level = self.level_of(&ready.message);
-        self.account_in(&ready);
+    pub fn requeue(&mut self, entry: Entry) {
+        let level = self.level_of(&entry);
+        self.account_in(&entry);
         let q = &mut self.levels[level];
-        let at = q.partition_point(|r| r.id < ready.id);
-        q.insert(at, ready);
+        let at = q.partition_point(|r| r.id < entry.id);
+        q.insert(at, entry);
     }
 
     /// The next message to deliver: highest priority first, then oldest.
-    pub fn front(&self) -> Option<&Ready> {
-        self.levels.iter().rev().find_map(|q| q.front())
-    }
-
-    pub fn pop_front(&mut self) -> Option<Ready> {
-        let ready = self.levels.iter_mut().rev().find_map(|q| q.pop_front())?;
-        self.account_out(&ready);
-        Some(ready)
+    pub fn pop_front(&mut self) -> Option<Entry> {
+        let entry = self.levels.iter_mut().rev().find_map(|q| q.pop_front())?;
+        self.account_out(&entry);
+        Some(entry)
     }
 
     /// The earliest expiry among the heads of the levels (only heads expire, as in
@@ -92,39 +117,49 @@ impl ReadyQueue {
             .min()
     }
 
-    /// Removes expired heads (at any level) and returns them.
-    pub fn take_expired(&mut self, now_ms: u64, out: &mut Vec<Ready>) {
+    /// Removes expired heads (at any level) into `out`.
+    pub fn take_expired(&mut self, now_ms: u64, out: &mut Vec<Entry>) {
         for level in (0..self.levels.len()).rev() {
-            while let Some(front) = self.levels[level].front() {
-                match front.expires_at_ms {
-                    Some(t) if t <= now_ms => {
-                        if let Some(r) = self.levels[level].pop_front() {
-                            self.len -= 1;
-                            self.bytes -= r.message.body_size() as u64;
-                            out.push(r);
-                        }
-                    }
-                    _ => break,
+            while self.levels[level]
+                .front()
+                .is_some_and(|f| f.expires_at_ms.is_some_and(|t| t <= now_ms))
+            {
+                if let Some(entry) = self.levels[level].pop_front() {
+                    self.account_out(&entry);
+                    out.push(entry);
                 }
             }
         }
     }
 
-    pub fn clear(&mut self) -> usize {
-        let n = self.len;
-        self.levels.iter_mut().for_each(|q| q.clear());
+    /// Removes everything.
+    pub fn drain_all(&mut self) -> Vec<Entry> {
+        let mut all = Vec::with_capacity(self.len);
+        for q in &mut self.levels {
+            all.extend(q.drain(..));
+        }
         self.len = 0;
         self.bytes = 0;
-        n
+        self.resident_bytes = 0;
+        self.resident_count = 0;
+        all
     }
 
-    fn account_in(&mut self, ready: &Ready) {
+    fn account_in(&mut self, entry: &Entry) {
         self.len += 1;
-        self.bytes += ready.message.body_size() as u64;
+        self.bytes += entry.size as u64;
+        if entry.message.is_some() {
+            self.resident_bytes += entry.size as u64;
+            self.resident_count += 1;
+        }
     }
 
-    fn account_out(&mut self, ready: &Ready) {
+    fn account_out(&mut self, entry: &Entry) {
         self.len -= 1;
-        self.bytes -= ready.message.body_size() as u64;
+        self.bytes -= entry.size as u64;
+        if entry.message.is_some() {
+            self.resident_bytes -= entry.size as u64;
+            self.resident_count -= 1;
+        }
     }
 }

@@ -6,8 +6,9 @@ use warren_protocol::{AMQPValue, FieldTable, ProtocolError, ShortString};
 
 use crate::args::{as_i64, as_str, type_name};
 
-/// Longest `x-expires` RabbitMQ accepts (an Erlang timer's limit), in milliseconds.
-pub const EXPIRES_MS_MAX: i64 = u32::MAX as i64;
+/// Longest TTL or expiry RabbitMQ accepts (`x-message-ttl`, `x-expires`, `expiration`):
+/// ten years, in milliseconds.
+pub const TTL_MS_MAX: i64 = 315_360_000_000;
 /// Highest `x-max-priority`.
 pub const MAX_PRIORITY_MAX: i64 = 255;
 
@@ -96,7 +97,16 @@ impl QueueSettings {
     /// Reads and validates queue arguments. `what` is e.g. "queue 'q' in vhost '/'".
     pub fn from_arguments(args: &FieldTable, what: &str) -> Result<QueueSettings, ProtocolError> {
         let mut s = QueueSettings {
-            message_ttl_ms: non_negative(args, "x-message-ttl", what)?,
+            message_ttl_ms: match non_negative(args, "x-message-ttl", what)? {
+                Some(v) if v as i64 > TTL_MS_MAX => {
+                    return Err(invalid(
+                        "x-message-ttl",
+                        what,
+                        format!("{{value_too_large,{v}}}"),
+                    ))
+                }
+                v => v,
+            },
             max_length: non_negative(args, "x-max-length", what)?,
             max_length_bytes: non_negative(args, "x-max-length-bytes", what)?,
             delivery_limit: non_negative(args, "x-delivery-limit", what)?,
@@ -112,7 +122,7 @@ impl QueueSettings {
                     format!("{{value_negative,{v}}}"),
                 ))
             }
-            Some(v) if v > EXPIRES_MS_MAX => {
+            Some(v) if v > TTL_MS_MAX => {
                 return Err(invalid(
                     "x-expires",
                     what,

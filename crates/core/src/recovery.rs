@@ -1,0 +1,237 @@
+//! Start-up from the data directory: replays the definitions log into the vhosts, reopens
+//! every durable queue's log (its unacked persistent messages come back, marked
+//! redelivered), compacts the definitions log, and removes what belongs to nothing (logs of
+//! deleted queues, transient page files).
+//!
+//! Damage never stops the broker: undecodable definition records are skipped and logged;
+//! the store itself drops torn tails and skips damaged records (see docs/storage.md).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use tracing::{info, warn};
+use warren_protocol::ShortString;
+use warren_store::{DefinitionsLog, Io, StoreError, SyncMode};
+
+use crate::auth::Users;
+use crate::broker::{Broker, DEFAULT_VHOST};
+use crate::durable::definitions::{self, DefinitionOp};
+use crate::durable::record;
+use crate::exchange::ExchangeDef;
+use crate::queue::ready::Entry;
+use crate::queue::settings::QueueDefaults;
+use crate::queue::store::{QueueStore, StoreContext, RESIDENT_BYTES_MAX, RESIDENT_MESSAGES_MAX};
+use crate::queue::QueueDef;
+use crate::routing::{Binding, Destination};
+use crate::vhost::{Persistence, VHost};
+
+/// The definitions log's file name in the data directory.
+pub const DEFINITIONS_FILE: &str = "definitions.log";
+
+/// What the log says a vhost holds.
+#[derive(Default)]
+struct VHostState {
+    exchanges: BTreeMap<ShortString, ExchangeDef>,
+    queues: BTreeMap<ShortString, QueueDef>,
+    /// (source, binding), in the order they were made.
+    bindings: Vec<(ShortString, Binding)>,
+}
+
+impl VHostState {
+    fn apply(&mut self, op: DefinitionOp) {
+        match op {
+            DefinitionOp::ExchangeDeclared(def) => {
+                self.exchanges.insert(def.name.clone(), def);
+            }
+            DefinitionOp::ExchangeDeleted(name) => {
+                self.exchanges.remove(&name);
+                let dest = Destination::Exchange(name.clone());
+                self.bindings
+                    .retain(|(s, b)| *s != name && b.destination != dest);
+            }
+            DefinitionOp::QueueDeclared(def) => {
+                self.queues.insert(def.name.clone(), def);
+            }
+            DefinitionOp::QueueDeleted(name) => {
+                self.queues.remove(&name);
+                let dest = Destination::Queue(name);
+                self.bindings.retain(|(_, b)| b.destination != dest);
+            }
+            DefinitionOp::Bound {
+                source,
+                destination,
+                routing_key,
+                arguments,
+            } => {
+                let b = Binding {
+                    destination,
+                    routing_key,
+                    arguments,
+                };
+                if !self.bindings.iter().any(|(s, x)| *s == source && *x == b) {
+                    self.bindings.push((source, b));
+                }
+            }
+            DefinitionOp::Unbound {
+                source,
+                destination,
+                routing_key,
+                arguments,
+            } => {
+                let b = Binding {
+                    destination,
+                    routing_key,
+                    arguments,
+                };
+                self.bindings.retain(|(s, x)| !(*s == source && *x == b));
+            }
+        }
+    }
+}
+
+/// Opens the broker on `data_dir`, restoring everything durable.
+pub fn open(
+    data_dir: &Path,
+    io: Arc<dyn Io>,
+    sync_mode: SyncMode,
+    users: Users,
+    queue_defaults: QueueDefaults,
+) -> Result<Arc<Broker>, StoreError> {
+    let started = std::time::Instant::now();
+    let ctx = StoreContext {
+        data_dir: data_dir.to_path_buf(),
+        io: io.clone(),
+        sync_mode,
+    };
+    remove_dir_quietly(&ctx.transient_dir());
+    let (log, records) = DefinitionsLog::open(&data_dir.join(DEFINITIONS_FILE), io.clone())?;
+    let mut states: BTreeMap<String, VHostState> = BTreeMap::new();
+    states.entry(DEFAULT_VHOST.to_owned()).or_default();
+    for (i, rec) in records.iter().enumerate() {
+        match definitions::decode(rec) {
+            Ok((vhost, op)) => states.entry(vhost).or_default().apply(op),
+            Err(e) => warn!(record = i, error = %e, "skipping an undecodable definition record"),
+        }
+    }
+    let persistence = Arc::new(Persistence {
+        store: ctx.clone(),
+        definitions: Mutex::new(log),
+    });
+    let mut vhosts = HashMap::new();
+    let mut live_dirs = BTreeSet::new();
+    let mut messages = 0usize;
+    for (name, state) in states {
+        let vhost = VHost::new(&name, queue_defaults.clone(), Some(persistence.clone()));
+        for def in state.exchanges.into_values() {
+            vhost.restore_exchange(def);
+        }
+        for def in state.queues.into_values() {
+            let dir = ctx.queue_dir(&name, def.name.as_str());
+            live_dirs.insert(dir.clone());
+            match restore_queue(&vhost, &ctx, &dir, def.clone()) {
+                Ok(n) => messages += n,
+                Err(e) => warn!(queue = %def.name.as_str(), error = %e, "cannot restore a queue"),
+            }
+        }
+        for (source, binding) in state.bindings {
+            vhost.restore_binding(source.as_str(), binding);
+        }
+        vhost.restore_done();
+        vhosts.insert(name, vhost);
+    }
+    compact(&persistence, &vhosts)?;
+    remove_orphan_queue_dirs(&ctx, &live_dirs);
+    info!(
+        vhosts = vhosts.len(),
+        messages,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "restored from the data directory"
+    );
+    Ok(Broker::with_vhosts(vhosts, users, Some(persistence)))
+}
+
+/// Reopens a queue's log and turns its records into queue entries; returns how many.
+fn restore_queue(
+    vhost: &Arc<VHost>,
+    ctx: &StoreContext,
+    dir: &Path,
+    def: QueueDef,
+) -> Result<usize, String> {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut undecodable = Vec::new();
+    let (mut resident_bytes, mut resident_count) = (0u64, 0usize);
+    let log = warren_store::open_file_log_visit(dir, ctx.io.clone(), ctx.log_options(), &mut |r| {
+        let (message, expires_at_ms) = match record::decode(r.record) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!(dir = %dir.display(), id = r.id, error = ?e, "skipping an undecodable message record");
+                undecodable.push((r.id, r.at));
+                return;
+            }
+        };
+        let mut entry = Entry::new(r.id, Arc::new(message), expires_at_ms);
+        entry.location = Some(r.at);
+        // It may have been delivered before the restart: RabbitMQ marks such messages.
+        entry.redelivered = true;
+        if resident_bytes >= RESIDENT_BYTES_MAX || resident_count >= RESIDENT_MESSAGES_MAX {
+            // Paged out: only its place in the log stays in memory.
+            entry.message = None;
+        } else {
+            resident_bytes += entry.size as u64;
+            resident_count += 1;
+        }
+        entries.push(entry);
+    })
+    .map_err(|e| e.to_string())?;
+    let mut store = QueueStore::new(log, dir, true, ctx);
+    for (id, at) in undecodable {
+        store.ack(id, at);
+    }
+    // Segments are read in order, so ids already ascend; sort anyway (cheap when sorted).
+    entries.sort_by_key(|e| e.id);
+    let n = entries.len();
+    vhost
+        .restore_queue(def, store, entries)
+        .map_err(|e| e.reply_text())?;
+    Ok(n)
+}
+
+/// Rewrites the definitions log as the current state (dropping deleted definitions).
+fn compact(
+    persistence: &Persistence,
+    vhosts: &HashMap<String, Arc<VHost>>,
+) -> Result<(), StoreError> {
+    let mut records = Vec::new();
+    for (name, vhost) in vhosts {
+        for op in vhost.snapshot_ops() {
+            records.push(definitions::encode(name, &op));
+        }
+    }
+    persistence
+        .definitions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .compact(&records)
+}
+
+fn remove_orphan_queue_dirs(ctx: &StoreContext, live: &BTreeSet<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(ctx.data_dir.join("queues")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() && !live.contains(&path) {
+            info!(dir = %path.display(), "removing the log of a queue that no longer exists");
+            remove_dir_quietly(&path);
+        }
+    }
+}
+
+fn remove_dir_quietly(dir: &Path) {
+    if let Err(e) = std::fs::remove_dir_all(dir) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            warn!(dir = %dir.display(), error = %e, "cannot remove a directory");
+        }
+    }
+}
