@@ -307,3 +307,118 @@ async fn disk_usage_falls_as_messages_are_acked() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+async fn declare_with(ch: &warren_itest::lapin::Channel, name: &str, args: FieldTable) {
+    within(
+        "queue.declare",
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        ),
+    )
+    .await
+    .expect("declare");
+}
+
+/// A message's TTL deadline is kept on disk: after a restart it still expires on time and is
+/// dead-lettered; and a dead-lettered persistent message survives a restart in its DLQ.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttl_deadlines_and_dead_lettered_messages_survive_a_restart() {
+    if is_external() {
+        return;
+    }
+    let dir = fresh_dir("warren-durable-ttl");
+    let server = start_on(&dir).await;
+    {
+        let conn = connect(&server.amqp_url()).await;
+        let ch = confirm_channel(&conn).await;
+        declare(&ch, "dlq", true).await;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            warren_itest::amq_protocol::types::AMQPValue::LongString("".into()),
+        );
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            warren_itest::amq_protocol::types::AMQPValue::LongString("dlq".into()),
+        );
+        declare_with(&ch, "rejects", args.clone()).await;
+        args.insert("x-message-ttl".into(), 1500i32.into());
+        declare_with(&ch, "short-lived", args).await;
+        publish_confirmed(&ch, "", "short-lived", b"will expire", persistent()).await;
+        publish_confirmed(&ch, "", "rejects", b"rejected before restart", persistent()).await;
+        // Reject it: it moves to the DLQ (a persistent message in a durable queue).
+        let got = within(
+            "basic.get",
+            ch.basic_get("rejects".into(), Default::default()),
+        )
+        .await
+        .expect("get")
+        .expect("a message");
+        got.reject(warren_itest::lapin::options::BasicRejectOptions { requeue: false })
+            .await
+            .expect("reject");
+        eventually("the rejected message to reach the DLQ", || {
+            let ch = ch.clone();
+            async move { queue_counts(&ch, "dlq").await.0 == 1 }
+        })
+        .await;
+    }
+    server.shutdown().await;
+
+    let server = start_on(&dir).await;
+    let conn = connect(&server.amqp_url()).await;
+    let ch = conn.create_channel().await.expect("channel");
+    // Restarted well within the TTL: the message is still there (and not yet expired).
+    assert_eq!(
+        queue_counts(&ch, "dlq").await.0,
+        1,
+        "the dead-lettered message survived"
+    );
+    let mut consumer = ch
+        .basic_consume(
+            "dlq".into(),
+            "dl".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let first = next_delivery(&mut consumer).await;
+    assert_eq!(first.data, b"rejected before restart");
+    let death = first
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-first-death-reason").cloned());
+    assert_eq!(
+        death,
+        Some(warren_itest::amq_protocol::types::AMQPValue::LongString(
+            "rejected".into()
+        ))
+    );
+    // The TTL'd message expires after the restart, on its original deadline, into the DLQ.
+    let expired = next_delivery(&mut consumer).await;
+    assert_eq!(expired.data, b"will expire");
+    let reason = expired
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get("x-first-death-reason").cloned());
+    assert_eq!(
+        reason,
+        Some(warren_itest::amq_protocol::types::AMQPValue::LongString(
+            "expired".into()
+        ))
+    );
+    drop(conn);
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
