@@ -90,19 +90,56 @@ pub fn check_equivalent(
         if r == c || same_integer(r, c) {
             continue;
         }
-        let describe = |v: Option<&AMQPValue>| match v {
-            Some(v) => format!("the value '{}' of type '{}'", show(v), type_name(v)),
-            None => "none".to_owned(),
+        // RabbitMQ's words: plain values when both sides have one, typed otherwise.
+        let text = match (r, c) {
+            (Some(r), Some(c)) if is_known_queue_argument(key.as_str()) => {
+                format!("received '{}' but current is '{}'", plain(r), plain(c))
+            }
+            _ => {
+                let describe = |v: Option<&AMQPValue>| match v {
+                    Some(v) => format!("the value '{}' of type '{}'", show(v), type_name(v)),
+                    None => "none".to_owned(),
+                };
+                format!("received {} but current is {}", describe(r), describe(c))
+            }
         };
         return Err(ProtocolError::precondition_failed(format!(
-            "inequivalent arg '{}' for {}: received {} but current is {}",
+            "inequivalent arg '{}' for {}: {text}",
             key.as_str(),
-            what,
-            describe(r),
-            describe(c)
+            what
         )));
     }
     Ok(())
+}
+
+/// Queue arguments RabbitMQ itself knows (and so compares with its plain-value text).
+fn is_known_queue_argument(key: &str) -> bool {
+    matches!(
+        key,
+        "x-expires"
+            | "x-message-ttl"
+            | "x-dead-letter-exchange"
+            | "x-dead-letter-routing-key"
+            | "x-max-length"
+            | "x-max-length-bytes"
+            | "x-max-priority"
+            | "x-overflow"
+            | "x-queue-mode"
+            | "x-queue-type"
+            | "x-single-active-consumer"
+            | "x-delivery-limit"
+    )
+}
+
+/// A value as RabbitMQ prints it in the plain form: numbers and text as they are.
+fn plain(value: &AMQPValue) -> String {
+    match as_str(value) {
+        Some(s) => s,
+        None => match as_i64(value) {
+            Some(n) => n.to_string(),
+            None => show(value),
+        },
+    }
 }
 
 /// Integers of different widths with the same value are equivalent (clients pick the width:

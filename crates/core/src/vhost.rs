@@ -313,7 +313,6 @@ impl VHost {
                 "queue name '{name}' contains reserved prefix 'amq.*'"
             )));
         }
-        let settings = QueueSettings::from_arguments(&def.arguments, &self.queue_what(&name))?;
         let mut defs = self.lock();
         if let Some(existing) = defs.queues.get(name.as_str()) {
             self.check_owner(&existing.def, def.exclusive_owner)?;
@@ -327,12 +326,14 @@ impl VHost {
                 cur.exclusive_owner.is_some(),
                 &what,
             )?;
+            // As RabbitMQ: a redeclare is compared, not validated again.
             check_equivalent(&def.arguments, &cur.arguments, &what)?;
             return Ok(DeclaredQueue {
                 handle: existing.handle.clone(),
                 created: false,
             });
         }
+        let settings = QueueSettings::from_arguments(&def.arguments, &self.queue_what(&name))?;
         // Server-named and exclusive queues never survive a restart.
         let persisted = def.durable && def.exclusive_owner.is_none() && !server_named;
         let startup = self.startup_for(&def, persisted)?;
