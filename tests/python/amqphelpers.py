@@ -46,13 +46,13 @@ def pump_for(connections, duration):
             conn.process_data_events(time_limit=PUMP_SLICE)
 
 
-def get_messages(channel, queue, count, timeout=DEFAULT_TIMEOUT):
-    """basic_get (auto-ack) from ``queue`` until ``count`` messages arrived; returns
-    a list of ``(method, properties, body)``."""
+def get_messages(channel, queue, count, timeout=DEFAULT_TIMEOUT, auto_ack=True):
+    """basic_get from ``queue`` until ``count`` messages arrived; returns a list of
+    ``(method, properties, body)``. With ``auto_ack=False`` the caller settles them."""
     got = []
     deadline = time.monotonic() + timeout
     while len(got) < count:
-        method, props, body = channel.basic_get(queue, auto_ack=True)
+        method, props, body = channel.basic_get(queue, auto_ack=auto_ack)
         if method is not None:
             got.append((method, props, body))
             continue

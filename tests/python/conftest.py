@@ -12,6 +12,9 @@
 * ``unique``: ``unique("kind")`` returns a uuid-based name no other test (or other run against
   a shared broker) uses; queues and exchanges with those names are deleted after the test.
 
+Tests marked ``@pytest.mark.warren_only`` are skipped when the broker under test does not
+announce ``product: Warren`` in its connection.start server properties (e.g. RabbitMQ).
+
 Every test also runs under a watchdog (``$WARREN_TEST_TIMEOUT`` seconds, default 30) so that a
 broker that never answers a synchronous method fails the test instead of hanging the suite.
 """
@@ -115,6 +118,26 @@ def pytest_runtest_makereport(item, call):
     rep = outcome.get_result()
     if rep.failed and _warren_log is not None:
         rep.sections.append((f"warren log tail ({_warren_log})", _log_tail(_warren_log)))
+
+
+@pytest.fixture(scope="session")
+def broker_product(amqp_url):
+    """The ``product`` server property of the broker under test (e.g. "Warren", "RabbitMQ")."""
+    conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        product = conn._impl.server_properties.get("product")
+    finally:
+        _close_quietly(conn)
+    return product.decode() if isinstance(product, bytes) else product
+
+
+@pytest.fixture(autouse=True)
+def _skip_warren_only(request):
+    if request.node.get_closest_marker("warren_only") is None:
+        return
+    product = request.getfixturevalue("broker_product")
+    if product != "Warren":
+        pytest.skip(f"Warren-only behaviour; the broker under test is {product!r}")
 
 
 class WatchdogTimeout(Exception):

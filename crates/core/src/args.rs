@@ -41,8 +41,8 @@ pub fn show(value: &AMQPValue) -> String {
         AMQPValue::Float(v) => v.to_string(),
         AMQPValue::Double(v) => v.to_string(),
         AMQPValue::Timestamp(v) => v.to_string(),
-        AMQPValue::ShortString(s) => format!("<<\"{}\">>", s.as_str()),
-        AMQPValue::LongString(s) => format!("<<\"{}\">>", String::from_utf8_lossy(s.as_bytes())),
+        AMQPValue::ShortString(s) => s.as_str().to_owned(),
+        AMQPValue::LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         other => format!("{other:?}"),
     }
 }
@@ -92,7 +92,7 @@ pub fn check_equivalent(
         }
         // RabbitMQ's words: plain values when both sides have one, typed otherwise.
         let text = match (r, c) {
-            (Some(r), Some(c)) if is_known_queue_argument(key.as_str()) => {
+            (Some(r), Some(c)) => {
                 format!("received '{}' but current is '{}'", plain(r), plain(c))
             }
             _ => {
@@ -110,25 +110,6 @@ pub fn check_equivalent(
         )));
     }
     Ok(())
-}
-
-/// Queue arguments RabbitMQ itself knows (and so compares with its plain-value text).
-fn is_known_queue_argument(key: &str) -> bool {
-    matches!(
-        key,
-        "x-expires"
-            | "x-message-ttl"
-            | "x-dead-letter-exchange"
-            | "x-dead-letter-routing-key"
-            | "x-max-length"
-            | "x-max-length-bytes"
-            | "x-max-priority"
-            | "x-overflow"
-            | "x-queue-mode"
-            | "x-queue-type"
-            | "x-single-active-consumer"
-            | "x-delivery-limit"
-    )
 }
 
 /// A value as RabbitMQ prints it in the plain form: numbers and text as they are.

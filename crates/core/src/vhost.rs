@@ -251,6 +251,15 @@ impl VHost {
                 "exchange name '{name}' contains reserved prefix 'amq.'"
             )));
         }
+        if let Some(ae) = def.arguments.inner().get("alternate-exchange") {
+            if crate::args::as_str(ae).is_none() {
+                return Err(ProtocolError::precondition_failed(format!(
+                    "invalid type '{}' for arg 'alternate-exchange' in {}",
+                    crate::args::type_name(ae),
+                    self.exchange_what(name)
+                )));
+            }
+        }
         if def.durable {
             self.log_op(DefinitionOp::ExchangeDeclared(def.clone()))?;
         }

@@ -448,7 +448,9 @@ impl QueueActor {
         if self.consumers.is_empty() || self.ready.is_empty() {
             return;
         }
-        self.expire(now_ms());
+        // Strictly past the deadline: a message with TTL 0 still goes to a consumer that can
+        // take it at once (RabbitMQ's rule); the timer expires it otherwise.
+        self.expire(now_ms().saturating_sub(1));
         while !self.ready.is_empty() {
             let Some(index) = self.next_with_credit() else {
                 return;
