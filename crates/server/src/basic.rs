@@ -388,7 +388,8 @@ impl Connection {
                     match op {
                         TxOp::Publish(publish) => {
                             let (m, header, body) = *publish;
-                            self.route_and_enqueue(ch, m, header, body, None).await?
+                            self.route_and_enqueue(ch, m, header, body, None)?;
+                            self.wait_blocked_sends().await;
                         }
                         TxOp::Settle {
                             tag,
@@ -425,7 +426,10 @@ impl Connection {
     }
 
     /// A complete basic.publish (method, header, body) arrived.
-    pub(crate) async fn publish(
+    /// A complete basic.publish. Synchronous: sends to queue inboxes with `try_send`; a send
+    /// that would wait is left in `blocked_sends` for the connection loop to await before it
+    /// reads the next frame (so per-queue order holds and backpressure reaches the socket).
+    pub(crate) fn publish(
         &mut self,
         ch: u16,
         method: basic::Publish,
@@ -458,15 +462,14 @@ impl Connection {
                 let seq = c.confirms.publish();
                 let share = ConfirmShare::new(c.key, seq, self.events_tx.clone());
                 self.route_and_enqueue(ch, method, header, body, Some(share))
-                    .await
             }
-            Mode::Plain => self.route_and_enqueue(ch, method, header, body, None).await,
+            Mode::Plain => self.route_and_enqueue(ch, method, header, body, None),
         }
     }
 
     /// Routes a message and hands it to every destination queue; an unroutable mandatory
     /// message comes back as basic.return 312.
-    async fn route_and_enqueue(
+    fn route_and_enqueue(
         &mut self,
         ch: u16,
         method: basic::Publish,
@@ -518,12 +521,22 @@ impl Connection {
             return Ok(());
         }
         for queue in queues {
-            // A queue deleted since routing simply misses the message.
-            let _ = queue
-                .send(QueueCommand::Publish(message.clone(), confirm.clone()))
-                .await;
+            let cmd = QueueCommand::Publish(message.clone(), confirm.clone());
+            match queue.try_send(cmd) {
+                Ok(()) => {}
+                Err(Some(cmd)) => self.blocked_sends.push((queue, cmd)),
+                // A queue deleted since routing simply misses the message.
+                Err(None) => {}
+            }
         }
         Ok(())
+    }
+
+    /// Waits for the queue sends that found a full inbox (backpressure on this connection).
+    pub(crate) async fn wait_blocked_sends(&mut self) {
+        for (queue, cmd) in std::mem::take(&mut self.blocked_sends) {
+            let _ = queue.send(cmd).await;
+        }
     }
 
     /// Writes the confirms that queues reported since the last flush.

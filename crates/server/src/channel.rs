@@ -17,7 +17,7 @@ use warren_core::queue::QueueCommand;
 use warren_core::QueueHandle;
 use warren_protocol::content::{parse_header, Assembled, ContentAssembler, ContentHeader};
 use warren_protocol::frame::{Frame, FrameKind};
-use warren_protocol::method::{decode_method, method_ids};
+use warren_protocol::method::{decode_method, decode_publish, method_ids};
 use warren_protocol::{basic, channel, AMQPClass, ProtocolError, ShortString};
 
 use crate::confirms::ConfirmTracker;
@@ -145,6 +145,13 @@ impl Connection {
                     let (c, m) = method_ids(&frame.payload).unwrap_or((0, 0));
                     return Err(ch.assembler.unexpected_method().on(c, m));
                 }
+                if let Some(publish) = decode_publish(&frame.payload) {
+                    if publish.immediate {
+                        return Err(ProtocolError::not_implemented("immediate=true").on(60, 40));
+                    }
+                    ch.assembler.start(publish);
+                    return Ok(());
+                }
                 let method = decode_method(&frame.payload)?;
                 let ids = (method.class_id, method.method_id);
                 if let Err(e) = self.handle_method(id, method.class).await {
@@ -169,17 +176,17 @@ impl Connection {
                         Ok(())
                     }
                 });
-                self.content_step(id, step).await
+                self.content_step(id, step)
             }
             FrameKind::Body => {
                 let step = ch.assembler.body(frame.payload);
-                self.content_step(id, step).await
+                self.content_step(id, step)
             }
             FrameKind::Heartbeat => Ok(()),
         }
     }
 
-    async fn content_step(
+    fn content_step(
         &mut self,
         id: u16,
         step: Result<Assembled<basic::Publish>, ProtocolError>,
@@ -187,7 +194,7 @@ impl Connection {
         match step {
             Ok(Assembled::Pending) => Ok(()),
             Ok(Assembled::Complete(method, header, body)) => {
-                if let Err(e) = self.publish(id, method, header, body).await {
+                if let Err(e) = self.publish(id, method, header, body) {
                     let e = e.on(60, 40);
                     if e.code.is_hard() {
                         return Err(e);

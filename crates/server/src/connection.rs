@@ -69,6 +69,8 @@ pub(crate) struct Connection {
     pub(crate) cancel_notify: bool,
     /// Channels with confirms to send at the end of this batch.
     pub(crate) pending_confirms: Vec<u16>,
+    /// Queue sends that found a full inbox; awaited before the next frame is read.
+    pub(crate) blocked_sends: Vec<(warren_core::QueueHandle, warren_core::queue::QueueCommand)>,
     auth_failure_close: bool,
     last_read: Instant,
     last_write: Instant,
@@ -106,6 +108,7 @@ pub(crate) async fn serve(
         events_rx,
         cancel_notify: false,
         pending_confirms: Vec::new(),
+        blocked_sends: Vec::new(),
         auth_failure_close: false,
         last_read: now,
         last_write: now,
@@ -415,6 +418,9 @@ impl Connection {
                 Ok(None) => {}
                 Ok(Some(end)) => return Some(end),
                 Err(e) => return Some(self.close_with(e).await),
+            }
+            if !self.blocked_sends.is_empty() {
+                self.wait_blocked_sends().await;
             }
         }
     }

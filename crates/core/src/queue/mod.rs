@@ -122,6 +122,16 @@ impl QueueHandle {
         self.0.tx.send(cmd).await.map_err(|_| self.gone())
     }
 
+    /// Sends if the inbox has room. `Err(Some(cmd))`: full, try again with `send`;
+    /// `Err(None)`: the queue is gone.
+    pub fn try_send(&self, cmd: QueueCommand) -> Result<(), Option<QueueCommand>> {
+        match self.0.tx.try_send(cmd) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(cmd)) => Err(Some(cmd)),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(None),
+        }
+    }
+
     /// Sends without waiting; used where waiting could deadlock (queue → queue) or where the
     /// command must not be lost to backpressure (channel close). Unbounded growth is not a
     /// risk: these commands are one per channel event, not per message.
