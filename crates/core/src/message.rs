@@ -12,7 +12,8 @@ use warren_protocol::ShortString;
 pub struct Message {
     pub exchange: ShortString,
     pub routing_key: ShortString,
-    pub properties: AMQPProperties,
+    /// Boxed so that a message moves cheaply (the properties are large).
+    pub properties: Box<AMQPProperties>,
     /// The content header payload (class, weight, size, properties) to send to consumers.
     pub header_raw: Bytes,
     pub body: Bytes,
@@ -45,7 +46,7 @@ impl Message {
         Message {
             exchange,
             routing_key,
-            properties,
+            properties: Box::new(properties),
             header_raw,
             body: self.body.clone(),
         }

@@ -19,7 +19,9 @@ pub const BASIC_CLASS_ID: u16 = 60;
 #[derive(Clone, Debug, PartialEq)]
 pub struct ContentHeader {
     pub body_size: u64,
-    pub properties: AMQPProperties,
+    /// Boxed: the properties are large and the header moves through several hands per
+    /// message; a pointer moves cheaply.
+    pub properties: Box<AMQPProperties>,
     /// The header frame's payload: class id, weight, body size, property flags and list.
     pub raw: Bytes,
 }
@@ -36,7 +38,7 @@ pub fn parse_header(payload: Bytes) -> Result<ContentHeader, ProtocolError> {
             }
             Ok(ContentHeader {
                 body_size: header.body_size,
-                properties: header.properties,
+                properties: Box::new(header.properties),
                 raw: payload,
             })
         }

@@ -670,7 +670,7 @@ fn sender_selected(
     header: ContentHeader,
     body_size: u64,
 ) -> (
-    warren_protocol::basic::AMQPProperties,
+    Box<warren_protocol::basic::AMQPProperties>,
     Bytes,
     Vec<ShortString>,
 ) {
@@ -706,7 +706,7 @@ fn sender_selected(
             stripped.insert(k.clone(), v.clone());
         }
     }
-    let properties = properties.with_headers(stripped);
+    let properties = Box::new((*properties).with_headers(stripped));
     let raw = encode::header_payload(&properties, body_size);
     (properties, raw, keys)
 }

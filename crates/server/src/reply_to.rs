@@ -88,7 +88,7 @@ impl Connection {
             .ok_or_else(|| {
                 ProtocolError::precondition_failed("fast reply consumer does not exist")
             })?;
-        let properties = header.properties.with_reply_to(name);
+        let properties = Box::new((*header.properties).with_reply_to(name));
         let raw = encode::header_payload(&properties, header.body_size);
         Ok(ContentHeader {
             body_size: header.body_size,
