@@ -224,6 +224,6 @@ mod tests {
         let raw = header_payload(&props, 12);
         let parsed = crate::content::parse_header(raw).unwrap();
         assert_eq!(parsed.body_size, 12);
-        assert_eq!(parsed.properties, props);
+        assert_eq!(*parsed.properties, props);
     }
 }

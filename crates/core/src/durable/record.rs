@@ -116,7 +116,7 @@ mod tests {
             exchange: "ex".into(),
             routing_key: "rk".into(),
             header_raw: warren_protocol::encode::header_payload(&props, body.len() as u64),
-            properties: props,
+            properties: Box::new(props),
             body,
         };
         let record = encode(&message, Some(12345));
