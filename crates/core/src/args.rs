@@ -3,7 +3,8 @@
 
 use warren_protocol::{AMQPValue, FieldTable, ProtocolError};
 
-/// RabbitMQ's name for a field value's type, as used in its error texts.
+/// RabbitMQ's name for a field value's type (the atom its parser tags the value with), as
+/// used in its error texts.
 pub fn type_name(value: &AMQPValue) -> &'static str {
     match value {
         AMQPValue::Boolean(_) => "bool",
@@ -17,8 +18,8 @@ pub fn type_name(value: &AMQPValue) -> &'static str {
         AMQPValue::Float(_) => "float",
         AMQPValue::Double(_) => "double",
         AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) => "shortstr",
-        AMQPValue::LongString(_) => "longstr",
+        // RabbitMQ's tables have no short-string type; it reads them as long strings.
+        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
         AMQPValue::FieldArray(_) => "array",
         AMQPValue::Timestamp(_) => "timestamp",
         AMQPValue::FieldTable(_) => "table",

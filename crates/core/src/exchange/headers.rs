@@ -25,6 +25,7 @@
 //! keys are already collapsed by the codec. `AMQPValue::ShortString` never comes off the wire
 //! in a table; it is treated as a long string.
 
+use crate::args::type_name;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
 
 /// The binding argument that selects the match mode; it never takes part in matching.
@@ -157,29 +158,6 @@ fn term(value: &AMQPValue) -> Term<'_> {
         AMQPValue::FieldArray(a) => Term::Array(a),
         AMQPValue::FieldTable(t) => Term::Table(t),
         AMQPValue::Void => Term::Undefined,
-    }
-}
-
-/// RabbitMQ's name for a value's wire type (the atom its parser tags the value with).
-fn type_name(value: &AMQPValue) -> &'static str {
-    match value {
-        AMQPValue::Boolean(_) => "bool",
-        AMQPValue::ShortShortInt(_) => "byte",
-        AMQPValue::ShortShortUInt(_) => "unsignedbyte",
-        AMQPValue::ShortInt(_) => "short",
-        AMQPValue::ShortUInt(_) => "unsignedshort",
-        AMQPValue::LongInt(_) => "signedint",
-        AMQPValue::LongUInt(_) => "unsignedint",
-        AMQPValue::LongLongInt(_) => "long",
-        AMQPValue::Timestamp(_) => "timestamp",
-        AMQPValue::Float(_) => "float",
-        AMQPValue::Double(_) => "double",
-        AMQPValue::DecimalValue(_) => "decimal",
-        AMQPValue::ShortString(_) | AMQPValue::LongString(_) => "longstr",
-        AMQPValue::ByteArray(_) => "binary",
-        AMQPValue::FieldArray(_) => "array",
-        AMQPValue::FieldTable(_) => "table",
-        AMQPValue::Void => "void",
     }
 }
 
