@@ -1,0 +1,250 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: the same warren-perf scenarios against Warren and a reference
+# RabbitMQ, in one run. Records rates, latency, broker CPU (CPU-seconds per million delivered
+# messages, from /proc/<pid>/stat) and broker peak RSS (sampled VmRSS), repeats each scenario,
+# and writes medians as JSON + markdown + a PNG plot under bench/results/<stamp>/.
+#
+#   bench/run.sh                 full run: 15 s per scenario, 3 repeats, S6 = 1,000,000 messages
+#   bench/run.sh --quick         3 s per scenario, S6 = 100,000 messages (to try it out)
+#   options: --repeat N  --time SECS  --scenarios S1,S3  --brokers warren,rabbitmq
+#            --no-pin (don't pin broker and tool to different cores)  --out DIR  --skip-build
+#
+# Scenarios (see docs/benchmarks.md):
+#   S1 1 producer, 1 consumer, 16 B, transient, autoack, one queue
+#   S2 1 KiB persistent, durable queue, confirms (1000 outstanding), manual ack, prefetch 1000
+#   S3 fanout to 10 queues, 10 consumers, 256 B, autoack
+#   S4 4 producers, 4 consumers, 1 KiB, manual ack, prefetch 100, one queue
+#   S5 latency at a fixed 1,000 msg/s, 16 B
+#   S6 1,000,000 x 1 KiB persistent with confirms into a queue with no consumer, then drained
+#
+# Environment: CARGO_TARGET_DIR (default /tmp/target-perf), WARREN_BENCH_PORT (5682),
+# RABBITMQ_SH (path to shared/tools/rabbitmq.sh), RMQ_PORT (5680), RMQ_DIR (/tmp/rabbitmq-ref).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+COMMAND="bench/run.sh${*:+ $*}"
+
+QUICK=0 REPEAT="" TIME="" SCENARIOS="S1,S2,S3,S4,S5,S6" BROKERS="warren,rabbitmq" PIN=1 OUT="" BUILD=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) QUICK=1 ;;
+    --repeat) REPEAT=$2; shift ;;
+    --time) TIME=$2; shift ;;
+    --scenarios) SCENARIOS=$2; shift ;;
+    --brokers) BROKERS=$2; shift ;;
+    --no-pin) PIN=0 ;;
+    --out) OUT=$2; shift ;;
+    --skip-build) BUILD=0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+REPEAT=${REPEAT:-3}
+if [ "$QUICK" = 1 ]; then TIME=${TIME:-3}; BACKLOG=100000; else TIME=${TIME:-15}; BACKLOG=1000000; fi
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-perf}
+WARREN_PORT=${WARREN_BENCH_PORT:-5682}
+RMQ_PORT=${RMQ_PORT:-5680}
+RMQ_DIR=${RMQ_DIR:-/tmp/rabbitmq-ref}
+RABBITMQ_SH=${RABBITMQ_SH:-}
+for candidate in "$RABBITMQ_SH" "$ROOT/../shared/tools/rabbitmq.sh" /work/shared/tools/rabbitmq.sh; do
+  if [ -n "$candidate" ] && [ -x "$candidate" ]; then RABBITMQ_SH=$candidate; break; fi
+done
+CLK_TCK=$(getconf CLK_TCK)
+NCPU=$(nproc)
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+[ "$QUICK" = 1 ] && STAMP="$STAMP-quick"
+OUT=${OUT:-$ROOT/bench/results/$STAMP}
+mkdir -p "$OUT/logs"
+RUNS="$OUT/runs.jsonl"
+: > "$RUNS"
+
+log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
+
+# ---- build --------------------------------------------------------------------------------
+if [ "$BUILD" = 1 ]; then
+  log "building warren and warren-perf (release) into $CARGO_TARGET_DIR"
+  cargo build --release -p warren -p warren-perf >"$OUT/logs/build.log" 2>&1 \
+    || { tail -30 "$OUT/logs/build.log" >&2; exit 1; }
+fi
+WARREN_BIN="$CARGO_TARGET_DIR/release/warren"
+PERF_BIN="$CARGO_TARGET_DIR/release/warren-perf"
+
+# ---- cores: broker on core 0, load tool on the last core ----------------------------------
+BROKER_CORES="" TOOL_CORES=""
+if [ "$PIN" = 1 ] && [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null; then
+  BROKER_CORES=0
+  TOOL_CORES=$((NCPU - 1))
+  if [ "$NCPU" -ge 4 ]; then BROKER_CORES="0-$((NCPU / 2 - 1))"; TOOL_CORES="$((NCPU / 2))-$((NCPU - 1))"; fi
+fi
+pin_broker() { # pid: every thread onto the broker cores
+  if [ -n "$BROKER_CORES" ]; then taskset -a -p -c "$BROKER_CORES" "$1" >/dev/null 2>&1 || true; fi
+}
+unpin_broker() { taskset -a -p -c "0-$((NCPU - 1))" "$1" >/dev/null 2>&1 || true; }
+
+# ---- brokers ------------------------------------------------------------------------------
+WARREN_PID="" WARREN_DATA="" RMQ_PID=""
+cleanup() {
+  if [ -n "$WARREN_PID" ]; then kill "$WARREN_PID" 2>/dev/null || true; wait "$WARREN_PID" 2>/dev/null || true; fi
+  [ -n "$WARREN_DATA" ] && rm -rf "$WARREN_DATA"
+  [ -n "$RMQ_PID" ] && unpin_broker "$RMQ_PID"
+  return 0
+}
+trap cleanup EXIT
+
+wait_port() { # port: up to 30 s
+  for _ in $(seq 1 150); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.2
+  done
+  return 1
+}
+
+WARREN_VERSION="" RMQ_VERSION=""
+if [[ ",$BROKERS," == *",warren,"* ]]; then
+  if (exec 3<>"/dev/tcp/127.0.0.1/$WARREN_PORT") 2>/dev/null; then
+    echo "port $WARREN_PORT is taken; set WARREN_BENCH_PORT" >&2; exit 1
+  fi
+  WARREN_DATA=$(mktemp -d /tmp/warren-bench-data.XXXXXX)
+  "$WARREN_BIN" --port "$WARREN_PORT" --bind 127.0.0.1 --data-dir "$WARREN_DATA" --log-level warn \
+    >"$OUT/logs/warren.log" 2>&1 &
+  WARREN_PID=$!
+  wait_port "$WARREN_PORT" || { echo "Warren did not start; see $OUT/logs/warren.log" >&2; exit 1; }
+  pin_broker "$WARREN_PID"
+  WARREN_VERSION="$("$WARREN_BIN" --version | awk '{print $2}') ($(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- . ':!Cargo.lock' 2>/dev/null || echo '+dirty'))"
+  log "Warren $WARREN_VERSION up on $WARREN_PORT (pid $WARREN_PID, data $WARREN_DATA)"
+fi
+if [[ ",$BROKERS," == *",rabbitmq,"* ]]; then
+  [ -n "$RABBITMQ_SH" ] || { echo "rabbitmq.sh not found; set RABBITMQ_SH" >&2; exit 1; }
+  RMQ_PORT=$RMQ_PORT RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" start >&2
+  RMQ_PID=$(RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" pid)
+  pin_broker "$RMQ_PID"
+  RMQ_VERSION="$(RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" ctl version 2>/dev/null | tail -1) (Erlang/OTP $(RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" ctl eval 'erlang:system_info(otp_release).' 2>/dev/null | tr -d '"'))"
+  log "RabbitMQ $RMQ_VERSION up on $RMQ_PORT (pid $RMQ_PID)"
+fi
+
+broker_uri() { case $1 in warren) echo "amqp://guest:guest@127.0.0.1:$WARREN_PORT/%2f" ;; rabbitmq) echo "amqp://guest:guest@127.0.0.1:$RMQ_PORT/%2f" ;; esac; }
+broker_pid() { case $1 in warren) echo "$WARREN_PID" ;; rabbitmq) echo "$RMQ_PID" ;; esac; }
+broker_data() { case $1 in warren) echo "$WARREN_DATA" ;; rabbitmq) echo "$RMQ_DIR/mnesia" ;; esac; }
+
+# ---- scenarios ----------------------------------------------------------------------------
+scenario_flags() {
+  case $1 in
+    S1) echo "-x 1 -y 1 -s 16 -a -z $TIME" ;;
+    S2) echo "-x 1 -y 1 -s 1024 --persistent --durable -c 1000 -q 1000 -z $TIME" ;;
+    S3) echo "-x 1 -y 10 -s 256 -t fanout --queues 10 -a -z $TIME" ;;
+    S4) echo "-x 4 -y 4 -s 1024 -q 100 -z $TIME" ;;
+    S5) echo "-x 1 -y 1 -s 16 -a -r 1000 -z $TIME" ;;
+    S6) echo "--scenario backlog -x 1 -y 1 -s 1024 --persistent --durable -c 1000 -q 1000 -C $BACKLOG" ;;
+    *) echo "unknown scenario $1" >&2; return 1 ;;
+  esac
+}
+scenario_title() {
+  case $1 in
+    S1) echo "1 producer, 1 consumer, 16 B, transient, autoack" ;;
+    S2) echo "1 KiB persistent, durable queue, confirms 1000, manual ack, prefetch 1000" ;;
+    S3) echo "fanout to 10 queues, 10 consumers, 256 B, autoack" ;;
+    S4) echo "4 producers, 4 consumers, 1 KiB, manual ack, prefetch 100" ;;
+    S5) echo "latency at a fixed 1,000 msg/s, 16 B" ;;
+    S6) echo "$BACKLOG x 1 KiB persistent with confirms into an idle queue, then drained" ;;
+  esac
+}
+
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
+
+# Samples peak VmRSS (kB) of a pid, and with a directory its peak `du` (kB), until $3 exists.
+sampler() {
+  local pid=$1 dir=$2 stop=$3 out=$4 peak=0 dpeak=0 rss d
+  while [ ! -e "$stop" ]; do
+    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
+    [ "${rss:-0}" -gt "$peak" ] && peak=$rss
+    if [ -n "$dir" ]; then
+      d=$(du -sk "$dir" 2>/dev/null | cut -f1)
+      [ "${d:-0}" -gt "$dpeak" ] && dpeak=$d
+    fi
+    echo "$peak $dpeak" > "$out"
+    sleep 0.25
+  done
+}
+
+run_one() { # broker scenario repeat
+  local broker=$1 sc=$2 rep=$3 pid uri data flags before after t0 t1 rc=0 line disk_dir="" disk_before=0
+  pid=$(broker_pid "$broker"); uri=$(broker_uri "$broker"); data=$(broker_data "$broker")
+  flags=$(scenario_flags "$sc")
+  [ "$sc" = S6 ] && { disk_dir=$data; disk_before=$(du -sk "$data" | cut -f1); }
+  local base="$OUT/logs/$sc-$broker-$rep"
+  rm -f "$base.stop"
+  sampler "$pid" "$disk_dir" "$base.stop" "$base.peak" &
+  local sampler_pid=$!
+  before=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
+  local cmd=("$PERF_BIN")
+  [ -n "$TOOL_CORES" ] && cmd=(taskset -c "$TOOL_CORES" "$PERF_BIN")
+  # shellcheck disable=SC2086 # flags are words on purpose
+  timeout $(( ${TIME%.*} + 900 )) "${cmd[@]}" --uri "$uri" --json --quiet $flags \
+    >"$base.json" 2>"$base.log" || rc=$?
+  after=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
+  touch "$base.stop"; wait "$sampler_pid" 2>/dev/null || true
+  read -r peak_kb disk_kb < "$base.peak" || { peak_kb=0; disk_kb=0; }
+  line=$(tail -1 "$base.json")
+  if ! python3 -c 'import json,sys; json.loads(sys.argv[1])' "$line" 2>/dev/null; then
+    line='null'
+    log "  $sc $broker #$rep: no report (exit $rc); see $base.log"
+  fi
+  python3 - "$RUNS" "$broker" "$sc" "$rep" "$rc" "$before" "$after" "$CLK_TCK" "$t0" "$t1" \
+    "$peak_kb" "$disk_kb" "$disk_before" "$line" <<'PY'
+import json, sys
+(runs, broker, sc, rep, rc, before, after, tck, t0, t1, peak, disk, disk0, line) = sys.argv[1:]
+report = json.loads(line)
+if report:
+    report.pop("per_second", None)
+rec = {
+    "broker": broker, "scenario": sc, "repeat": int(rep), "exit_code": int(rc),
+    "broker_cpu_secs": (float(after) - float(before)) / float(tck),
+    "wall_secs": float(t1) - float(t0),
+    "broker_peak_rss_kb": int(peak), "disk_peak_kb": int(disk), "disk_before_kb": int(disk0),
+    "report": report,
+}
+with open(runs, "a") as f:
+    f.write(json.dumps(rec) + "\n")
+r = report or {}
+lat = (r.get("latency") or {})
+print(f"  {sc} {broker:8s} #{rep}: exit {rc}, sent {r.get('sent', 0):,} received {r.get('received', 0):,}, "
+      f"publish {r.get('publish_rate', 0):,.0f}/s consume {r.get('consume_rate', 0):,.0f}/s, "
+      f"p50 {lat.get('p50_us', 0)/1000:.2f} ms p99 {lat.get('p99_us', 0)/1000:.2f} ms, "
+      f"cpu {rec['broker_cpu_secs']:.1f} s, rss {int(peak)/1024:.0f} MB", file=sys.stderr)
+PY
+}
+
+cat > "$OUT/meta.json" <<JSON
+{"stamp": "$STAMP", "quick": $QUICK, "repeat": $REPEAT, "time_secs": $TIME, "backlog_messages": $BACKLOG,
+ "nproc": $NCPU, "kernel": "$(uname -r)", "cpu": "$(lscpu 2>/dev/null | awk -F: '/Model name/ {gsub(/^ +/, "", $2); print $2; exit}')",
+ "memory": "$(free -h 2>/dev/null | awk '/^Mem:/ {print $2}')",
+ "warren_version": "$WARREN_VERSION", "rabbitmq_version": "$RMQ_VERSION",
+ "broker_cores": "$BROKER_CORES", "tool_cores": "$TOOL_CORES",
+ "command": "$COMMAND",
+ "scenarios": {$(for sc in ${SCENARIOS//,/ }; do printf '"%s": {"title": "%s", "flags": "%s"},' "$sc" "$(scenario_title "$sc")" "$(scenario_flags "$sc")"; done | sed 's/,$//')}}
+JSON
+
+log "scenarios $SCENARIOS x $REPEAT repeats, ${TIME}s each (S6: $BACKLOG messages); broker cores '${BROKER_CORES:-any}', tool cores '${TOOL_CORES:-any}'"
+for sc in ${SCENARIOS//,/ }; do
+  log "$sc: $(scenario_title "$sc")"
+  for rep in $(seq 1 "$REPEAT"); do
+    # Alternate which broker goes first, so slow drifts of the machine hit both alike.
+    order=${BROKERS//,/ }
+    [ $((rep % 2)) = 0 ] && order=$(echo "$order" | tr ' ' '\n' | tac | tr '\n' ' ')
+    for broker in $order; do
+      run_one "$broker" "$sc" "$rep"
+      sleep 1
+    done
+  done
+done
+
+# ---- report -------------------------------------------------------------------------------
+if ! python3 -c 'import matplotlib' 2>/dev/null; then
+  log "installing matplotlib for the plot"
+  python3 -m pip install --quiet --disable-pip-version-check matplotlib >&2 || log "matplotlib unavailable: no plot"
+fi
+python3 "$ROOT/bench/report.py" "$OUT"
+log "results in $OUT"
