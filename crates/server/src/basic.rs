@@ -18,6 +18,9 @@ use warren_protocol::{
 };
 
 use crate::channel::{Channel, Mode, TxOp, Unacked};
+
+/// The longest a publisher is held by a queue's flow control before it may publish again.
+pub const FLOW_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 use crate::connection::Connection;
 use crate::definitions::generated_name;
 use crate::reply_to::check_expiration;
@@ -521,6 +524,9 @@ impl Connection {
             return Ok(());
         }
         for queue in queues {
+            if queue.flow().is_blocked() && !self.flow_waits.iter().any(|q| q.same(&queue)) {
+                self.flow_waits.push(queue.clone());
+            }
             let cmd = QueueCommand::Publish(message.clone(), confirm.clone());
             match queue.try_send(cmd) {
                 Ok(()) => {}
@@ -536,6 +542,19 @@ impl Connection {
     pub(crate) async fn wait_blocked_sends(&mut self) {
         for (queue, cmd) in std::mem::take(&mut self.blocked_sends) {
             let _ = queue.send(cmd).await;
+        }
+    }
+
+    /// Flow control: a publishing connection stops reading while a queue it published to
+    /// asks publishers to wait. A connection that also consumes is never held (its acks are
+    /// what lets queues drain), and no wait lasts longer than `FLOW_WAIT_MAX`.
+    pub(crate) async fn wait_flow(&mut self) {
+        let waits = std::mem::take(&mut self.flow_waits);
+        if self.channels.values().any(|c| !c.consumers.is_empty()) {
+            return;
+        }
+        for queue in waits {
+            let _ = tokio::time::timeout(FLOW_WAIT_MAX, queue.flow().wait_open()).await;
         }
     }
 

@@ -71,6 +71,8 @@ pub(crate) struct Connection {
     pub(crate) pending_confirms: Vec<u16>,
     /// Queue sends that found a full inbox; awaited before the next frame is read.
     pub(crate) blocked_sends: Vec<(warren_core::QueueHandle, warren_core::queue::QueueCommand)>,
+    /// Queues whose flow control asked this publisher to wait.
+    pub(crate) flow_waits: Vec<warren_core::QueueHandle>,
     auth_failure_close: bool,
     last_read: Instant,
     last_write: Instant,
@@ -109,6 +111,7 @@ pub(crate) async fn serve(
         cancel_notify: false,
         pending_confirms: Vec::new(),
         blocked_sends: Vec::new(),
+        flow_waits: Vec::new(),
         auth_failure_close: false,
         last_read: now,
         last_write: now,
@@ -421,6 +424,12 @@ impl Connection {
             }
             if !self.blocked_sends.is_empty() {
                 self.wait_blocked_sends().await;
+            }
+            if !self.flow_waits.is_empty() {
+                // Send what this batch produced (confirms) before holding the reader.
+                self.flush_confirms();
+                self.flush();
+                self.wait_flow().await;
             }
         }
     }

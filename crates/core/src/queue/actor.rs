@@ -128,6 +128,7 @@ impl QueueActor {
                             }
                             self.deliver();
                             self.start_sync();
+                            self.update_flow();
                             continue;
                         }
                     }
@@ -152,12 +153,28 @@ impl QueueActor {
             }
             self.deliver();
             self.start_sync();
+            self.update_flow();
         }
+        // Publishers must never wait on a queue that is gone.
+        self.handle.flow().set(false);
         // Every way out of the loop is the queue's deletion: its log goes too.
         if let Some(store) = self.store.take() {
             store.destroy();
         }
         debug!(queue = %self.def.name.as_str(), "queue actor stopped");
+    }
+
+    /// Flow control: with consumers attached and a backlog past `FLOW_HIGH_MESSAGES`,
+    /// publishers wait until it is back under `FLOW_LOW_MESSAGES`. A queue without consumers
+    /// is being filled on purpose and never blocks.
+    fn update_flow(&self) {
+        let gate = self.handle.flow();
+        let backlog = self.ready.len();
+        if self.consumers.is_empty() || backlog < super::FLOW_LOW_MESSAGES {
+            gate.set(false);
+        } else if backlog > super::FLOW_HIGH_MESSAGES {
+            gate.set(true);
+        }
     }
 
     fn start_sync(&mut self) {

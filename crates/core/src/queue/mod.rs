@@ -91,6 +91,45 @@ struct QueueInner {
     id: u64,
     name: ShortString,
     tx: mpsc::Sender<QueueCommand>,
+    flow: FlowGate,
+}
+
+/// Ready messages beyond which a queue that has consumers asks publishers to wait: they are
+/// outrunning its consumers, and a growing backlog only adds latency (RabbitMQ's flow
+/// control does the same).
+pub const FLOW_HIGH_MESSAGES: usize = 5_000;
+/// Ready messages below which the publishers may go on.
+pub const FLOW_LOW_MESSAGES: usize = 2_500;
+
+/// A queue's flow-control gate: set by the queue actor, awaited by publishing connections.
+#[derive(Default)]
+pub struct FlowGate {
+    blocked: std::sync::atomic::AtomicBool,
+    opened: tokio::sync::Notify,
+}
+
+impl FlowGate {
+    pub(crate) fn set(&self, blocked: bool) {
+        let was = self.blocked.swap(blocked, Ordering::AcqRel);
+        if was && !blocked {
+            self.opened.notify_waiters();
+        }
+    }
+
+    pub fn is_blocked(&self) -> bool {
+        self.blocked.load(Ordering::Acquire)
+    }
+
+    /// Waits until the gate is open (returns at once if it is).
+    pub async fn wait_open(&self) {
+        loop {
+            let opened = self.opened.notified();
+            if !self.is_blocked() {
+                return;
+            }
+            opened.await;
+        }
+    }
 }
 
 /// A cheap, clonable reference to a queue actor.
@@ -111,6 +150,11 @@ impl QueueHandle {
     /// Unique per queue incarnation (a queue deleted and redeclared gets a new id).
     pub fn id(&self) -> u64 {
         self.0.id
+    }
+
+    /// The queue's flow-control gate.
+    pub fn flow(&self) -> &FlowGate {
+        &self.0.flow
     }
 
     pub fn same(&self, other: &QueueHandle) -> bool {
@@ -171,6 +215,7 @@ impl QueueHandle {
             id: NEXT_QUEUE_ID.fetch_add(1, Ordering::Relaxed),
             name: def.name.clone(),
             tx,
+            flow: FlowGate::default(),
         }));
         let actor = actor::QueueActor::new(def, settings, defaults, handle.clone(), vhost, startup);
         tokio::spawn(actor.run(rx));
