@@ -6,7 +6,9 @@
 //! - file data is durable up to the length it had at its last successful `sync`; a crash
 //!   drops the rest, keeps it, or keeps a random prefix of it ([`CrashTail`]);
 //! - a failed `sync` loses the data written since the last good one *even if a later sync
-//!   succeeds* (Linux marks the dirty pages clean): a crash zeroes that range;
+//!   succeeds* (Linux marks the dirty pages clean): a crash zeroes that range, except the
+//!   bytes written again after the failure and covered by a later successful `sync` (writing
+//!   dirties the pages again, so that sync does persist them);
 //! - creating, renaming and removing files is durable only after `sync_dir` on the
 //!   directory; a crash undoes the rest (removed files are kept aside until then);
 //! - handles opened before a crash fail every operation afterwards.
@@ -71,6 +73,8 @@ struct Track {
     path: PathBuf,
     synced_len: u64,
     lost: Vec<Range<u64>>,
+    /// Writes since the last `sync` that overlap `lost`: a successful sync persists them.
+    rewritten: Vec<Range<u64>>,
 }
 
 #[derive(Debug)]
@@ -166,6 +170,7 @@ impl FaultyIo {
             path: path.to_path_buf(),
             synced_len,
             lost: Vec::new(),
+            rewritten: Vec::new(),
         };
         state.tracks.insert(id, track);
         id
@@ -255,6 +260,24 @@ fn undo(op: DirOp) -> io::Result<()> {
     }
 }
 
+/// `ranges` without the bytes of `cut`.
+fn subtract(ranges: &[Range<u64>], cut: &Range<u64>) -> Vec<Range<u64>> {
+    let mut left = Vec::with_capacity(ranges.len() + 1);
+    for range in ranges {
+        if cut.end <= range.start || range.end <= cut.start {
+            left.push(range.clone());
+            continue;
+        }
+        if range.start < cut.start {
+            left.push(range.start..cut.start);
+        }
+        if cut.end < range.end {
+            left.push(cut.end..range.end);
+        }
+    }
+    left
+}
+
 /// xorshift64*: enough to spread torn lengths, and reproducible from the seed.
 fn pseudo_random(seed: u64) -> u64 {
     let mut x = seed | 1;
@@ -265,6 +288,20 @@ fn pseudo_random(seed: u64) -> u64 {
 }
 
 impl FaultyFile {
+    /// Notes a write of `written` bytes at `offset` that overlaps data a failed sync lost.
+    fn note_write(&self, state: &mut State, offset: u64, written: usize) {
+        let range = offset..offset + written as u64;
+        if let Some(track) = state.tracks.get_mut(&self.id) {
+            let overlaps = track
+                .lost
+                .iter()
+                .any(|lost| lost.start < range.end && range.start < lost.end);
+            if overlaps {
+                track.rewritten.push(range);
+            }
+        }
+    }
+
     fn state(&self) -> io::Result<MutexGuard<'_, State>> {
         let state = lock(&self.state);
         if state.epoch != self.epoch {
@@ -283,11 +320,17 @@ impl FileIo for FaultyFile {
             .position(|fault| matches!(fault, Fault::FailWrite | Fault::ShortWrite { .. }));
         match armed.map(|index| state.armed.remove(index)) {
             Some(Fault::ShortWrite { bytes }) => {
-                self.inner.write_at(offset, &buf[..bytes.min(buf.len())])?;
+                let bytes = bytes.min(buf.len());
+                self.inner.write_at(offset, &buf[..bytes])?;
+                self.note_write(&mut state, offset, bytes);
                 Err(injected("short write"))
             }
             Some(_) => Err(injected("write")),
-            None => self.inner.write_at(offset, buf),
+            None => {
+                self.inner.write_at(offset, buf)?;
+                self.note_write(&mut state, offset, buf.len());
+                Ok(())
+            }
         }
     }
 
@@ -305,6 +348,8 @@ impl FileIo for FaultyFile {
             if let Some(track) = track {
                 let lost = track.synced_len..len;
                 track.lost.push(lost);
+                // Written again, then lost again (as far as they overlap what was lost).
+                track.rewritten.clear();
             }
             state.armed.remove(index);
             return Err(injected("fsync"));
@@ -312,6 +357,9 @@ impl FileIo for FaultyFile {
         self.inner.sync()?;
         if let Some(track) = track {
             track.synced_len = len;
+            for rewritten in std::mem::take(&mut track.rewritten) {
+                track.lost = subtract(&track.lost, &rewritten);
+            }
         }
         state.file_syncs += 1;
         Ok(())
@@ -414,5 +462,40 @@ impl Io for FaultyIo {
         FaultyIo::settle_dir(&mut state, dir)?;
         state.dir_syncs += 1;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// After a failed sync, a crash zeroes the lost bytes even though a later sync succeeds,
+    /// except those written again before that sync.
+    #[test]
+    fn lost_bytes_stay_lost_unless_written_again_and_synced() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("f");
+        let io = FaultyIo::new();
+        let file = io.open(&path, OpenMode::CreateNew).expect("create");
+        io.sync_dir(dir.path()).expect("sync dir");
+        file.write_at(0, &[1; 8]).expect("write");
+        file.sync().expect("sync");
+        file.write_at(8, &[2; 24]).expect("write");
+        io.inject(Fault::FailSync);
+        assert!(file.sync().is_err());
+        file.write_at(12, &[3; 4])
+            .expect("write again, then lost again");
+        io.inject(Fault::FailSync);
+        assert!(file.sync().is_err());
+        file.write_at(16, &[4; 4]).expect("write again");
+        file.write_at(32, &[5; 4]).expect("append");
+        file.sync().expect("sync");
+        io.crash(CrashTail::Keep).expect("crash");
+        let mut expected = vec![1u8; 8];
+        expected.extend([0; 8]);
+        expected.extend([4; 4]);
+        expected.extend([0; 12]);
+        expected.extend([5; 4]);
+        assert_eq!(std::fs::read(&path).expect("read"), expected);
     }
 }

@@ -35,6 +35,22 @@ pub(crate) fn acks_path(dir: &Path, segment: u32) -> PathBuf {
     dir.join(format!("acks.{segment}"))
 }
 
+/// Makes an ack file found by recovery safe to append to; the caller also fsyncs the
+/// directory with the next job.
+///
+/// Recovery reads what the OS shows, which after a failed fsync (the previous log was
+/// poisoned, then reopened without a crash) may be bytes that never reached the disk and
+/// never will: Linux marked their pages clean. If the file's header is among them, a
+/// successful fsync of entries appended now would still leave a file whose header a crash
+/// zeroes, and recovery would move the whole file aside, bringing back records whose acks were
+/// confirmed. Writing the header again dirties it, so the next job's fsync persists it.
+/// Likewise the file's directory entry may never have been synced (the previous owner was
+/// poisoned or killed before its job synced the directory).
+fn adopt_ack_file(file: &dyn FileIo, path: &Path) -> Result<(), StoreError> {
+    let header = encode_file_header(crate::format::ACKS_MAGIC);
+    file.write_at(0, &header).map_err(StoreError::io(path))
+}
+
 /// The segment being appended to.
 struct Writer {
     segment: u32,
@@ -283,7 +299,13 @@ impl FileLog {
                 }
                 None => {
                     let file = self.io.open(&path, OpenMode::ReadWrite);
-                    file.map_err(StoreError::io(&path))?
+                    let file = file.map_err(StoreError::io(&path))?;
+                    if segment.acks_inherited {
+                        adopt_ack_file(&*file, &path)?;
+                        segment.acks_inherited = false;
+                        self.dir_dirty = true;
+                    }
+                    file
                 }
             };
             let at = segment.acks_written;

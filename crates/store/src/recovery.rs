@@ -252,6 +252,7 @@ fn recover_segment(
     let mut segment = Segment::new(scan.end as u64);
     segment.acks_bytes = acks_len;
     segment.acks_written = acks_len;
+    segment.acks_inherited = acks_len > 0;
     for record in &scan.records {
         segment.push(record.offset);
         match acked.get(&record.offset) {

@@ -20,6 +20,9 @@ pub(crate) struct Segment {
     pub acks_bytes: u64,
     /// Bytes of `acks.<N>` already written to the OS: where the next entries go.
     pub acks_written: u64,
+    /// `acks.<N>` was found by recovery and this log has not written to it yet: its bytes
+    /// and its directory entry may not be durable (see `adopt_ack_file` in file_log.rs).
+    pub acks_inherited: bool,
 }
 
 impl Segment {
@@ -31,6 +34,7 @@ impl Segment {
             msgs_bytes,
             acks_bytes: 0,
             acks_written: 0,
+            acks_inherited: false,
         }
     }
 

@@ -280,3 +280,77 @@ fn a_failed_ack_write_poisons_the_log() {
         "the unsynced ack was lost; the record is back"
     );
 }
+
+/// Records 1..=3 in segment 1, synced; `ack 1` is written to a new `acks.1` whose sync job
+/// is `spoil`ed; the log is reopened without a crash (the OS still shows `acks.1`), record 2
+/// is acked into the inherited `acks.1` and synced, then the power fails. Returns what comes
+/// back.
+fn ack_into_an_inherited_ack_file(spoil: impl FnOnce(&FaultyIo, &mut dyn MessageLog)) -> Vec<u64> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let io = FaultyIo::new();
+    let (mut log, _) = open_log(dir.path(), &io, SEGMENT_BYTES);
+    let at: Vec<_> = (1..=3)
+        .map(|id| log.append(id, &payload(id, LEN)).expect("append"))
+        .collect();
+    sync(&mut *log).expect("sync");
+    log.ack(1, at[0]).expect("ack");
+    spoil(&io, &mut *log);
+    drop(log);
+    let (mut log, recovered) = open_log(dir.path(), &io, SEGMENT_BYTES);
+    assert_eq!(
+        ids(&recovered),
+        vec![2, 3],
+        "the OS still shows the first ack"
+    );
+    log.ack(2, recovered[0].at).expect("ack");
+    sync(&mut *log).expect("this job makes the ack of 2 durable");
+    drop(log);
+    io.crash(CrashTail::Drop).expect("crash");
+    ids(&open_log(dir.path(), &io, SEGMENT_BYTES).1)
+}
+
+/// The first fsync of `acks.1` fails, so its header never reaches the disk (the pages are
+/// marked clean). Appending after a reopen must not leave the confirmed ack of 2 in a file
+/// whose header a crash zeroes: recovery would move the whole file aside.
+#[test]
+fn an_ack_confirmed_after_a_failed_fsync_and_a_reopen_survives_a_crash() {
+    let got = ack_into_an_inherited_ack_file(|io, log| {
+        io.inject(Fault::FailSync);
+        assert!(matches!(sync(log), Err(StoreError::Io { .. })));
+    });
+    assert!(
+        !got.contains(&2),
+        "the durably acked record 2 came back: {got:?}"
+    );
+    assert!(got.contains(&3), "record 3 was lost: {got:?}");
+}
+
+/// The process dies after writing `acks.1` but before any job synced the directory (here:
+/// the job is dropped, as when the broker is killed), and the next process acks into it.
+/// Its job must sync the directory, or a power loss removes `acks.1` with the ack of 2.
+#[test]
+fn an_ack_confirmed_after_a_restart_survives_a_crash_even_if_its_file_was_never_dir_synced() {
+    let got = ack_into_an_inherited_ack_file(|_, log| {
+        let job = log.prepare_sync().expect("prepare").expect("a job");
+        drop(job);
+    });
+    assert!(
+        !got.contains(&2),
+        "the durably acked record 2 came back: {got:?}"
+    );
+    assert!(got.contains(&3), "record 3 was lost: {got:?}");
+}
+
+/// The directory fsync of the job that created `acks.1` fails; the reopened log acks into it.
+#[test]
+fn an_ack_confirmed_after_a_failed_directory_fsync_and_a_reopen_survives_a_crash() {
+    let got = ack_into_an_inherited_ack_file(|io, log| {
+        io.inject(Fault::FailSyncDir);
+        assert!(matches!(sync(log), Err(StoreError::Io { .. })));
+    });
+    assert!(
+        !got.contains(&2),
+        "the durably acked record 2 came back: {got:?}"
+    );
+    assert!(got.contains(&3), "record 3 was lost: {got:?}");
+}

@@ -1,6 +1,7 @@
 //! A property test: random sequences of append / ack / read / sync / faults / crash / reopen
-//! against the file log on `FaultyIo`, checked after every reopen against a model of what
-//! must, may and must not come back:
+//! (and, in a second test, kills and failed directory fsyncs too) against the file log on
+//! `FaultyIo`, checked after every reopen against a model of what must, may and must not
+//! come back:
 //! - must: records covered by a successful sync job and never acked;
 //! - must not: records whose ack was covered by a successful sync job;
 //! - may: anything else ever appended (even an append that failed may have reached disk) —
@@ -36,6 +37,9 @@ enum Op {
     Crash(CrashTail),
     /// Sync (when possible), close and reopen.
     Reopen,
+    /// The process dies: the log is dropped unsynced (its buffers are lost, what reached the
+    /// OS stays) and reopened without a crash.
+    Kill,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -59,6 +63,16 @@ fn op() -> impl Strategy<Value = Op> {
         2 => fault.prop_map(Op::Inject),
         3 => tail.prop_map(Op::Crash),
         3 => Just(Op::Reopen),
+    ]
+}
+
+/// `op()` plus failed directory fsyncs and kills. A separate strategy, so that the seeds
+/// saved for `op()` keep generating the cases they were saved for.
+fn op_with_kills() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        20 => op(),
+        1 => Just(Op::Inject(Fault::FailSyncDir)),
+        1 => Just(Op::Kill),
     ]
 }
 
@@ -129,14 +143,15 @@ impl Runner {
             }
             Op::Crash(tail) => {
                 self.io.crash(tail).expect("crash");
-                self.reopen(true)
+                self.reopen(true, false)
             }
             Op::Reopen => {
                 if !self.model.poisoned {
                     self.sync(true)?;
                 }
-                self.reopen(false)
+                self.reopen(false, false)
             }
+            Op::Kill => self.reopen(false, true),
         }
     }
 
@@ -220,11 +235,12 @@ impl Runner {
         Ok(())
     }
 
-    fn reopen(&mut self, crashed: bool) -> Result<(), TestCaseError> {
+    /// Reopens after a crash, a clean close (`Reopen`) or a kill (nothing synced first).
+    fn reopen(&mut self, crashed: bool, killed: bool) -> Result<(), TestCaseError> {
         self.io.clear_faults();
         let (log, recovered) = open_log(self.dir.path(), &self.io, SEGMENT_BYTES);
         self.log = log;
-        self.check(&recovered, crashed)?;
+        self.check(&recovered, crashed || killed)?;
         let model = &mut self.model;
         let got: BTreeSet<u64> = ids(&recovered).into_iter().collect();
         if crashed {
@@ -242,7 +258,8 @@ impl Runner {
         Ok(())
     }
 
-    fn check(&self, recovered: &[Recovered], crashed: bool) -> Result<(), TestCaseError> {
+    /// `unclean`: after a crash or a kill, what comes back need not be exactly what is live.
+    fn check(&self, recovered: &[Recovered], unclean: bool) -> Result<(), TestCaseError> {
         let model = &self.model;
         let got = ids(recovered);
         prop_assert!(
@@ -265,7 +282,7 @@ impl Runner {
         for id in model.durable.difference(&model.acked) {
             prop_assert!(got.contains(id), "durable record {} lost", id);
         }
-        if !crashed && !model.poisoned {
+        if !unclean && !model.poisoned {
             let live: BTreeSet<u64> = model.live.keys().copied().collect();
             prop_assert_eq!(got, live, "a clean reopen returns exactly the live records");
         }
@@ -278,6 +295,17 @@ proptest! {
 
     #[test]
     fn the_file_log_keeps_its_promises(ops in proptest::collection::vec(op(), 1..120)) {
+        let mut runner = Runner::new();
+        for op in ops {
+            runner.apply(op)?;
+        }
+        runner.apply(Op::Reopen)?;
+    }
+
+    #[test]
+    fn the_file_log_keeps_its_promises_through_kills(
+        ops in proptest::collection::vec(op_with_kills(), 1..120),
+    ) {
         let mut runner = Runner::new();
         for op in ops {
             runner.apply(op)?;
