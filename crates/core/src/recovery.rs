@@ -21,7 +21,7 @@ use crate::durable::record;
 use crate::exchange::ExchangeDef;
 use crate::queue::ready::Entry;
 use crate::queue::settings::QueueDefaults;
-use crate::queue::store::{QueueStore, StoreContext, RESIDENT_BYTES_MAX, RESIDENT_MESSAGES_MAX};
+use crate::queue::store::{QueueStore, StoreContext};
 use crate::queue::QueueDef;
 use crate::routing::{Binding, Destination};
 use crate::vhost::{Persistence, VHost};
@@ -160,7 +160,6 @@ fn restore_queue(
 ) -> Result<usize, String> {
     let mut entries: Vec<Entry> = Vec::new();
     let mut undecodable = Vec::new();
-    let (mut resident_bytes, mut resident_count) = (0u64, 0usize);
     let log = warren_store::open_file_log_visit(dir, ctx.io.clone(), ctx.log_options(), &mut |r| {
         let (message, expires_at_ms) = match record::decode(r.record) {
             Ok(m) => m,
@@ -174,13 +173,9 @@ fn restore_queue(
         entry.location = Some(r.at);
         // It may have been delivered before the restart: RabbitMQ marks such messages.
         entry.redelivered = true;
-        if resident_bytes >= RESIDENT_BYTES_MAX || resident_count >= RESIDENT_MESSAGES_MAX {
-            // Paged out: only its place in the log stays in memory.
-            entry.message = None;
-        } else {
-            resident_bytes += entry.size as u64;
-            resident_count += 1;
-        }
+        // Recovered messages stay on disk until delivered: a broker restarting with millions
+        // of messages over thousands of queues would otherwise hold them all in memory.
+        entry.message = None;
         entries.push(entry);
     })
     .map_err(|e| e.to_string())?;
