@@ -1,16 +1,18 @@
 //! One task per client connection: the handshake, then a loop that reads frames, runs the
 //! methods of its channels, turns queue events into deliveries, and keeps heartbeats. The
-//! task owns all connection and channel state; the socket's write half belongs to the writer
-//! task (`writer.rs`), which gets one batch of frames per loop iteration.
+//! task owns all connection and channel state and both halves of the socket. Output is
+//! gathered in one buffer per loop iteration and written with non-blocking writes; only when
+//! the socket is full does the loop wait for it to become writable (no writer task: a hop
+//! between tasks per delivery would cost latency).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
-use tokio::net::tcp::OwnedReadHalf;
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
@@ -56,7 +58,9 @@ pub(crate) struct Connection {
     reader: OwnedReadHalf,
     inbuf: BytesMut,
     pub(crate) out: BytesMut,
-    writer: mpsc::UnboundedSender<Bytes>,
+    writer: OwnedWriteHalf,
+    /// The socket refused a write: the connection is over.
+    write_failed: bool,
     pub(crate) frame_max: u32,
     channel_max: u16,
     heartbeat_secs: u16,
@@ -87,9 +91,7 @@ pub(crate) async fn serve(
     shutdown: watch::Receiver<bool>,
 ) {
     let _ = socket.set_nodelay(true);
-    let (reader, write_half) = socket.into_split();
-    let (writer, batches) = mpsc::unbounded_channel();
-    let writer_task = tokio::spawn(crate::writer::run(write_half, batches));
+    let (reader, writer) = socket.into_split();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
     let mut conn = Connection {
@@ -103,6 +105,7 @@ pub(crate) async fn serve(
         inbuf: BytesMut::with_capacity(READ_BUFFER_BYTES),
         out: BytesMut::with_capacity(READ_BUFFER_BYTES),
         writer,
+        write_failed: false,
         user: String::new(),
         vhost: None,
         channels: HashMap::new(),
@@ -137,26 +140,45 @@ pub(crate) async fn serve(
         }
         Ok(Err(Some(err))) => {
             warn!(connection = id, peer = %peer, code = err.code.code(), error = %err.reply_text(), "handshake failed");
-            conn.flush();
         }
-        Ok(Err(None)) => {
-            conn.flush();
-        }
+        Ok(Err(None)) => {}
         Err(_) => {
             warn!(connection = id, peer = %peer, "handshake timed out");
         }
     }
-    drop(conn);
-    let _ = writer_task.await;
+    let _ = timeout(CLOSE_OK_TIMEOUT, conn.flush_all()).await;
+    let _ = conn.writer.shutdown().await;
 }
 
 impl Connection {
-    /// Hands the pending output to the writer task.
+    /// Writes as much pending output as the socket takes now, without waiting.
     pub(crate) fn flush(&mut self) {
-        if !self.out.is_empty() {
-            let batch = self.out.split().freeze();
-            let _ = self.writer.send(batch);
-            self.last_write = Instant::now();
+        while !self.out.is_empty() && !self.write_failed {
+            match self.writer.try_write(&self.out) {
+                Ok(0) => self.write_failed = true,
+                Ok(n) => {
+                    self.out.advance(n);
+                    self.last_write = Instant::now();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(_) => self.write_failed = true,
+            }
+        }
+        if self.write_failed {
+            self.out.clear();
+        }
+    }
+
+    /// Writes all pending output, waiting for the socket when it is full.
+    async fn flush_all(&mut self) {
+        loop {
+            self.flush();
+            if self.out.is_empty() || self.write_failed {
+                return;
+            }
+            if self.writer.writable().await.is_err() {
+                self.write_failed = true;
+            }
         }
     }
 
@@ -238,7 +260,7 @@ impl Connection {
                 locales: b"en_US".to_vec().into(),
             })),
         );
-        self.flush();
+        self.flush_all().await;
 
         let start_ok = match self.read_handshake_method().await? {
             Method {
@@ -275,7 +297,7 @@ impl Connection {
                 heartbeat: self.ctx.config.heartbeat_secs,
             })),
         );
-        self.flush();
+        self.flush_all().await;
         let tune_ok = match self.read_handshake_method().await? {
             Method {
                 class: AMQPClass::Connection(connection::AMQPMethod::TuneOk(m)),
@@ -311,7 +333,7 @@ impl Connection {
             0,
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
         );
-        self.flush();
+        self.flush_all().await;
         Ok(())
     }
 
@@ -397,6 +419,11 @@ impl Connection {
                         encode::heartbeat(&mut self.out);
                     }
                 }
+                writable = self.writer.writable(), if !self.out.is_empty() => {
+                    if writable.is_err() {
+                        return End::SocketClosed;
+                    }
+                }
                 _ = shutdown.changed() => {
                     let err = ProtocolError::connection_forced(
                         "broker forced connection closure with reason 'shutdown'",
@@ -406,6 +433,9 @@ impl Connection {
             }
             self.flush_confirms();
             self.flush();
+            if self.write_failed {
+                return End::SocketClosed;
+            }
         }
     }
 
@@ -508,7 +538,7 @@ impl Connection {
         }
         self.close_channels().await;
         self.send_close(err);
-        self.flush();
+        self.flush_all().await;
         let wait = async {
             loop {
                 match self.read_frame().await {

@@ -11,7 +11,6 @@ mod definitions;
 mod properties;
 mod reply_to;
 mod sasl;
-mod writer;
 
 pub use config::{Config, SyncMode, UserConfig};
 
