@@ -22,12 +22,13 @@ use crate::durable::record;
 use crate::message::{Message, MessageRef};
 
 /// Body bytes of ready messages a queue keeps in memory before paging new ones out. With
-/// ~100 bytes of bookkeeping per paged-out message, a queue of 1,000,000 × 1 KiB messages
-/// holds about 64 + 100 MiB.
-pub const RESIDENT_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// ~64 bytes of bookkeeping per paged-out message, a queue of 1,000,000 × 1 KiB messages
+/// holds about 32 MiB of bodies + 64 MiB of entries. (Flow control keeps queues with
+/// consumers far below this; deep queues are ones being filled without consumers.)
+pub const RESIDENT_BYTES_MAX: u64 = 32 * 1024 * 1024;
 /// Ready messages a queue keeps in memory before paging new ones out (per-message overhead
-/// matters for small messages: ~300 bytes each when resident).
-pub const RESIDENT_MESSAGES_MAX: usize = 100_000;
+/// matters for small messages: ~700 bytes each when resident, mostly parsed properties).
+pub const RESIDENT_MESSAGES_MAX: usize = 50_000;
 
 /// Where and how the broker keeps its files.
 #[derive(Clone)]
