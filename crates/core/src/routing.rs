@@ -5,7 +5,6 @@
 //! Routing follows exchange-to-exchange bindings breadth-first with a visited set, so cycles
 //! terminate, and reports each queue once however many bindings match.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use warren_protocol::{FieldTable, ShortString};
@@ -25,7 +24,8 @@ pub enum Destination {
 /// One exchange's bindings, in the form its type matches fastest.
 #[derive(Clone, Debug)]
 pub enum Matcher {
-    Direct(HashMap<ShortString, Vec<Destination>>),
+    /// A persistent map: cloned in O(1) and changed in O(log n) when a binding changes.
+    Direct(imbl::HashMap<ShortString, Vec<Destination>>),
     Fanout(Vec<Destination>),
     Topic(TopicTrie<Destination>),
     Headers(Vec<(FieldTable, Destination)>),
@@ -40,10 +40,10 @@ pub struct Binding {
 }
 
 impl Matcher {
-    pub fn build(kind: ExchangeKind, bindings: &[Binding]) -> Matcher {
+    pub fn build<'a>(kind: ExchangeKind, bindings: impl Iterator<Item = &'a Binding>) -> Matcher {
         match kind {
             ExchangeKind::Direct => {
-                let mut map: HashMap<ShortString, Vec<Destination>> = HashMap::new();
+                let mut map: imbl::HashMap<ShortString, Vec<Destination>> = imbl::HashMap::new();
                 for b in bindings {
                     let dests = map.entry(b.routing_key.clone()).or_default();
                     if !dests.contains(&b.destination) {
@@ -70,10 +70,47 @@ impl Matcher {
             }
             ExchangeKind::Headers => Matcher::Headers(
                 bindings
-                    .iter()
                     .map(|b| (b.arguments.clone(), b.destination.clone()))
                     .collect(),
             ),
+        }
+    }
+
+    /// Adds a (routing key, destination) pair to a direct or topic matcher.
+    pub fn add(&mut self, routing_key: &ShortString, destination: &Destination) {
+        match self {
+            Matcher::Direct(map) => {
+                let dests = map.entry(routing_key.clone()).or_default();
+                if !dests.contains(destination) {
+                    dests.push(destination.clone());
+                }
+            }
+            Matcher::Topic(trie) => {
+                trie.insert(routing_key.as_str(), destination.clone());
+            }
+            Matcher::Fanout(_) | Matcher::Headers(_) => {}
+        }
+    }
+
+    /// Removes a (routing key, destination) pair from a direct or topic matcher.
+    pub fn remove(&mut self, routing_key: &ShortString, destination: &Destination) {
+        match self {
+            Matcher::Direct(map) => {
+                let empty = match map.get_mut(routing_key) {
+                    Some(dests) => {
+                        dests.retain(|d| d != destination);
+                        dests.is_empty()
+                    }
+                    None => false,
+                };
+                if empty {
+                    map.remove(routing_key);
+                }
+            }
+            Matcher::Topic(trie) => {
+                trie.remove(routing_key.as_str(), destination);
+            }
+            Matcher::Fanout(_) | Matcher::Headers(_) => {}
         }
     }
 
@@ -115,8 +152,9 @@ pub struct ExchangeRoute {
 /// An immutable snapshot of a vhost's routing state.
 #[derive(Clone, Debug, Default)]
 pub struct RoutingTable {
-    pub exchanges: HashMap<ShortString, Arc<ExchangeRoute>>,
-    pub queues: HashMap<ShortString, QueueHandle>,
+    /// Persistent maps: a new snapshot shares everything that did not change.
+    pub exchanges: imbl::HashMap<ShortString, Arc<ExchangeRoute>>,
+    pub queues: imbl::HashMap<ShortString, QueueHandle>,
 }
 
 /// Fan-out through exchange-to-exchange bindings is bounded; beyond this many exchanges in

@@ -23,10 +23,25 @@ use crate::queue::store::{QueueStore, StoreContext};
 use crate::queue::{QueueCommand, QueueDef, QueueHandle, Startup};
 use crate::routing::{Binding, Destination, ExchangeRoute, Matcher, RoutingTable};
 
+/// A binding's identity: destination, routing key and (encoded) arguments.
+type BindingKey = (Destination, ShortString, Vec<u8>);
+
+fn binding_key(b: &Binding) -> BindingKey {
+    let args = if b.arguments.inner().is_empty() {
+        Vec::new()
+    } else {
+        crate::durable::definitions::encode_table(&b.arguments)
+    };
+    (b.destination.clone(), b.routing_key.clone(), args)
+}
+
 struct ExchangeEntry {
     def: ExchangeDef,
     /// Bindings whose source is this exchange.
-    bindings: Vec<Binding>,
+    bindings: HashMap<BindingKey, Binding>,
+    /// Bindings per (destination, routing key): direct and topic matchers hold each pair once,
+    /// whatever the arguments.
+    pairs: HashMap<(Destination, ShortString), u32>,
     route: Arc<ExchangeRoute>,
 }
 
@@ -36,11 +51,12 @@ impl ExchangeEntry {
             kind: def.kind,
             internal: def.internal,
             alternate: alternate_of(&def),
-            matcher: Matcher::build(def.kind, &[]),
+            matcher: Matcher::build(def.kind, std::iter::empty()),
         });
         ExchangeEntry {
             def,
-            bindings: Vec::new(),
+            bindings: HashMap::new(),
+            pairs: HashMap::new(),
             route,
         }
     }
@@ -50,8 +66,83 @@ impl ExchangeEntry {
             kind: self.def.kind,
             internal: self.def.internal,
             alternate: alternate_of(&self.def),
-            matcher: Matcher::build(self.def.kind, &self.bindings),
+            matcher: Matcher::build(self.def.kind, self.bindings.values()),
         });
+    }
+
+    fn contains(&self, b: &Binding) -> bool {
+        self.bindings.contains_key(&binding_key(b))
+    }
+
+    /// Adds a binding and updates the matcher in place of rebuilding it: direct and topic
+    /// matchers are persistent maps, so a change costs O(log n), not O(bindings).
+    fn add(&mut self, b: Binding) -> bool {
+        let key = binding_key(&b);
+        if self.bindings.contains_key(&key) {
+            return false;
+        }
+        let pair = (b.destination.clone(), b.routing_key.clone());
+        self.bindings.insert(key, b);
+        let count = self.pairs.entry(pair.clone()).or_insert(0);
+        *count += 1;
+        match self.def.kind {
+            ExchangeKind::Direct | ExchangeKind::Topic if *count == 1 => {
+                let mut route = (*self.route).clone();
+                route.matcher.add(&pair.1, &pair.0);
+                self.route = Arc::new(route);
+            }
+            ExchangeKind::Direct | ExchangeKind::Topic => {}
+            _ => self.rebuild(),
+        }
+        true
+    }
+
+    /// Removes the bindings for which `remove` is true; true if any was. Looks at every
+    /// binding: for a destination going away. One binding goes by `remove_keys`.
+    fn remove_where(&mut self, mut remove: impl FnMut(&Binding) -> bool) -> bool {
+        let gone: Vec<BindingKey> = self
+            .bindings
+            .iter()
+            .filter(|(_, b)| remove(b))
+            .map(|(k, _)| k.clone())
+            .collect();
+        self.remove_keys(gone)
+    }
+
+    /// Removes bindings by identity; true if any was there.
+    fn remove_keys(&mut self, keys: Vec<BindingKey>) -> bool {
+        let gone: Vec<BindingKey> = keys
+            .into_iter()
+            .filter(|k| self.bindings.contains_key(k))
+            .collect();
+        if gone.is_empty() {
+            return false;
+        }
+        let incremental = matches!(self.def.kind, ExchangeKind::Direct | ExchangeKind::Topic);
+        let mut route = (*self.route).clone();
+        for key in gone {
+            self.bindings.remove(&key);
+            let pair = (key.0, key.1);
+            let left = match self.pairs.get_mut(&pair) {
+                Some(n) => {
+                    *n -= 1;
+                    *n
+                }
+                None => 0,
+            };
+            if left == 0 {
+                self.pairs.remove(&pair);
+                if incremental {
+                    route.matcher.remove(&pair.1, &pair.0);
+                }
+            }
+        }
+        if incremental {
+            self.route = Arc::new(route);
+        } else {
+            self.rebuild();
+        }
+        true
     }
 }
 
@@ -85,6 +176,8 @@ pub struct Persistence {
 struct Definitions {
     exchanges: HashMap<ShortString, ExchangeEntry>,
     queues: HashMap<ShortString, QueueEntry>,
+    /// The routing snapshot being built: persistent maps, so publishing a copy is O(1).
+    table: RoutingTable,
 }
 
 /// Outcome of queue.declare.
@@ -134,7 +227,7 @@ impl VHost {
                 persistence,
                 me: me.clone(),
             };
-            vhost.publish(&vhost.lock());
+            vhost.publish(&mut vhost.lock());
             vhost
         })
     }
@@ -154,20 +247,38 @@ impl VHost {
         self.defs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn publish(&self, defs: &Definitions) {
-        let table = RoutingTable {
-            exchanges: defs
+    /// Publishes a new routing snapshot. Only entries that changed are updated (a pointer
+    /// comparison per exchange and queue), and the snapshot's maps are persistent, so this
+    /// costs no copy of the routing state.
+    fn publish(&self, defs: &mut Definitions) {
+        let Definitions {
+            exchanges,
+            queues,
+            table,
+        } = defs;
+        for (name, e) in exchanges.iter() {
+            if !table
                 .exchanges
-                .iter()
-                .map(|(k, e)| (k.clone(), e.route.clone()))
-                .collect(),
-            queues: defs
-                .queues
-                .iter()
-                .map(|(k, q)| (k.clone(), q.handle.clone()))
-                .collect(),
-        };
-        self.routing.store(Arc::new(table));
+                .get(name)
+                .is_some_and(|r| Arc::ptr_eq(r, &e.route))
+            {
+                table.exchanges.insert(name.clone(), e.route.clone());
+            }
+        }
+        if table.exchanges.len() != exchanges.len() {
+            table
+                .exchanges
+                .retain(|name, _| exchanges.contains_key(name));
+        }
+        for (name, q) in queues.iter() {
+            if !table.queues.get(name).is_some_and(|h| h.same(&q.handle)) {
+                table.queues.insert(name.clone(), q.handle.clone());
+            }
+        }
+        if table.queues.len() != queues.len() {
+            table.queues.retain(|name, _| queues.contains_key(name));
+        }
+        self.routing.store(Arc::new(table.clone()));
     }
 
     fn exchange_what(&self, name: &str) -> String {
@@ -265,7 +376,7 @@ impl VHost {
         }
         defs.exchanges
             .insert(def.name.clone(), ExchangeEntry::new(def));
-        self.publish(&defs);
+        self.publish(&mut defs);
         Ok(())
     }
 
@@ -289,7 +400,7 @@ impl VHost {
         let bound_as_destination = defs
             .exchanges
             .values()
-            .any(|e| e.bindings.iter().any(|b| b.destination == dest));
+            .any(|e| e.bindings.values().any(|b| b.destination == dest));
         if if_unused && (!entry.bindings.is_empty() || bound_as_destination) {
             return Err(ProtocolError::precondition_failed(format!(
                 "{} in use",
@@ -301,7 +412,7 @@ impl VHost {
         }
         defs.exchanges.remove(name);
         self.remove_bindings_to(&mut defs, &dest);
-        self.publish(&defs);
+        self.publish(&mut defs);
         Ok(())
     }
 
@@ -364,7 +475,7 @@ impl VHost {
                 persisted,
             },
         );
-        self.publish(&defs);
+        self.publish(&mut defs);
         Ok(DeclaredQueue {
             handle,
             created: true,
@@ -458,7 +569,7 @@ impl VHost {
             }
         }
         self.remove_bindings_to(&mut defs, &Destination::Queue(name));
-        self.publish(&defs);
+        self.publish(&mut defs);
     }
 
     /// A connection closed: its exclusive queues go with it.
@@ -508,7 +619,7 @@ impl VHost {
             routing_key,
             arguments,
         };
-        if entry.bindings.contains(&binding) {
+        if entry.contains(&binding) {
             return Ok(());
         }
         if durable {
@@ -523,9 +634,8 @@ impl VHost {
             .exchanges
             .get_mut(source)
             .ok_or_else(|| self.no_exchange(source))?;
-        entry.bindings.push(binding);
-        entry.rebuild();
-        self.publish(&defs);
+        entry.add(binding);
+        self.publish(&mut defs);
         Ok(())
     }
 
@@ -545,11 +655,12 @@ impl VHost {
             .exchanges
             .get_mut(source)
             .ok_or_else(|| self.no_exchange(source))?;
-        let bound = entry.bindings.iter().any(|b| {
-            b.destination == destination
-                && b.routing_key.as_str() == routing_key
-                && &b.arguments == arguments
-        });
+        let target = Binding {
+            destination: destination.clone(),
+            routing_key: ShortString::from(routing_key),
+            arguments: arguments.clone(),
+        };
+        let bound = entry.contains(&target);
         if durable && bound {
             self.log_op(DefinitionOp::Unbound {
                 source: ShortString::from(source),
@@ -562,19 +673,12 @@ impl VHost {
             .exchanges
             .get_mut(source)
             .ok_or_else(|| self.no_exchange(source))?;
-        let before = entry.bindings.len();
-        entry.bindings.retain(|b| {
-            !(b.destination == destination
-                && b.routing_key.as_str() == routing_key
-                && &b.arguments == arguments)
-        });
-        if entry.bindings.len() != before {
-            entry.rebuild();
+        if entry.remove_keys(vec![binding_key(&target)]) {
             let empty = entry.bindings.is_empty() && entry.def.auto_delete;
             if empty {
                 self.auto_delete_exchange(&mut defs, source);
             }
-            self.publish(&defs);
+            self.publish(&mut defs);
         }
         Ok(())
     }
@@ -617,13 +721,11 @@ impl VHost {
     fn remove_bindings_to(&self, defs: &mut Definitions, dest: &Destination) {
         let mut emptied = Vec::new();
         for (name, entry) in defs.exchanges.iter_mut() {
-            let before = entry.bindings.len();
-            entry.bindings.retain(|b| &b.destination != dest);
-            if entry.bindings.len() != before {
-                entry.rebuild();
-                if entry.bindings.is_empty() && entry.def.auto_delete {
-                    emptied.push(name.clone());
-                }
+            if entry.remove_where(|b| &b.destination == dest)
+                && entry.bindings.is_empty()
+                && entry.def.auto_delete
+            {
+                emptied.push(name.clone());
             }
         }
         for name in emptied {
@@ -691,9 +793,7 @@ impl VHost {
             Destination::Exchange(x) => defs.exchanges.contains_key(x.as_str()),
         };
         if let (true, Some(entry)) = (ends_exist, defs.exchanges.get_mut(source)) {
-            if !entry.bindings.contains(&binding) {
-                entry.bindings.push(binding);
-            }
+            entry.add(binding);
         }
     }
 
@@ -701,7 +801,7 @@ impl VHost {
     pub(crate) fn restore_done(&self) {
         let mut defs = self.lock();
         defs.exchanges.values_mut().for_each(|e| e.rebuild());
-        self.publish(&defs);
+        self.publish(&mut defs);
     }
 
     /// The durable definitions as a minimal list of operations (to compact the log).
@@ -717,7 +817,7 @@ impl VHost {
             ops.push(DefinitionOp::QueueDeclared(q.def.clone()));
         }
         for (name, e) in &defs.exchanges {
-            for b in &e.bindings {
+            for b in e.bindings.values() {
                 if Self::binding_is_durable(&defs, name.as_str(), &b.destination) {
                     ops.push(DefinitionOp::Bound {
                         source: name.clone(),

@@ -112,6 +112,11 @@ pub fn encode(vhost: &str, op: &DefinitionOp) -> Bytes {
     }
 }
 
+/// A field table's wire encoding (used as a hashable identity for binding arguments).
+pub fn encode_table(t: &FieldTable) -> Vec<u8> {
+    cookie_factory::gen_simple(gen_field_table(t), Vec::new()).unwrap_or_default()
+}
+
 /// Decodes a record into (vhost, op).
 pub fn decode(record: &[u8]) -> Result<(String, DefinitionOp), String> {
     let (_, t) = parse_field_table(record).map_err(|e| format!("undecodable table: {e}"))?;

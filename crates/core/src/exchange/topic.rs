@@ -18,36 +18,40 @@
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+use std::sync::Arc;
 
 /// A set of `(pattern, destination)` topic bindings, indexed by pattern words.
 #[derive(Clone, Debug)]
-pub struct TopicTrie<T> {
+pub struct TopicTrie<T: Clone + Eq + Hash> {
     root: Node<T>,
     len: usize,
 }
 
+/// Nodes use persistent maps and shared children, so cloning a trie (which the routing
+/// snapshot does on every binding change) is O(1) and a change copies only the path it
+/// touches.
 #[derive(Clone, Debug)]
-struct Node<T> {
+struct Node<T: Clone + Eq + Hash> {
     /// Children for literal words (including the empty word).
-    literal: HashMap<Box<str>, Node<T>>,
-    star: Option<Box<Node<T>>>,
-    hash: Option<Box<Node<T>>>,
+    literal: imbl::HashMap<Box<str>, Node<T>>,
+    star: Option<Arc<Node<T>>>,
+    hash: Option<Arc<Node<T>>>,
     /// Destinations whose pattern ends at this node.
-    destinations: HashSet<T>,
+    destinations: imbl::HashSet<T>,
 }
 
-impl<T> Default for Node<T> {
+impl<T: Clone + Eq + Hash> Default for Node<T> {
     fn default() -> Self {
         Node {
-            literal: HashMap::new(),
+            literal: imbl::HashMap::new(),
             star: None,
             hash: None,
-            destinations: HashSet::new(),
+            destinations: imbl::HashSet::new(),
         }
     }
 }
 
-impl<T> Node<T> {
+impl<T: Clone + Eq + Hash> Node<T> {
     fn is_empty(&self) -> bool {
         self.destinations.is_empty()
             && self.literal.is_empty()
@@ -56,7 +60,7 @@ impl<T> Node<T> {
     }
 }
 
-impl<T> Default for TopicTrie<T> {
+impl<T: Clone + Eq + Hash> Default for TopicTrie<T> {
     fn default() -> Self {
         TopicTrie {
             root: Node::default(),
@@ -85,12 +89,12 @@ impl<T: Clone + Eq + Hash> TopicTrie<T> {
         let mut node = &mut self.root;
         for word in words(pattern) {
             node = match word {
-                "*" => node.star.get_or_insert_with(Box::default),
-                "#" => node.hash.get_or_insert_with(Box::default),
+                "*" => Arc::make_mut(node.star.get_or_insert_with(Arc::default)),
+                "#" => Arc::make_mut(node.hash.get_or_insert_with(Arc::default)),
                 literal => node.literal.entry(literal.into()).or_default(),
             };
         }
-        let added = node.destinations.insert(dest);
+        let added = node.destinations.insert(dest).is_none();
         if added {
             self.len += 1;
         }
@@ -150,9 +154,9 @@ impl<T: Clone + Eq + Hash> TopicTrie<T> {
 }
 
 /// Removes `dest` at the end of `pattern` below `node`, pruning children left empty.
-fn remove_from<T: Eq + Hash>(node: &mut Node<T>, pattern: &[&str], dest: &T) -> bool {
+fn remove_from<T: Clone + Eq + Hash>(node: &mut Node<T>, pattern: &[&str], dest: &T) -> bool {
     let Some((word, rest)) = pattern.split_first() else {
-        return node.destinations.remove(dest);
+        return node.destinations.remove(dest).is_some();
     };
     match *word {
         "*" => remove_from_boxed(&mut node.star, rest, dest),
@@ -170,12 +174,12 @@ fn remove_from<T: Eq + Hash>(node: &mut Node<T>, pattern: &[&str], dest: &T) -> 
     }
 }
 
-fn remove_from_boxed<T: Eq + Hash>(
-    slot: &mut Option<Box<Node<T>>>,
+fn remove_from_boxed<T: Clone + Eq + Hash>(
+    slot: &mut Option<Arc<Node<T>>>,
     rest: &[&str],
     dest: &T,
 ) -> bool {
-    let Some(child) = slot.as_deref_mut() else {
+    let Some(child) = slot.as_mut().map(Arc::make_mut) else {
         return false;
     };
     let removed = remove_from(child, rest, dest);
@@ -186,7 +190,7 @@ fn remove_from_boxed<T: Eq + Hash>(
 }
 
 /// One `route` call's walk over the trie.
-struct Search<'t, 'k, T> {
+struct Search<'t, 'k, T: Clone + Eq + Hash> {
     key: Vec<&'k str>,
     /// For each `#` node entered so far (by address), the lowest word index it has been
     /// expanded from. Expanding at index `i` covers every index `>= i`, so a later entry at an
@@ -196,7 +200,7 @@ struct Search<'t, 'k, T> {
     matched: Vec<&'t Node<T>>,
 }
 
-impl<'t, T> Search<'t, '_, T> {
+impl<'t, T: Clone + Eq + Hash> Search<'t, '_, T> {
     /// `node` has matched the key's first `index` words.
     fn visit(&mut self, node: &'t Node<T>, index: usize) {
         if let Some(hash) = node.hash.as_deref() {
@@ -284,7 +288,7 @@ mod tests {
         out
     }
 
-    fn node_count<T>(node: &Node<T>) -> usize {
+    fn node_count<T: Clone + Eq + Hash>(node: &Node<T>) -> usize {
         1 + node.literal.values().map(node_count).sum::<usize>()
             + node.star.as_deref().map_or(0, node_count)
             + node.hash.as_deref().map_or(0, node_count)
