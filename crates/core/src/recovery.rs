@@ -117,6 +117,7 @@ pub fn open(
     let persistence = Arc::new(Persistence {
         store: ctx.clone(),
         definitions: Mutex::new(log),
+        synced: Mutex::new(0),
     });
     let mut vhosts = HashMap::new();
     let mut live_dirs = BTreeSet::new();
@@ -141,6 +142,13 @@ pub fn open(
         vhosts.insert(name, vhost);
     }
     compact(&persistence, &vhosts)?;
+    // Compaction fsyncs the new log: all of it is durable.
+    let appended = persistence
+        .definitions
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .appended();
+    *persistence.synced.lock().unwrap_or_else(|e| e.into_inner()) = appended;
     remove_orphan_queue_dirs(&ctx, &live_dirs);
     info!(
         vhosts = vhosts.len(),

@@ -170,6 +170,8 @@ struct QueueEntry {
 pub struct Persistence {
     pub store: StoreContext,
     pub definitions: Mutex<warren_store::DefinitionsLog>,
+    /// The definitions log's sequence number known to be fsynced (group commit).
+    pub synced: Mutex<u64>,
 }
 
 #[derive(Default)]
@@ -297,18 +299,56 @@ impl VHost {
         ProtocolError::not_found(format!("no {}", self.queue_what(name)))
     }
 
-    /// Appends a change of durable definitions to the log (fsynced before it returns).
-    /// Called with the definitions lock held: lock order is definitions, then the log.
+    /// Appends a change of durable definitions to the log, not yet fsynced: every public
+    /// method that may call this ends with `sync_definitions` once the definitions lock is
+    /// released. Lock order: definitions, then the log.
     fn log_op(&self, op: DefinitionOp) -> Result<(), ProtocolError> {
         let Some(p) = &self.persistence else {
             return Ok(());
         };
         let record = def_records::encode(&self.name, &op);
         let mut log = p.definitions.lock().unwrap_or_else(|e| e.into_inner());
-        log.append(&record).map_err(|e| {
+        log.append_unsynced(&record).map(|_| ()).map_err(|e| {
             tracing::error!(error = %e, "cannot write the definitions log");
             ProtocolError::internal_error(format!("cannot store the definition: {e}"))
         })
+    }
+
+    /// Group commit of the definitions log: makes everything appended so far durable before
+    /// the caller answers its client. Concurrent callers share one fsync: whoever holds the
+    /// `synced` lock fsyncs for all, and the others find their records already covered.
+    /// Lock order: `synced`, then the log; never called with the definitions lock held.
+    fn sync_definitions(&self) -> Result<(), ProtocolError> {
+        let Some(p) = &self.persistence else {
+            return Ok(());
+        };
+        let log = || p.definitions.lock().unwrap_or_else(|e| e.into_inner());
+        let appended = log().appended();
+        let mut synced = p.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= appended {
+            return Ok(());
+        }
+        let (file, covers) = log().unsynced();
+        if let Err(e) = file.sync() {
+            let e = log().sync_failed(e);
+            tracing::error!(error = %e, "cannot fsync the definitions log");
+            return Err(ProtocolError::internal_error(format!(
+                "cannot store the definition: {e}"
+            )));
+        }
+        *synced = covers;
+        Ok(())
+    }
+
+    /// Runs a change of definitions, then makes what it logged durable.
+    fn durably<T>(
+        &self,
+        change: impl FnOnce() -> Result<T, ProtocolError>,
+    ) -> Result<T, ProtocolError> {
+        let result = change();
+        let synced = self.sync_definitions();
+        let value = result?;
+        synced.map(|()| value)
     }
 
     /// Whether a binding is durable: both ends are.
@@ -328,6 +368,10 @@ impl VHost {
 
     /// exchange.declare. `passive` only checks existence.
     pub fn declare_exchange(&self, def: ExchangeDef, passive: bool) -> Result<(), ProtocolError> {
+        self.durably(|| self.declare_exchange_now(def, passive))
+    }
+
+    fn declare_exchange_now(&self, def: ExchangeDef, passive: bool) -> Result<(), ProtocolError> {
         let name = def.name.as_str();
         check_name(name, "exchange")?;
         if name == DEFAULT_EXCHANGE {
@@ -382,6 +426,10 @@ impl VHost {
 
     /// exchange.delete.
     pub fn delete_exchange(&self, name: &str, if_unused: bool) -> Result<(), ProtocolError> {
+        self.durably(|| self.delete_exchange_now(name, if_unused))
+    }
+
+    fn delete_exchange_now(&self, name: &str, if_unused: bool) -> Result<(), ProtocolError> {
         if name == DEFAULT_EXCHANGE {
             return Err(default_exchange_refused());
         }
@@ -420,6 +468,14 @@ impl VHost {
 
     /// queue.declare (not passive). The caller generates server names (`server_named`).
     pub fn declare_queue(
+        &self,
+        def: QueueDef,
+        server_named: bool,
+    ) -> Result<DeclaredQueue, ProtocolError> {
+        self.durably(|| self.declare_queue_now(def, server_named))
+    }
+
+    fn declare_queue_now(
         &self,
         def: QueueDef,
         server_named: bool,
@@ -555,6 +611,12 @@ impl VHost {
     /// Removes a queue whose actor has stopped (deleted, auto-deleted) from definitions and
     /// routing, with every binding to it.
     pub fn forget_queue(&self, handle: &QueueHandle) {
+        self.forget_queue_now(handle);
+        // The queue is gone either way; a failure only means it comes back after a restart.
+        let _ = self.sync_definitions();
+    }
+
+    fn forget_queue_now(&self, handle: &QueueHandle) {
         let mut defs = self.lock();
         let name = handle.name().clone();
         match defs.queues.get(name.as_str()) {
@@ -604,6 +666,17 @@ impl VHost {
         arguments: FieldTable,
         connection: u64,
     ) -> Result<(), ProtocolError> {
+        self.durably(|| self.bind_now(source, destination, routing_key, arguments, connection))
+    }
+
+    fn bind_now(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: ShortString,
+        arguments: FieldTable,
+        connection: u64,
+    ) -> Result<(), ProtocolError> {
         let mut defs = self.lock();
         self.check_binding_ends(&defs, source, &destination, connection)?;
         let durable = Self::binding_is_durable(&defs, source, &destination);
@@ -641,6 +714,17 @@ impl VHost {
 
     /// queue.unbind / exchange.unbind. Unbinding something not bound is not an error.
     pub fn unbind(
+        &self,
+        source: &str,
+        destination: Destination,
+        routing_key: &str,
+        arguments: &FieldTable,
+        connection: u64,
+    ) -> Result<(), ProtocolError> {
+        self.durably(|| self.unbind_now(source, destination, routing_key, arguments, connection))
+    }
+
+    fn unbind_now(
         &self,
         source: &str,
         destination: Destination,

@@ -168,6 +168,42 @@ impl DefinitionsLog {
         Ok(())
     }
 
+    /// Appends a record without fsyncing it, for group commit: the caller later fsyncs the
+    /// file from [`DefinitionsLog::unsynced`] (outside any lock it shares with other writers),
+    /// which makes every record appended before that call durable. Returns the record's
+    /// sequence number (records appended so far).
+    pub fn append_unsynced(&mut self, record: &[u8]) -> Result<u64, StoreError> {
+        if self.poisoned {
+            return Err(StoreError::Poisoned);
+        }
+        check_len(record)?;
+        let mut frame = Vec::new();
+        encode_frame(&mut frame, self.next_index, record);
+        if let Err(error) = self.file.write_at(self.len, &frame) {
+            return Err(self.poison(error));
+        }
+        self.len += frame.len() as u64;
+        self.next_index += 1;
+        Ok(self.next_index)
+    }
+
+    /// The file whose fsync makes every record appended so far durable, and the sequence
+    /// number that fsync covers.
+    pub fn unsynced(&self) -> (Arc<dyn FileIo>, u64) {
+        (self.file.clone(), self.next_index)
+    }
+
+    /// Sequence number of the last record appended (or found at open / compaction).
+    pub fn appended(&self) -> u64 {
+        self.next_index
+    }
+
+    /// Reports that an fsync of [`DefinitionsLog::unsynced`]'s file failed: the log is
+    /// poisoned (what the file holds is unknown) until reopened.
+    pub fn sync_failed(&mut self, error: std::io::Error) -> StoreError {
+        self.poison(error)
+    }
+
     /// Atomically replaces the log with `records`: write `<file>.tmp`, fsync it, rename it
     /// over the log, fsync the directory. A crash at any point leaves the old or the new log.
     pub fn compact(&mut self, records: &[Bytes]) -> Result<(), StoreError> {

@@ -56,6 +56,36 @@ fn an_append_is_durable_when_it_returns() {
 }
 
 #[test]
+fn unsynced_appends_are_durable_only_after_the_group_fsync() {
+    let (_dir, path, io) = setup();
+    let (mut log, _) = open(&path, &io);
+    assert_eq!(log.append_unsynced(b"queue a").expect("append"), 1);
+    assert_eq!(log.append_unsynced(b"queue b").expect("append"), 2);
+    let (file, covers) = log.unsynced();
+    assert_eq!(covers, 2);
+    file.sync().expect("one fsync for both");
+    log.append_unsynced(b"queue c").expect("append");
+    drop(log);
+    io.crash(CrashTail::Drop).expect("crash");
+    assert_eq!(open(&path, &io).1, records(&["queue a", "queue b"]));
+}
+
+#[test]
+fn a_failed_group_fsync_poisons_the_log() {
+    let (_dir, path, io) = setup();
+    let (mut log, _) = open(&path, &io);
+    log.append_unsynced(b"queue a").expect("append");
+    io.inject(Fault::FailSync);
+    let (file, _) = log.unsynced();
+    let error = file.sync().expect_err("injected");
+    log.sync_failed(error);
+    assert!(matches!(
+        log.append_unsynced(b"queue b"),
+        Err(StoreError::Poisoned)
+    ));
+}
+
+#[test]
 fn compact_replaces_the_log_and_appends_continue() {
     let (_dir, path, io) = setup();
     let (mut log, _) = open(&path, &io);
