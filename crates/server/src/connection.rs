@@ -538,7 +538,8 @@ impl Connection {
         }
         self.close_channels().await;
         self.send_close(err);
-        self.flush_all().await;
+        // A peer that does not read must not hold the connection task forever.
+        let _ = timeout(CLOSE_OK_TIMEOUT, self.flush_all()).await;
         let wait = async {
             loop {
                 match self.read_frame().await {
