@@ -34,8 +34,20 @@ pub const DEFINITIONS_FILE: &str = "definitions.log";
 struct VHostState {
     exchanges: BTreeMap<ShortString, ExchangeDef>,
     queues: BTreeMap<ShortString, QueueDef>,
-    /// (source, binding), in the order they were made.
-    bindings: Vec<(ShortString, Binding)>,
+    /// Bindings by identity (source, destination, routing key, encoded arguments): replaying
+    /// a log with many bindings must not cost a scan per record.
+    bindings: HashMap<BindingId, (ShortString, Binding)>,
+}
+
+type BindingId = (ShortString, Destination, ShortString, Vec<u8>);
+
+fn binding_id(source: &ShortString, b: &Binding) -> BindingId {
+    (
+        source.clone(),
+        b.destination.clone(),
+        b.routing_key.clone(),
+        definitions::encode_table(&b.arguments),
+    )
 }
 
 impl VHostState {
@@ -48,7 +60,7 @@ impl VHostState {
                 self.exchanges.remove(&name);
                 let dest = Destination::Exchange(name.clone());
                 self.bindings
-                    .retain(|(s, b)| *s != name && b.destination != dest);
+                    .retain(|_, (s, b)| *s != name && b.destination != dest);
             }
             DefinitionOp::QueueDeclared(def) => {
                 self.queues.insert(def.name.clone(), def);
@@ -56,7 +68,7 @@ impl VHostState {
             DefinitionOp::QueueDeleted(name) => {
                 self.queues.remove(&name);
                 let dest = Destination::Queue(name);
-                self.bindings.retain(|(_, b)| b.destination != dest);
+                self.bindings.retain(|_, (_, b)| b.destination != dest);
             }
             DefinitionOp::Bound {
                 source,
@@ -69,9 +81,7 @@ impl VHostState {
                     routing_key,
                     arguments,
                 };
-                if !self.bindings.iter().any(|(s, x)| *s == source && *x == b) {
-                    self.bindings.push((source, b));
-                }
+                self.bindings.insert(binding_id(&source, &b), (source, b));
             }
             DefinitionOp::Unbound {
                 source,
@@ -84,7 +94,7 @@ impl VHostState {
                     routing_key,
                     arguments,
                 };
-                self.bindings.retain(|(s, x)| !(*s == source && *x == b));
+                self.bindings.remove(&binding_id(&source, &b));
             }
         }
     }
@@ -135,7 +145,7 @@ pub fn open(
                 Err(e) => warn!(queue = %def.name.as_str(), error = %e, "cannot restore a queue"),
             }
         }
-        for (source, binding) in state.bindings {
+        for (source, binding) in state.bindings.into_values() {
             vhost.restore_binding(source.as_str(), binding);
         }
         vhost.restore_done();

@@ -214,15 +214,20 @@ impl Connection {
             .await??;
         let c = self.channel(ch)?;
         c.consumers.insert(tag.clone(), queue);
-        if !m.nowait {
+        self.consume_ok(ch, tag, m.nowait);
+        Ok(())
+    }
+
+    /// basic.consume-ok, unless the client asked for no reply.
+    pub(crate) fn consume_ok(&mut self, ch: u16, consumer_tag: ShortString, nowait: bool) {
+        if !nowait {
             self.send_method(
                 ch,
                 AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: tag,
+                    consumer_tag,
                 })),
             );
         }
-        Ok(())
     }
 
     async fn get(&mut self, ch: u16, m: basic::Get) -> Result<(), ProtocolError> {

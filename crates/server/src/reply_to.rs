@@ -6,7 +6,7 @@
 use warren_core::direct_reply::{REPLY_TO, REPLY_TO_PREFIX};
 use warren_core::Message;
 use warren_protocol::content::ContentHeader;
-use warren_protocol::{basic, encode, AMQPClass, ProtocolError, ShortString};
+use warren_protocol::{basic, encode, ProtocolError, ShortString};
 
 use crate::connection::Connection;
 use crate::definitions::generated_name;
@@ -45,14 +45,7 @@ impl Connection {
                 .direct_replies
                 .register(name, events, c.key, tag.clone()),
         );
-        if !m.nowait {
-            self.send_method(
-                ch,
-                AMQPClass::Basic(basic::AMQPMethod::ConsumeOk(basic::ConsumeOk {
-                    consumer_tag: tag,
-                })),
-            );
-        }
+        self.consume_ok(ch, tag, m.nowait);
         Ok(())
     }
 
