@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use crate::auth::Users;
 use crate::queue::settings::QueueDefaults;
-use crate::vhost::{Persistence, VHost};
+use crate::vhost::VHost;
 
 /// The vhost every broker has.
 pub const DEFAULT_VHOST: &str = "/";
@@ -13,8 +13,6 @@ pub const DEFAULT_VHOST: &str = "/";
 pub struct Broker {
     vhosts: HashMap<String, Arc<VHost>>,
     pub users: Users,
-    /// None for a broker that keeps nothing on disk (tests of the core alone).
-    persistence: Option<Arc<Persistence>>,
 }
 
 impl Broker {
@@ -25,7 +23,7 @@ impl Broker {
             DEFAULT_VHOST.to_owned(),
             VHost::new(DEFAULT_VHOST, queue_defaults, None),
         );
-        Broker::with_vhosts(vhosts, users, None)
+        Broker::with_vhosts(vhosts, users)
     }
 
     /// A broker on a data directory, with everything durable in it restored.
@@ -44,21 +42,8 @@ impl Broker {
         )
     }
 
-    pub(crate) fn with_vhosts(
-        vhosts: HashMap<String, Arc<VHost>>,
-        users: Users,
-        persistence: Option<Arc<Persistence>>,
-    ) -> Arc<Broker> {
-        Arc::new(Broker {
-            vhosts,
-            users,
-            persistence,
-        })
-    }
-
-    /// Whether the broker keeps durable things on disk.
-    pub fn is_persistent(&self) -> bool {
-        self.persistence.is_some()
+    pub(crate) fn with_vhosts(vhosts: HashMap<String, Arc<VHost>>, users: Users) -> Arc<Broker> {
+        Arc::new(Broker { vhosts, users })
     }
 
     pub fn vhost(&self, name: &str) -> Option<Arc<VHost>> {

@@ -21,8 +21,9 @@ pub type ChannelKey = u64;
 #[derive(Debug)]
 pub struct Delivery {
     pub channel_key: ChannelKey,
-    /// None for basic.get.
-    pub consumer_tag: Option<ShortString>,
+    /// None for basic.get. Shared with the queue's consumer record: no allocation per
+    /// delivery.
+    pub consumer_tag: Option<Arc<str>>,
     pub queue: QueueHandle,
     /// The queue's id for the message, used to settle it.
     pub message_id: u64,
@@ -117,7 +118,6 @@ impl ChannelLimiter {
 pub struct ConsumerSpec {
     pub tag: ShortString,
     pub channel_key: ChannelKey,
-    pub connection_id: u64,
     pub no_ack: bool,
     pub exclusive: bool,
     /// `x-priority`: higher-priority consumers are served first.

@@ -166,7 +166,7 @@ pub fn open(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "restored from the data directory"
     );
-    Ok(Broker::with_vhosts(vhosts, users, Some(persistence)))
+    Ok(Broker::with_vhosts(vhosts, users))
 }
 
 /// Reopens a queue's log and turns its records into queue entries; returns how many.

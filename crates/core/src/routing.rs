@@ -142,7 +142,6 @@ impl Matcher {
 /// What the publish path needs to know about one exchange.
 #[derive(Clone, Debug)]
 pub struct ExchangeRoute {
-    pub kind: ExchangeKind,
     pub internal: bool,
     /// Receives what this exchange's bindings cannot route.
     pub alternate: Option<ShortString>,

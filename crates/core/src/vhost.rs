@@ -48,7 +48,6 @@ struct ExchangeEntry {
 impl ExchangeEntry {
     fn new(def: ExchangeDef) -> Self {
         let route = Arc::new(ExchangeRoute {
-            kind: def.kind,
             internal: def.internal,
             alternate: alternate_of(&def),
             matcher: Matcher::build(def.kind, std::iter::empty()),
@@ -63,7 +62,6 @@ impl ExchangeEntry {
 
     fn rebuild(&mut self) {
         self.route = Arc::new(ExchangeRoute {
-            kind: self.def.kind,
             internal: self.def.internal,
             alternate: alternate_of(&self.def),
             matcher: Matcher::build(self.def.kind, self.bindings.values()),
@@ -182,12 +180,6 @@ struct Definitions {
     table: RoutingTable,
 }
 
-/// Outcome of queue.declare.
-pub struct DeclaredQueue {
-    pub handle: QueueHandle,
-    pub created: bool,
-}
-
 pub struct VHost {
     name: String,
     defs: Mutex<Definitions>,
@@ -241,6 +233,11 @@ impl VHost {
     /// The current routing snapshot (lock-free).
     pub fn routing(&self) -> Guard<Arc<RoutingTable>> {
         self.routing.load()
+    }
+
+    /// The current routing snapshot, owned (to hold across an await).
+    pub fn routing_snapshot(&self) -> Arc<RoutingTable> {
+        self.routing.load_full()
     }
 
     fn lock(&self) -> MutexGuard<'_, Definitions> {
@@ -471,7 +468,7 @@ impl VHost {
         &self,
         def: QueueDef,
         server_named: bool,
-    ) -> Result<DeclaredQueue, ProtocolError> {
+    ) -> Result<QueueHandle, ProtocolError> {
         self.durably(|| self.declare_queue_now(def, server_named))
     }
 
@@ -479,7 +476,7 @@ impl VHost {
         &self,
         def: QueueDef,
         server_named: bool,
-    ) -> Result<DeclaredQueue, ProtocolError> {
+    ) -> Result<QueueHandle, ProtocolError> {
         let name = def.name.as_str().to_owned();
         check_name(&name, "queue")?;
         // RabbitMQ refuses a non-passive declare of any `amq.` name, even an existing
@@ -504,10 +501,7 @@ impl VHost {
             )?;
             // As RabbitMQ: a redeclare is compared, not validated again.
             check_equivalent(&def.arguments, &cur.arguments, &what)?;
-            return Ok(DeclaredQueue {
-                handle: existing.handle.clone(),
-                created: false,
-            });
+            return Ok(existing.handle.clone());
         }
         let settings = QueueSettings::from_arguments(&def.arguments, &self.queue_what(&name))?;
         // Server-named and exclusive queues never survive a restart.
@@ -532,10 +526,7 @@ impl VHost {
             },
         );
         self.publish(&mut defs);
-        Ok(DeclaredQueue {
-            handle,
-            created: true,
-        })
+        Ok(handle)
     }
 
     /// What a new queue starts with: for a persisted queue, its (empty) log.

@@ -10,6 +10,7 @@ use bytes::Bytes;
 use warren_core::confirm::ConfirmShare;
 use warren_core::consumer::{ClientEvent, ConsumerSpec, Delivery};
 use warren_core::queue::QueueCommand;
+use warren_core::routing::RoutingTable;
 use warren_core::{Message, QueueHandle, VHost};
 use warren_protocol::content::ContentHeader;
 use warren_protocol::{
@@ -184,7 +185,6 @@ impl Connection {
             ),
         )?;
         let events = self.events_tx.clone();
-        let connection_id = self.id;
         let c = self.channel(ch)?;
         let tag = if m.consumer_tag.as_str().is_empty() {
             generated_name("amq.ctag-")
@@ -200,7 +200,6 @@ impl Connection {
         let spec = ConsumerSpec {
             tag: tag.clone(),
             channel_key: c.key,
-            connection_id,
             no_ack: m.no_ack,
             exclusive: m.exclusive,
             priority,
@@ -396,7 +395,10 @@ impl Connection {
                     match op {
                         TxOp::Publish(publish) => {
                             let (m, header, body) = *publish;
-                            self.route_and_enqueue(ch, m, header, body, None)?;
+                            // The exchange was checked at publish time; one deleted since
+                            // then simply routes nowhere.
+                            let routing = self.vhost().routing_snapshot();
+                            self.route_and_enqueue(&routing, ch, m, header, body, None)?;
                             self.wait_blocked_sends().await;
                         }
                         TxOp::Settle {
@@ -445,7 +447,8 @@ impl Connection {
         body: Bytes,
     ) -> Result<(), ProtocolError> {
         let vhost = self.vhost();
-        VHost::check_publish_target(&vhost.routing(), vhost.name(), method.exchange.as_str())?;
+        let routing = vhost.routing();
+        VHost::check_publish_target(&routing, vhost.name(), method.exchange.as_str())?;
         if let Some(user_id) = header.properties.user_id() {
             if user_id.as_str() != self.user {
                 return Err(ProtocolError::precondition_failed(format!(
@@ -469,9 +472,9 @@ impl Connection {
             Mode::Confirm => {
                 let seq = c.confirms.publish();
                 let share = ConfirmShare::new(c.key, seq, self.events_tx.clone());
-                self.route_and_enqueue(ch, method, header, body, Some(share))
+                self.route_and_enqueue(&routing, ch, method, header, body, Some(share))
             }
-            Mode::Plain => self.route_and_enqueue(ch, method, header, body, None),
+            Mode::Plain => self.route_and_enqueue(&routing, ch, method, header, body, None),
         }
     }
 
@@ -479,13 +482,13 @@ impl Connection {
     /// message comes back as basic.return 312.
     fn route_and_enqueue(
         &mut self,
+        routing: &RoutingTable,
         ch: u16,
         method: basic::Publish,
         header: ContentHeader,
         body: Bytes,
         confirm: Option<ConfirmShare>,
     ) -> Result<(), ProtocolError> {
-        let vhost = self.vhost();
         let (properties, header_raw, extra_keys) = sender_selected(header, body.len() as u64);
         let message = Arc::new(Message {
             exchange: method.exchange,
@@ -499,9 +502,6 @@ impl Connection {
         }
         let mut queues: Vec<QueueHandle> = Vec::new();
         {
-            // The exchange was checked at publish time (`publish`); one deleted since then
-            // (before a tx.commit) simply routes nowhere.
-            let routing = vhost.routing();
             let mut keys: Vec<&str> = Vec::with_capacity(1 + extra_keys.len());
             keys.push(message.routing_key.as_str());
             keys.extend(extra_keys.iter().map(|s| s.as_str()));
@@ -673,7 +673,7 @@ impl Connection {
                 },
             );
         }
-        let consumer_tag = d.consumer_tag.as_ref().map(|t| t.as_str()).unwrap_or("");
+        let consumer_tag = d.consumer_tag.as_deref().unwrap_or("");
         encode::deliver(
             &mut self.out,
             id,

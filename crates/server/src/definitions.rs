@@ -185,7 +185,7 @@ impl Connection {
                         },
                         server_named,
                     )?;
-                    (declared.handle, name)
+                    (declared, name)
                 };
                 if let Some(c) = self.channels.get_mut(&ch) {
                     c.last_queue = Some(name.clone());

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tracing::debug;
-use warren_protocol::{AMQPValue, ProtocolError, ShortString};
+use warren_protocol::{AMQPValue, ProtocolError};
 
 use super::dead_letter::{dead_lettered, is_cycle, Reason};
 use super::ready::{Entry, ReadyQueue};
@@ -28,12 +28,14 @@ struct Unacked {
     entry: Entry,
     channel_key: ChannelKey,
     /// None for basic.get deliveries.
-    consumer_tag: Option<ShortString>,
+    consumer_tag: Option<Arc<str>>,
     deadline_ms: Option<u64>,
 }
 
 struct Consumer {
     spec: ConsumerSpec,
+    /// The tag, shared by every delivery to this consumer.
+    tag: Arc<str>,
     in_flight: u32,
 }
 
@@ -404,7 +406,15 @@ impl QueueActor {
         let at = self
             .consumers
             .partition_point(|c| c.spec.priority >= spec.priority);
-        self.consumers.insert(at, Consumer { spec, in_flight: 0 });
+        let tag = Arc::from(spec.tag.as_str());
+        self.consumers.insert(
+            at,
+            Consumer {
+                spec,
+                tag,
+                in_flight: 0,
+            },
+        );
         Ok(())
     }
 
@@ -414,7 +424,7 @@ impl QueueActor {
         &mut self,
         entry: Entry,
         channel_key: ChannelKey,
-        consumer_tag: Option<ShortString>,
+        consumer_tag: Option<Arc<str>>,
         no_ack: bool,
     ) -> Option<Delivery> {
         let Some(loaded) = self.message_of(&entry) else {
@@ -478,7 +488,7 @@ impl QueueActor {
             let consumer = &self.consumers[index];
             let (channel_key, tag, no_ack) = (
                 consumer.spec.channel_key,
-                consumer.spec.tag.clone(),
+                consumer.tag.clone(),
                 consumer.spec.no_ack,
             );
             let Some(delivery) = self.make_delivery(entry, channel_key, Some(tag), no_ack) else {
@@ -566,12 +576,12 @@ impl QueueActor {
         }
     }
 
-    fn release_credit(&mut self, channel_key: ChannelKey, tag: Option<&ShortString>) {
+    fn release_credit(&mut self, channel_key: ChannelKey, tag: Option<&Arc<str>>) {
         let Some(tag) = tag else { return };
         if let Some(c) = self
             .consumers
             .iter_mut()
-            .find(|c| c.spec.channel_key == channel_key && &c.spec.tag == tag)
+            .find(|c| c.spec.channel_key == channel_key && c.tag == *tag)
         {
             c.in_flight = c.in_flight.saturating_sub(1);
         }
@@ -706,12 +716,12 @@ impl QueueActor {
                 if let Some(i) = self
                     .consumers
                     .iter()
-                    .position(|c| c.spec.channel_key == channel_key && c.spec.tag == tag)
+                    .position(|c| c.spec.channel_key == channel_key && c.tag == tag)
                 {
                     let c = self.consumers.remove(i);
                     let _ = c.spec.client.send(ClientEvent::ConsumerCancelled {
                         channel_key,
-                        consumer_tag: tag,
+                        consumer_tag: c.spec.tag,
                     });
                 }
             }
