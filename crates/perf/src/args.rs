@@ -107,6 +107,11 @@ pub struct Args {
     /// Runtime worker threads [default: the CPUs this process may run on].
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Microseconds the tool's threads spin before sleeping (0: sleep at once). For latency
+    /// runs: a sleeping core takes 25-50 us to wake on a VM, which would be counted as broker
+    /// latency. At most 10000.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub busy_poll: u64,
     /// Churn scenarios: parallel workers (one connection each).
     #[arg(long, default_value_t = 1)]
     pub concurrency: u16,
@@ -280,7 +285,7 @@ mod tests {
     fn perftest_style_flags() {
         let a = parse(
             "--uri amqp://u:p@h:1/v -x 4 -y 3 -s 1024 -z 5 --persistent -c 1000 -A 10 -q 100 \
-             --queues 3 --queue-pattern q-%d -t fanout -r 250 --durable --json \
+             --queues 3 --queue-pattern q-%d -t fanout -r 250 --durable --json --busy-poll 500 \
              --queue-args x-max-length=10,x-queue-type=classic --queue-args x-overflow=reject-publish",
         );
         assert_eq!((a.producers, a.consumers, a.size), (4, 3, 1024));
@@ -291,6 +296,7 @@ mod tests {
         assert_eq!(a.exchange_type, ExchangeType::Fanout);
         assert_eq!(a.exchange_name(), "warren-perf-fanout");
         assert_eq!(a.rate, Some(250.0));
+        assert_eq!(a.busy_poll, 500);
         assert!(a.persistent && a.durable && a.json);
         assert_eq!(
             a.queue_arguments(),
@@ -334,6 +340,10 @@ mod tests {
         assert!(bad("--queues 2 --queue-pattern fixed"));
         assert!(bad("--uri http://x"));
         assert!(bad("-t headers"));
+        assert!(
+            bad("--busy-poll 10001"),
+            "longer than the runtime's window cap"
+        );
         let mut a = Args::try_from_args(["warren-perf", "-s", "4"]).unwrap();
         let warnings = a.validate().unwrap();
         assert_eq!((a.size, warnings.len()), (16, 1));

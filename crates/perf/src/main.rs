@@ -8,16 +8,12 @@ use warren_perf::{Args, Output};
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let threads = args.threads.unwrap_or_else(|| {
-        // Honours taskset/cgroup limits, so a pinned tool runs one worker per core it has.
-        std::thread::available_parallelism().map_or(1, usize::from)
-    });
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads.max(1))
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
+    // Default workers honour taskset/cgroup limits: a pinned tool runs one per core it has.
+    let runtime = match warren_runtime::build(warren_runtime::RuntimeConfig {
+        worker_threads: args.threads,
+        busy_poll: std::time::Duration::from_micros(args.busy_poll),
+    }) {
+        Ok(started) => started.runtime,
         Err(e) => {
             eprintln!("warren-perf: cannot start the runtime: {e}");
             return ExitCode::FAILURE;

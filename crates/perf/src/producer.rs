@@ -36,6 +36,10 @@ pub struct ProducerConfig {
     pub persistent: bool,
     pub confirm: Option<u32>,
     pub rate: Option<f64>,
+    /// With a rate: the last stretch before a message is due is spent spinning (yielding to
+    /// the runtime, which polls sockets without sleeping) instead of in a timer, so neither
+    /// the send nor the next delivery waits for a sleeping core to wake. Zero: timers only.
+    pub busy_poll: Duration,
     pub count: Option<u64>,
     pub drain_timeout: Duration,
 }
@@ -167,9 +171,14 @@ async fn publish(
             let due = (started.elapsed().as_secs_f64() * rate) as u64 + 1;
             if due <= seq {
                 let at = started + Duration::from_secs_f64(seq as f64 / rate);
-                tokio::select! {
-                    _ = tokio::time::sleep_until(at.into()) => {}
-                    changed = stop.changed() => if changed.is_err() { break },
+                let wake = at.checked_sub(cfg.busy_poll).unwrap_or(at);
+                if Instant::now() < wake {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(wake.into()) => {}
+                        changed = stop.changed() => if changed.is_err() { break },
+                    }
+                } else {
+                    tokio::task::yield_now().await;
                 }
                 continue;
             }

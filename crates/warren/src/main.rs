@@ -7,10 +7,15 @@ use anyhow::Context;
 use clap::Parser;
 use tracing::info;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let args = settings::Args::parse();
     let settings = settings::Settings::resolve(args)?;
+    let started = warren_runtime::build(settings.runtime).context("cannot start the runtime")?;
+    let busy_poll = started.busy_poll;
+    started.runtime.block_on(run(settings, busy_poll))
+}
+
+async fn run(settings: settings::Settings, busy_poll: std::time::Duration) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&settings.log_level)
@@ -31,8 +36,12 @@ async fn main() -> anyhow::Result<()> {
     info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %settings.config.data_dir.display(),
+        busy_poll_us = busy_poll.as_micros() as u64,
         "Warren started"
     );
+    if busy_poll < settings.runtime.busy_poll {
+        tracing::warn!("busy polling is unavailable here (no /proc epoll descriptor): off");
+    }
     wait_for_signal().await;
     info!("shutting down: closing every connection");
     handle.shutdown().await;

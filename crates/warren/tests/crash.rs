@@ -6,10 +6,8 @@
 //! `WARREN_CRASH_CYCLES` sets the number of kill cycles (default 20; more for a long run).
 
 use std::collections::BTreeSet;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_lite::StreamExt;
 use lapin::options::{
@@ -20,57 +18,12 @@ use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use rand::Rng;
 
+mod common;
+use common::{free_port, start};
+
 const QUEUE: &str = "crash-test";
 /// Most publishes awaiting their confirm at once.
 const IN_FLIGHT_MAX: usize = 256;
-/// How long a broker gets to start listening.
-const START_TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Broker {
-    child: Child,
-    port: u16,
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-fn start(data_dir: &Path, port: u16) -> Broker {
-    let child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .args(["--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn warren");
-    let deadline = Instant::now() + START_TIMEOUT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "warren did not start listening");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Broker { child, port }
-}
-
-impl Broker {
-    fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
-    }
-
-    fn kill9(mut self) {
-        let _ = self.child.kill(); // SIGKILL
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The body of message `id`: the id and a pattern derived from it, so corruption shows.
 fn body(id: u64) -> Vec<u8> {

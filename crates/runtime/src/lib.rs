@@ -1,0 +1,291 @@
+//! The tokio runtime Warren's binaries (`warren`, `warren-perf`) run on.
+//!
+//! Owns one thing: how a worker thread waits for work. By default it parks in the kernel like
+//! any tokio worker. With a *busy-poll window* it first spins, for at most that long, checking
+//! whether the runtime's I/O has become ready or a task has been queued from outside the
+//! runtime, and parks only when the window passes quietly.
+//!
+//! Why: on a virtual machine a parked thread is woken by an inter-processor interrupt that
+//! costs 25–50 µs when its vCPU has gone idle, and a message crosses the broker with up to
+//! three such wake-ups (publisher's connection → queue → consumer's connection). Spinning keeps
+//! the core awake between messages that arrive less than a window apart — what Erlang's
+//! schedulers do by default (`+sbwt`), and what Linux offers per socket as `SO_BUSY_POLL`.
+//! The price is CPU: a worker that saw work spins up to the window before sleeping, so a
+//! trickle of messages keeps a core busy. Under load the workers never park, so the window
+//! costs nothing there; an idle broker parks after one window.
+//!
+//! How: the spin runs in tokio's `on_thread_park` hook. It polls the runtime's epoll
+//! descriptor with a zero timeout (readable when any registered socket, timer wake-up or
+//! cross-thread unpark is pending) and reads the global queue depth (tasks woken from blocking
+//! threads, e.g. a finished fsync). Timers are not visible to the hook, so a timer may fire up
+//! to one window late; [`BUSY_POLL_MAX`] keeps that bounded. The epoll descriptor is found by
+//! comparing `/proc/self/fd` before and after the runtime is built; where that is not
+//! possible (not Linux, or ambiguous), busy polling is off and [`Started::busy_poll`] says so.
+//!
+//! Must not: touch anything but the runtime; the hook never blocks and never allocates.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::os::fd::{BorrowedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::{Builder, Handle, Runtime};
+
+/// The longest busy-poll window accepted: a timer can fire this late at most.
+pub const BUSY_POLL_MAX: Duration = Duration::from_millis(10);
+
+/// What to build.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuntimeConfig {
+    /// Worker threads; `None` = one per CPU this process may run on (honours taskset).
+    pub worker_threads: Option<usize>,
+    /// Spin this long before parking; zero = park at once (tokio's behaviour).
+    pub busy_poll: Duration,
+}
+
+/// A built runtime and whether busy polling could be switched on.
+pub struct Started {
+    pub runtime: Runtime,
+    /// The window in force: the requested one, or zero when the epoll descriptor was not found.
+    pub busy_poll: Duration,
+    /// How the spins ended so far.
+    pub spins: Arc<SpinCounts>,
+}
+
+/// How busy-poll spins ended: what woke the worker, or that the window passed.
+#[derive(Debug, Default)]
+pub struct SpinCounts {
+    /// A socket, timer wake-up or unpark made the runtime's epoll descriptor ready.
+    pub io: AtomicU64,
+    /// A task was queued from outside the workers (e.g. a finished blocking job).
+    pub queued: AtomicU64,
+    /// The window passed quietly; the worker went to sleep.
+    pub timed_out: AtomicU64,
+}
+
+/// What the park hook needs, filled in once the runtime exists.
+struct PollTarget {
+    epoll_fd: RawFd,
+    handle: Handle,
+    counts: Arc<SpinCounts>,
+}
+
+/// Builds a multi-thread runtime with every driver enabled, and the busy-poll hook when
+/// `config.busy_poll` is not zero.
+pub fn build(config: RuntimeConfig) -> io::Result<Started> {
+    let window = config.busy_poll.min(BUSY_POLL_MAX);
+    let workers = config.worker_threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let mut builder = Builder::new_multi_thread();
+    builder.worker_threads(workers.max(1)).enable_all();
+    let counts = Arc::new(SpinCounts::default());
+    if window.is_zero() {
+        return Ok(Started {
+            runtime: builder.build()?,
+            busy_poll: Duration::ZERO,
+            spins: counts,
+        });
+    }
+    let target: Arc<OnceLock<PollTarget>> = Arc::new(OnceLock::new());
+    let hook_target = Arc::clone(&target);
+    builder.on_thread_park(move || {
+        if let Some(t) = hook_target.get() {
+            spin(t, window);
+        }
+    });
+    let before = epoll_fds();
+    let runtime = builder.build()?;
+    let created: Vec<RawFd> = epoll_fds().difference(&before).copied().collect();
+    // Tokio keeps a duplicate of its epoll descriptor (a cloned mio registry): several new
+    // descriptors are fine as long as they are one epoll instance, i.e. watch the same files.
+    let one_instance = created
+        .windows(2)
+        .all(|w| watched(w[0]).is_some() && watched(w[0]) == watched(w[1]));
+    let busy_poll = match created.first() {
+        Some(&fd) if one_instance => {
+            let _ = target.set(PollTarget {
+                epoll_fd: fd,
+                handle: runtime.handle().clone(),
+                counts: Arc::clone(&counts),
+            });
+            window
+        }
+        _ => Duration::ZERO,
+    };
+    Ok(Started {
+        runtime,
+        busy_poll,
+        spins: counts,
+    })
+}
+
+/// Spins until the runtime has something to do or `window` has passed.
+fn spin(target: &PollTarget, window: Duration) {
+    let deadline = Instant::now() + window;
+    // SAFETY: the descriptor belongs to the runtime's I/O driver, which lives as long as the
+    // runtime; this hook only runs on that runtime's worker threads while it is running, so the
+    // descriptor is open for the whole borrow. It is only polled, never read or closed.
+    #[allow(unsafe_code)]
+    let fd = unsafe { BorrowedFd::borrow_raw(target.epoll_fd) };
+    let metrics = target.handle.metrics();
+    loop {
+        let mut fds = [rustix::event::PollFd::new(
+            &fd,
+            rustix::event::PollFlags::IN,
+        )];
+        let zero = rustix::event::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match rustix::event::poll(&mut fds, Some(&zero)) {
+            Ok(0) => {}
+            Ok(_) | Err(_) => {
+                target.counts.io.fetch_add(1, Relaxed);
+                return;
+            }
+        }
+        if metrics.global_queue_depth() > 0 {
+            target.counts.queued.fetch_add(1, Relaxed);
+            return;
+        }
+        if Instant::now() >= deadline {
+            target.counts.timed_out.fetch_add(1, Relaxed);
+            return;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// The epoll descriptors this process has open (empty where `/proc` is unavailable).
+fn epoll_fds() -> BTreeSet<RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return BTreeSet::new();
+    };
+    dir.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let fd: RawFd = entry.file_name().to_str()?.parse().ok()?;
+        let link = std::fs::read_link(entry.path()).ok()?;
+        (link.as_os_str() == "anon_inode:[eventpoll]").then_some(fd)
+    })
+    .collect()
+}
+
+/// The `tfd:` lines of an epoll descriptor's fdinfo: the files it watches.
+fn watched(fd: RawFd) -> Option<Vec<String>> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+    let mut lines: Vec<String> = info
+        .lines()
+        .filter(|l| l.starts_with("tfd:"))
+        .map(str::to_owned)
+        .collect();
+    lines.sort();
+    Some(lines)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// Tests build runtimes in one process; finding "the new epoll descriptor" needs them to
+    /// take turns.
+    static BUILD: Mutex<()> = Mutex::new(());
+
+    /// (spins ended by I/O, by a queued task, by the window passing)
+    fn counts(c: &SpinCounts) -> (u64, u64, u64) {
+        (
+            c.io.load(Relaxed),
+            c.queued.load(Relaxed),
+            c.timed_out.load(Relaxed),
+        )
+    }
+
+    #[test]
+    fn spins_end_when_io_or_a_blocking_job_needs_the_worker() {
+        let _turn = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        // The longest window: a spin then ends early only because the hook saw work coming.
+        let started = build(RuntimeConfig {
+            worker_threads: Some(1),
+            busy_poll: BUSY_POLL_MAX,
+        })
+        .expect("runtime");
+        assert_eq!(started.busy_poll, BUSY_POLL_MAX);
+        const ROUNDS: u64 = 20;
+
+        // I/O: a thread outside the runtime echoes; each round the worker has nothing to do
+        // until the echo arrives.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).is_ok() {
+                s.write_all(&b).unwrap();
+            }
+        });
+        let before = counts(&started.spins);
+        let io = started.runtime.spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            for i in 0..ROUNDS as u8 {
+                c.write_all(&[i]).await.unwrap();
+                let mut b = [0u8; 1];
+                c.read_exact(&mut b).await.unwrap();
+                assert_eq!(b[0], i);
+            }
+        });
+        started.runtime.block_on(io).expect("echo rounds");
+        let after = counts(&started.spins);
+        assert!(
+            after.0 > before.0,
+            "a socket becoming readable ends a spin: {before:?} -> {after:?}"
+        );
+
+        // A blocking job finishing wakes its waiter from outside the workers.
+        let before = after;
+        let jobs = started.runtime.spawn(async {
+            for i in 0..ROUNDS {
+                let n = tokio::task::spawn_blocking(move || {
+                    std::thread::sleep(Duration::from_micros(100));
+                    i
+                });
+                assert_eq!(n.await.unwrap(), i);
+            }
+        });
+        started.runtime.block_on(jobs).expect("blocking rounds");
+        let after = counts(&started.spins);
+        assert!(
+            after.0 + after.1 > before.0 + before.1,
+            "a finished blocking job ends a spin: {before:?} -> {after:?}"
+        );
+
+        // Timers are invisible to the hook but still fire (at most one window late).
+        started.runtime.block_on(async {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        });
+        drop(started);
+        echo.join().unwrap();
+    }
+
+    #[test]
+    fn zero_window_builds_a_plain_runtime() {
+        let _turn = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        let started = build(RuntimeConfig::default()).expect("runtime");
+        assert_eq!(started.busy_poll, Duration::ZERO);
+    }
+
+    #[test]
+    fn window_is_capped() {
+        let _turn = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        let started = build(RuntimeConfig {
+            worker_threads: Some(1),
+            busy_poll: Duration::from_secs(5),
+        })
+        .expect("runtime");
+        assert_eq!(started.busy_poll, BUSY_POLL_MAX);
+    }
+}

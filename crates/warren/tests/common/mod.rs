@@ -1,0 +1,63 @@
+//! A real `warren` process for the binary's integration tests.
+
+#![allow(dead_code)] // each test file uses its own part
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a broker gets to start listening.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct Broker {
+    pub child: Child,
+    pub port: u16,
+}
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr").port()
+}
+
+/// Starts `warren` on loopback with `data_dir`, logging warnings to the test's stderr.
+pub fn start(data_dir: &Path, port: u16) -> Broker {
+    start_with(data_dir, port, &["--log-level", "warn"], Stdio::null())
+}
+
+/// Starts `warren` with extra flags; its stdout (where it logs) goes to `stdout`.
+pub fn start_with(data_dir: &Path, port: u16, flags: &[&str], stdout: Stdio) -> Broker {
+    let child = Command::new(env!("CARGO_BIN_EXE_warren"))
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(flags)
+        .stdout(stdout)
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn warren");
+    let deadline = Instant::now() + START_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "warren did not start listening");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Broker { child, port }
+}
+
+impl Broker {
+    pub fn url(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    pub fn kill9(mut self) {
+        let _ = self.child.kill(); // SIGKILL
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
