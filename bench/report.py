@@ -32,6 +32,7 @@ SHOWN = {
     "S3": ["consume_rate", "publish_rate", "p50_ms", "p99_ms", "cpu_per_million", "rss_mb"],
     "S4": ["consume_rate", "publish_rate", "p50_ms", "p99_ms", "cpu_per_million", "rss_mb"],
     "S5": ["p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "cpu_per_million", "rss_mb"],
+    "S5B": ["p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "cpu_per_million", "rss_mb"],
     "S6": ["publish_rate", "confirm_rate", "consume_rate", "rss_mb", "disk_mb", "cpu_per_million"],
 }
 S6_LABELS = {"publish_rate": "fill (publish)", "consume_rate": "drain (consume)"}
@@ -173,7 +174,7 @@ def plot(out, meta, scenarios, medians):
     # Throughput: consume rate per scenario; S6 as fill and drain.
     groups = []
     for sc in scenarios:
-        if sc == "S5":
+        if sc.startswith("S5"):
             continue
         if sc == "S6":
             groups += [("S6 fill", sc, "publish_rate"), ("S6 drain", sc, "consume_rate")]

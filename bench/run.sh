@@ -14,10 +14,15 @@
 #   S2 1 KiB persistent, durable queue, confirms (1000 outstanding), manual ack, prefetch 1000
 #   S3 fanout to 10 queues, 10 consumers, 256 B, autoack
 #   S4 4 producers, 4 consumers, 1 KiB, manual ack, prefetch 100, one queue
-#   S5 latency at a fixed 1,000 msg/s, 16 B
+#   S5 latency at a fixed 1,000 msg/s, 16 B (both brokers with their default settings)
+#   S5B the same with Warren started with --busy-poll (RabbitMQ's schedulers busy-wait by default)
+#   In S5 and S5B warren-perf spins around each send, so its own wake-ups are not counted as
+#   latency (it does not spin throughout: two vCPUs spinning here draw multi-ms host preemptions).
 #   S6 1,000,000 x 1 KiB persistent with confirms into a queue with no consumer, then drained
 #
-# Environment: CARGO_TARGET_DIR (default /tmp/target-perf), WARREN_BENCH_PORT (5682),
+# Environment: CARGO_TARGET_DIR (default /tmp/target-perf), WARREN_BENCH_PORT (5682; S5B's
+# Warren uses the next port), WARREN_BUSY_POLL_US (2000: S5B's broker), TOOL_BUSY_POLL_US (300:
+# warren-perf in S5/S5B spins this long before each send and while awaiting its delivery),
 # RABBITMQ_SH (path to shared/tools/rabbitmq.sh), RMQ_PORT (5680), RMQ_DIR (/tmp/rabbitmq-ref).
 set -euo pipefail
 
@@ -25,7 +30,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 COMMAND="bench/run.sh${*:+ $*}"
 
-QUICK=0 REPEAT="" TIME="" SCENARIOS="S1,S2,S3,S4,S5,S6" BROKERS="warren,rabbitmq" PIN=1 OUT="" BUILD=1
+QUICK=0 REPEAT="" TIME="" SCENARIOS="S1,S2,S3,S4,S5,S5B,S6" BROKERS="warren,rabbitmq" PIN=1 OUT="" BUILD=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -46,6 +51,9 @@ if [ "$QUICK" = 1 ]; then TIME=${TIME:-3}; BACKLOG=100000; else TIME=${TIME:-15}
 
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-/tmp/target-perf}
 WARREN_PORT=${WARREN_BENCH_PORT:-5682}
+WARREN_BP_PORT=$((WARREN_PORT + 1))
+BUSY_POLL_US=${WARREN_BUSY_POLL_US:-2000}
+TOOL_BUSY_POLL_US=${TOOL_BUSY_POLL_US:-300}
 RMQ_PORT=${RMQ_PORT:-5680}
 RMQ_DIR=${RMQ_DIR:-/tmp/rabbitmq-ref}
 RABBITMQ_SH=${RABBITMQ_SH:-}
@@ -85,10 +93,23 @@ pin_broker() { # pid: every thread onto the broker cores
 unpin_broker() { taskset -a -p -c "0-$((NCPU - 1))" "$1" >/dev/null 2>&1 || true; }
 
 # ---- brokers ------------------------------------------------------------------------------
-WARREN_PID="" WARREN_DATA="" RMQ_PID=""
+WARREN_PID="" WARREN_DATA="" WARREN_BP_PID="" WARREN_BP_DATA="" RMQ_PID=""
+# While one broker is measured the others are stopped (SIGSTOP), so their background work
+# (RabbitMQ's schedulers busy-wait and run periodic jobs) cannot take the measured one's core.
+pause_others() { # pid being measured
+  for p in $WARREN_PID $WARREN_BP_PID $RMQ_PID; do
+    [ "$p" != "$1" ] && { kill -STOP "$p" 2>/dev/null || true; }
+  done
+  return 0
+}
+resume_all() {
+  for p in $WARREN_PID $WARREN_BP_PID $RMQ_PID; do kill -CONT "$p" 2>/dev/null || true; done
+  return 0
+}
 cleanup() {
-  if [ -n "$WARREN_PID" ]; then kill "$WARREN_PID" 2>/dev/null || true; wait "$WARREN_PID" 2>/dev/null || true; fi
-  [ -n "$WARREN_DATA" ] && rm -rf "$WARREN_DATA"
+  resume_all
+  for pid in $WARREN_PID $WARREN_BP_PID; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  for dir in $WARREN_DATA $WARREN_BP_DATA; do rm -rf "$dir"; done
   [ -n "$RMQ_PID" ] && unpin_broker "$RMQ_PID"
   return 0
 }
@@ -107,27 +128,46 @@ if [[ ",$BROKERS," == *",warren,"* ]]; then
   if (exec 3<>"/dev/tcp/127.0.0.1/$WARREN_PORT") 2>/dev/null; then
     echo "port $WARREN_PORT is taken; set WARREN_BENCH_PORT" >&2; exit 1
   fi
+  # Started on its cores (not pinned afterwards), so its runtime sizes itself to them.
+  start_warren() { # port data log [flags...]: sets STARTED_PID
+    local port=$1 data=$2 logf=$3; shift 3
+    local cmd=("$WARREN_BIN")
+    [ -n "$BROKER_CORES" ] && cmd=(taskset -c "$BROKER_CORES" "$WARREN_BIN")
+    "${cmd[@]}" --port "$port" --bind 127.0.0.1 --data-dir "$data" --log-level warn "$@" >"$logf" 2>&1 &
+    STARTED_PID=$!
+    wait_port "$port" || { echo "Warren did not start; see $logf" >&2; exit 1; }
+  }
   WARREN_DATA=$(mktemp -d /tmp/warren-bench-data.XXXXXX)
-  "$WARREN_BIN" --port "$WARREN_PORT" --bind 127.0.0.1 --data-dir "$WARREN_DATA" --log-level warn \
-    >"$OUT/logs/warren.log" 2>&1 &
-  WARREN_PID=$!
-  wait_port "$WARREN_PORT" || { echo "Warren did not start; see $OUT/logs/warren.log" >&2; exit 1; }
-  pin_broker "$WARREN_PID"
+  start_warren "$WARREN_PORT" "$WARREN_DATA" "$OUT/logs/warren.log"
+  WARREN_PID=$STARTED_PID
+  if [[ ",$SCENARIOS," == *",S5B,"* ]]; then
+    WARREN_BP_DATA=$(mktemp -d /tmp/warren-bench-data.XXXXXX)
+    start_warren "$WARREN_BP_PORT" "$WARREN_BP_DATA" "$OUT/logs/warren-busy-poll.log" --busy-poll "$BUSY_POLL_US"
+    WARREN_BP_PID=$STARTED_PID
+  fi
   WARREN_VERSION="$("$WARREN_BIN" --version | awk '{print $2}') ($(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet -- . ':!Cargo.lock' 2>/dev/null || echo '+dirty'))"
   log "Warren $WARREN_VERSION up on $WARREN_PORT (pid $WARREN_PID, data $WARREN_DATA)"
 fi
 if [[ ",$BROKERS," == *",rabbitmq,"* ]]; then
   [ -n "$RABBITMQ_SH" ] || { echo "rabbitmq.sh not found; set RABBITMQ_SH" >&2; exit 1; }
-  RMQ_PORT=$RMQ_PORT RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" start >&2
+  # (Re)started on its cores like Warren, so Erlang runs one scheduler per core it has.
+  RMQ_PORT=$RMQ_PORT RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" stop >/dev/null 2>&1 || true
+  if [ -n "$BROKER_CORES" ]; then
+    RMQ_PORT=$RMQ_PORT RMQ_DIR=$RMQ_DIR taskset -c "$BROKER_CORES" "$RABBITMQ_SH" start >&2
+  else
+    RMQ_PORT=$RMQ_PORT RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" start >&2
+  fi
   RMQ_PID=$(RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" pid)
   pin_broker "$RMQ_PID"
+  RMQ_SCHEDULERS=$(RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" ctl eval 'erlang:system_info(schedulers_online).' 2>/dev/null | tr -d '\r')
   RMQ_VERSION="$(RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" ctl version 2>/dev/null | tail -1) (Erlang/OTP $(RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" ctl eval 'erlang:system_info(otp_release).' 2>/dev/null | tr -d '"'))"
-  log "RabbitMQ $RMQ_VERSION up on $RMQ_PORT (pid $RMQ_PID)"
+  log "RabbitMQ $RMQ_VERSION up on $RMQ_PORT (pid $RMQ_PID, $RMQ_SCHEDULERS schedulers)"
 fi
 
-broker_uri() { case $1 in warren) echo "amqp://guest:guest@127.0.0.1:$WARREN_PORT/%2f" ;; rabbitmq) echo "amqp://guest:guest@127.0.0.1:$RMQ_PORT/%2f" ;; esac; }
-broker_pid() { case $1 in warren) echo "$WARREN_PID" ;; rabbitmq) echo "$RMQ_PID" ;; esac; }
-broker_data() { case $1 in warren) echo "$WARREN_DATA" ;; rabbitmq) echo "$RMQ_DIR/mnesia" ;; esac; }
+# broker scenario -> the instance that runs it (S5B: the busy-polling Warren)
+broker_uri() { case $1/$2 in warren/S5B) echo "amqp://guest:guest@127.0.0.1:$WARREN_BP_PORT/%2f" ;; warren/*) echo "amqp://guest:guest@127.0.0.1:$WARREN_PORT/%2f" ;; rabbitmq/*) echo "amqp://guest:guest@127.0.0.1:$RMQ_PORT/%2f" ;; esac; }
+broker_pid() { case $1/$2 in warren/S5B) echo "$WARREN_BP_PID" ;; warren/*) echo "$WARREN_PID" ;; rabbitmq/*) echo "$RMQ_PID" ;; esac; }
+broker_data() { case $1/$2 in warren/S5B) echo "$WARREN_BP_DATA" ;; warren/*) echo "$WARREN_DATA" ;; rabbitmq/*) echo "$RMQ_DIR/mnesia" ;; esac; }
 
 # ---- scenarios ----------------------------------------------------------------------------
 scenario_flags() {
@@ -136,7 +176,7 @@ scenario_flags() {
     S2) echo "-x 1 -y 1 -s 1024 --persistent --durable -c 1000 -q 1000 -z $TIME" ;;
     S3) echo "-x 1 -y 10 -s 256 -t fanout --queues 10 -a -z $TIME" ;;
     S4) echo "-x 4 -y 4 -s 1024 -q 100 -z $TIME" ;;
-    S5) echo "-x 1 -y 1 -s 16 -a -r 1000 -z $TIME" ;;
+    S5|S5B) echo "-x 1 -y 1 -s 16 -a -r 1000 --busy-poll $TOOL_BUSY_POLL_US -z $TIME" ;;
     S6) echo "--scenario backlog -x 1 -y 1 -s 1024 --persistent --durable -c 1000 -q 1000 -C $BACKLOG" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
@@ -147,35 +187,56 @@ scenario_title() {
     S2) echo "1 KiB persistent, durable queue, confirms 1000, manual ack, prefetch 1000" ;;
     S3) echo "fanout to 10 queues, 10 consumers, 256 B, autoack" ;;
     S4) echo "4 producers, 4 consumers, 1 KiB, manual ack, prefetch 100" ;;
-    S5) echo "latency at a fixed 1,000 msg/s, 16 B" ;;
+    S5) echo "latency at a fixed 1,000 msg/s, 16 B, default settings" ;;
+    S5B) echo "S5 with Warren --busy-poll $BUSY_POLL_US (RabbitMQ: default, its schedulers busy-wait)" ;;
     S6) echo "$BACKLOG x 1 KiB persistent with confirms into an idle queue, then drained" ;;
   esac
 }
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 
-# Samples peak VmRSS (kB) of a pid, and with a directory its peak `du` (kB), until $3 exists.
+# Samples peak VmRSS (kB) of a pid, and with a directory its peak disk use (kB), every 0.25 s
+# until $3 exists; writes "peak_rss_kb peak_disk_kb" to $4. One long-lived process that forks
+# nothing: a fork+exec per sample (awk, du, sleep) would steal milliseconds from the pinned
+# broker or tool and show up as latency outliers.
 sampler() {
-  local pid=$1 dir=$2 stop=$3 out=$4 peak=0 dpeak=0 rss d
-  while [ ! -e "$stop" ]; do
-    rss=$(awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null || echo 0)
-    [ "${rss:-0}" -gt "$peak" ] && peak=$rss
-    if [ -n "$dir" ]; then
-      d=$(du -sk "$dir" 2>/dev/null | cut -f1)
-      [ "${d:-0}" -gt "$dpeak" ] && dpeak=$d
-    fi
-    echo "$peak $dpeak" > "$out"
-    sleep 0.25
-  done
+  python3 - "$@" <<'PY'
+import os, sys, time
+pid, top, stop, out = sys.argv[1:5]
+peak = dpeak = 0
+def disk_kb(path):
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_blocks * 512
+            except OSError:
+                pass
+    return total // 1024
+while not os.path.exists(stop):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    peak = max(peak, int(line.split()[1]))
+    except OSError:
+        pass
+    if top:
+        dpeak = max(dpeak, disk_kb(top))
+    with open(out, "w") as f:
+        f.write(f"{peak} {dpeak}\n")
+    time.sleep(0.25)
+PY
 }
 
 run_one() { # broker scenario repeat
   local broker=$1 sc=$2 rep=$3 pid uri data flags before after t0 t1 rc=0 line disk_dir="" disk_before=0
-  pid=$(broker_pid "$broker"); uri=$(broker_uri "$broker"); data=$(broker_data "$broker")
+  pid=$(broker_pid "$broker" "$sc"); uri=$(broker_uri "$broker" "$sc"); data=$(broker_data "$broker" "$sc")
   flags=$(scenario_flags "$sc")
   [ "$sc" = S6 ] && { disk_dir=$data; disk_before=$(du -sk "$data" | cut -f1); }
   local base="$OUT/logs/$sc-$broker-$rep"
   rm -f "$base.stop"
+  pause_others "$pid"
   sampler "$pid" "$disk_dir" "$base.stop" "$base.peak" &
   local sampler_pid=$!
   before=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
@@ -186,6 +247,7 @@ run_one() { # broker scenario repeat
     >"$base.json" 2>"$base.log" || rc=$?
   after=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
   touch "$base.stop"; wait "$sampler_pid" 2>/dev/null || true
+  resume_all
   read -r peak_kb disk_kb < "$base.peak" || { peak_kb=0; disk_kb=0; }
   line=$(tail -1 "$base.json")
   if ! python3 -c 'import json,sys; json.loads(sys.argv[1])' "$line" 2>/dev/null; then

@@ -172,13 +172,22 @@ async fn publish(
             if due <= seq {
                 let at = started + Duration::from_secs_f64(seq as f64 / rate);
                 let wake = at.checked_sub(cfg.busy_poll).unwrap_or(at);
-                if Instant::now() < wake {
+                let now = Instant::now();
+                if now >= wake {
+                    tokio::task::yield_now().await;
+                } else if cfg.busy_poll.is_zero() {
                     tokio::select! {
                         _ = tokio::time::sleep_until(wake.into()) => {}
                         changed = stop.changed() => if changed.is_err() { break },
                     }
                 } else {
-                    tokio::task::yield_now().await;
+                    // tokio's timers tick in milliseconds; a blocking thread's sleep is precise
+                    // to tens of microseconds, so the spin before the send stays short.
+                    let nap = wake - now;
+                    tokio::select! {
+                        _ = tokio::task::spawn_blocking(move || std::thread::sleep(nap)) => {}
+                        changed = stop.changed() => if changed.is_err() { break },
+                    }
                 }
                 continue;
             }
