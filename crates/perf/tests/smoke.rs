@@ -86,3 +86,12 @@ async fn fixed_rate_publishes_about_that_many() {
     assert_eq!((r.sent, r.received), (50, 50));
     assert!(r.loss.ok, "{}", r.loss.summary());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_rate_with_busy_polling_sends_every_message_once() {
+    // The spin-before-send path: a blocking-thread sleep, then yielding until each is due.
+    let r = run("--pmessages 50 --rate 200 --busy-poll 300 -a").await;
+    assert_eq!((r.sent, r.received), (50, 50));
+    assert!(r.loss.ok, "{}", r.loss.summary());
+    assert_eq!(r.latency.map(|l| l.count), Some(50), "every message timed");
+}
