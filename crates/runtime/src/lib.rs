@@ -14,6 +14,13 @@
 //! trickle of messages keeps a core busy. Under load the workers never park, so the window
 //! costs nothing there; an idle broker parks after one window.
 //!
+//! The window adapts per worker, as Linux's `haltpoll` idle governor does for guest CPUs: it
+//! starts at the configured maximum; a sleep that lasted longer than the maximum (no spin could
+//! have caught its end) halves it, down to zero; a sleep shorter than the maximum (a longer
+//! spin would have caught it) doubles it, from [`BUSY_POLL_GROW_START`] up to the maximum. So
+//! traffic that arrives more than a window apart stops costing CPU, and steady traffic keeps
+//! the window open.
+//!
 //! How: the spin runs in tokio's `on_thread_park` hook. It polls the runtime's epoll
 //! descriptor with a zero timeout (readable when any registered socket, timer wake-up or
 //! cross-thread unpark is pending) and reads the global queue depth (tasks woken from blocking
@@ -24,6 +31,7 @@
 //!
 //! Must not: touch anything but the runtime; the hook never blocks and never allocates.
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::io;
 use std::os::fd::{BorrowedFd, RawFd};
@@ -35,6 +43,9 @@ use tokio::runtime::{Builder, Handle, Runtime};
 
 /// The longest busy-poll window accepted: a timer can fire this late at most.
 pub const BUSY_POLL_MAX: Duration = Duration::from_millis(10);
+/// Where a closed window reopens when a sleep was short enough to have been caught; windows
+/// that shrink below it close.
+pub const BUSY_POLL_GROW_START: Duration = Duration::from_micros(50);
 
 /// What to build.
 #[derive(Debug, Clone, Copy, Default)]
@@ -93,9 +104,10 @@ pub fn build(config: RuntimeConfig) -> io::Result<Started> {
     let hook_target = Arc::clone(&target);
     builder.on_thread_park(move || {
         if let Some(t) = hook_target.get() {
-            spin(t, window);
+            ADAPTIVE.with(|a| a.before_park(t, window));
         }
     });
+    builder.on_thread_unpark(move || ADAPTIVE.with(|a| a.after_unpark(window)));
     let before = epoll_fds();
     let runtime = builder.build()?;
     let created: Vec<RawFd> = epoll_fds().difference(&before).copied().collect();
@@ -122,8 +134,53 @@ pub fn build(config: RuntimeConfig) -> io::Result<Started> {
     })
 }
 
-/// Spins until the runtime has something to do or `window` has passed.
-fn spin(target: &PollTarget, window: Duration) {
+thread_local! {
+    /// This worker's window and what its last park did.
+    static ADAPTIVE: Adaptive = const { Adaptive::new() };
+}
+
+/// One worker's adaptive window (see the module docs).
+struct Adaptive {
+    /// The current window; `None` until the first park (then: the maximum).
+    window: Cell<Option<Duration>>,
+    /// When the worker went to sleep after a spin that found nothing, if it did.
+    slept_at: Cell<Option<Instant>>,
+}
+
+impl Adaptive {
+    const fn new() -> Adaptive {
+        Adaptive {
+            window: Cell::new(None),
+            slept_at: Cell::new(None),
+        }
+    }
+
+    fn before_park(&self, target: &PollTarget, max: Duration) {
+        let window = self.window.get().unwrap_or(max);
+        let caught = !window.is_zero() && spin(target, window);
+        // Parked at once when the spin saw work; otherwise a real sleep starts now.
+        self.slept_at.set((!caught).then(Instant::now));
+    }
+
+    fn after_unpark(&self, max: Duration) {
+        let Some(at) = self.slept_at.take() else {
+            return;
+        };
+        let window = self.window.get().unwrap_or(max);
+        let next = if at.elapsed() <= max {
+            // A spin of up to `max` would have caught this wake-up: open the window wider.
+            (window * 2).clamp(BUSY_POLL_GROW_START, max)
+        } else if window / 2 < BUSY_POLL_GROW_START {
+            Duration::ZERO
+        } else {
+            window / 2
+        };
+        self.window.set(Some(next));
+    }
+}
+
+/// Spins until the runtime has something to do (true) or `window` has passed (false).
+fn spin(target: &PollTarget, window: Duration) -> bool {
     let deadline = Instant::now() + window;
     // SAFETY: the descriptor belongs to the runtime's I/O driver, which lives as long as the
     // runtime; this hook only runs on that runtime's worker threads while it is running, so the
@@ -144,16 +201,16 @@ fn spin(target: &PollTarget, window: Duration) {
             Ok(0) => {}
             Ok(_) | Err(_) => {
                 target.counts.io.fetch_add(1, Relaxed);
-                return;
+                return true;
             }
         }
         if metrics.global_queue_depth() > 0 {
             target.counts.queued.fetch_add(1, Relaxed);
-            return;
+            return true;
         }
         if Instant::now() >= deadline {
             target.counts.timed_out.fetch_add(1, Relaxed);
-            return;
+            return false;
         }
         std::hint::spin_loop();
     }
@@ -267,6 +324,69 @@ mod tests {
         started.runtime.block_on(async {
             tokio::time::sleep(Duration::from_millis(1)).await;
         });
+        drop(started);
+        echo.join().unwrap();
+    }
+
+    #[test]
+    fn the_window_closes_for_sparse_traffic_and_reopens_for_steady_traffic() {
+        let _turn = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+        let started = build(RuntimeConfig {
+            worker_threads: Some(1),
+            busy_poll: BUSY_POLL_MAX,
+        })
+        .expect("runtime");
+        // An echo outside the runtime; bytes from 128 up are answered after a pause longer
+        // than the longest window.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).is_ok() {
+                if b[0] >= 128 {
+                    std::thread::sleep(BUSY_POLL_MAX * 2);
+                }
+                s.write_all(&b).unwrap();
+            }
+        });
+        let conn = started
+            .runtime
+            .block_on(tokio::net::TcpStream::connect(addr))
+            .unwrap();
+        let conn = std::sync::Arc::new(tokio::sync::Mutex::new(conn));
+        let rounds = |from: u8, n: u8| {
+            let conn = std::sync::Arc::clone(&conn);
+            started.runtime.spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut c = conn.lock().await;
+                for i in from..from + n {
+                    c.write_all(&[i]).await.unwrap();
+                    let mut b = [0u8; 1];
+                    c.read_exact(&mut b).await.unwrap();
+                    assert_eq!(b[0], i);
+                }
+            })
+        };
+        // Sparse: every wait outlasts the window, so each halves it until it is closed
+        // (10 ms to under 50 us: 8 halvings).
+        started.runtime.block_on(rounds(128, 10)).unwrap();
+        let before = counts(&started.spins);
+        started.runtime.block_on(rounds(138, 4)).unwrap();
+        let after = counts(&started.spins);
+        assert_eq!(
+            after.2, before.2,
+            "a closed window spins no more: {before:?} -> {after:?}"
+        );
+        // Steady: short waits open the window again, until spins catch the echoes.
+        started.runtime.block_on(rounds(0, 60)).unwrap();
+        let last = counts(&started.spins);
+        assert!(
+            last.0 > after.0,
+            "the window reopened and a spin saw the socket: {after:?} -> {last:?}"
+        );
+        drop(conn);
         drop(started);
         echo.join().unwrap();
     }
