@@ -501,16 +501,21 @@ impl Connection {
             return Ok(());
         }
         let mut queues: Vec<QueueHandle> = Vec::new();
-        {
-            let mut keys: Vec<&str> = Vec::with_capacity(1 + extra_keys.len());
-            keys.push(message.routing_key.as_str());
-            keys.extend(extra_keys.iter().map(|s| s.as_str()));
+        let headers = message.properties.headers().as_ref();
+        let exchange = message.exchange.as_str();
+        if extra_keys.is_empty() {
             routing.route(
-                message.exchange.as_str(),
-                &keys,
-                message.properties.headers().as_ref(),
+                exchange,
+                &[message.routing_key.as_str()],
+                headers,
                 &mut queues,
             );
+        } else {
+            // CC / BCC: the routing key and every key they list.
+            let keys: Vec<&str> = std::iter::once(message.routing_key.as_str())
+                .chain(extra_keys.iter().map(|s| s.as_str()))
+                .collect();
+            routing.route(exchange, &keys, headers, &mut queues);
         }
         if queues.is_empty() {
             if method.mandatory {
