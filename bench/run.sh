@@ -16,9 +16,9 @@
 #   S4 4 producers, 4 consumers, 1 KiB, manual ack, prefetch 100, one queue
 #   S5 latency at a fixed 1,000 msg/s, 16 B (both brokers with their default settings)
 #   S5B the same with Warren started with --busy-poll (RabbitMQ's schedulers busy-wait by default)
-#   In S5 and S5B warren-perf spins around each send, so its own wake-ups are not counted as
-#   latency (it does not spin throughout: two vCPUs spinning here draw multi-ms host preemptions).
 #   S6 1,000,000 x 1 KiB persistent with confirms into a queue with no consumer, then drained
+# In S5 and S5B warren-perf spins around each send, so its own wake-ups are not counted as
+# latency (it does not spin throughout: two vCPUs spinning here draw multi-ms host preemptions).
 #
 # Environment: CARGO_TARGET_DIR (default /tmp/target-perf), WARREN_BENCH_PORT (5682; S5B's
 # Warren uses the next port), WARREN_BUSY_POLL_US (2000: S5B's broker), TOOL_BUSY_POLL_US (300:
@@ -41,7 +41,7 @@ while [ $# -gt 0 ]; do
     --no-pin) PIN=0 ;;
     --out) OUT=$2; shift ;;
     --skip-build) BUILD=0 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
   shift
@@ -87,9 +87,11 @@ if [ "$PIN" = 1 ] && [ "$NCPU" -ge 2 ] && command -v taskset >/dev/null; then
   TOOL_CORES=$((NCPU - 1))
   if [ "$NCPU" -ge 4 ]; then BROKER_CORES="0-$((NCPU / 2 - 1))"; TOOL_CORES="$((NCPU / 2))-$((NCPU - 1))"; fi
 fi
-pin_broker() { # pid: every thread onto the broker cores
-  if [ -n "$BROKER_CORES" ]; then taskset -a -p -c "$BROKER_CORES" "$1" >/dev/null 2>&1 || true; fi
-}
+# Command prefixes that start a process on those cores. Brokers are started there rather than
+# pinned afterwards, so tokio sizes its worker pool and Erlang its schedulers to the cores they get.
+ON_BROKER_CORES=() ON_TOOL_CORES=()
+[ -n "$BROKER_CORES" ] && ON_BROKER_CORES=(taskset -c "$BROKER_CORES")
+[ -n "$TOOL_CORES" ] && ON_TOOL_CORES=(taskset -c "$TOOL_CORES")
 unpin_broker() { taskset -a -p -c "0-$((NCPU - 1))" "$1" >/dev/null 2>&1 || true; }
 
 # ---- brokers ------------------------------------------------------------------------------
@@ -128,12 +130,9 @@ if [[ ",$BROKERS," == *",warren,"* ]]; then
   if (exec 3<>"/dev/tcp/127.0.0.1/$WARREN_PORT") 2>/dev/null; then
     echo "port $WARREN_PORT is taken; set WARREN_BENCH_PORT" >&2; exit 1
   fi
-  # Started on its cores (not pinned afterwards), so its runtime sizes itself to them.
   start_warren() { # port data log [flags...]: sets STARTED_PID
     local port=$1 data=$2 logf=$3; shift 3
-    local cmd=("$WARREN_BIN")
-    [ -n "$BROKER_CORES" ] && cmd=(taskset -c "$BROKER_CORES" "$WARREN_BIN")
-    "${cmd[@]}" --port "$port" --bind 127.0.0.1 --data-dir "$data" --log-level warn "$@" >"$logf" 2>&1 &
+    "${ON_BROKER_CORES[@]}" "$WARREN_BIN" --port "$port" --bind 127.0.0.1 --data-dir "$data" --log-level warn "$@" >"$logf" 2>&1 &
     STARTED_PID=$!
     wait_port "$port" || { echo "Warren did not start; see $logf" >&2; exit 1; }
   }
@@ -150,15 +149,10 @@ if [[ ",$BROKERS," == *",warren,"* ]]; then
 fi
 if [[ ",$BROKERS," == *",rabbitmq,"* ]]; then
   [ -n "$RABBITMQ_SH" ] || { echo "rabbitmq.sh not found; set RABBITMQ_SH" >&2; exit 1; }
-  # (Re)started on its cores like Warren, so Erlang runs one scheduler per core it has.
+  # Restarted, so a node left running by an earlier run gets the broker cores too.
   RMQ_PORT=$RMQ_PORT RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" stop >/dev/null 2>&1 || true
-  if [ -n "$BROKER_CORES" ]; then
-    RMQ_PORT=$RMQ_PORT RMQ_DIR=$RMQ_DIR taskset -c "$BROKER_CORES" "$RABBITMQ_SH" start >&2
-  else
-    RMQ_PORT=$RMQ_PORT RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" start >&2
-  fi
+  RMQ_PORT=$RMQ_PORT RMQ_DIR=$RMQ_DIR "${ON_BROKER_CORES[@]}" "$RABBITMQ_SH" start >&2
   RMQ_PID=$(RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" pid)
-  pin_broker "$RMQ_PID"
   RMQ_SCHEDULERS=$(RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" ctl eval 'erlang:system_info(schedulers_online).' 2>/dev/null | tr -d '\r')
   RMQ_VERSION="$(RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" ctl version 2>/dev/null | tail -1) (Erlang/OTP $(RMQ_DIR=$RMQ_DIR "$RABBITMQ_SH" ctl eval 'erlang:system_info(otp_release).' 2>/dev/null | tr -d '"'))"
   log "RabbitMQ $RMQ_VERSION up on $RMQ_PORT (pid $RMQ_PID, $RMQ_SCHEDULERS schedulers)"
@@ -240,10 +234,8 @@ run_one() { # broker scenario repeat
   sampler "$pid" "$disk_dir" "$base.stop" "$base.peak" &
   local sampler_pid=$!
   before=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
-  local cmd=("$PERF_BIN")
-  [ -n "$TOOL_CORES" ] && cmd=(taskset -c "$TOOL_CORES" "$PERF_BIN")
   # shellcheck disable=SC2086 # flags are words on purpose
-  timeout $(( ${TIME%.*} + 900 )) "${cmd[@]}" --uri "$uri" --json --quiet $flags \
+  timeout $(( ${TIME%.*} + 900 )) "${ON_TOOL_CORES[@]}" "$PERF_BIN" --uri "$uri" --json --quiet $flags \
     >"$base.json" 2>"$base.log" || rc=$?
   after=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
   touch "$base.stop"; wait "$sampler_pid" 2>/dev/null || true

@@ -109,8 +109,9 @@ pub struct Args {
     pub threads: Option<usize>,
     /// Microseconds the tool's threads spin before sleeping (0: sleep at once). For latency
     /// runs: a sleeping core takes 25-50 us to wake on a VM, which would be counted as broker
-    /// latency. At most 10000.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    /// latency. At most 10000 (`warren_runtime::BUSY_POLL_MAX`).
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=warren_runtime::BUSY_POLL_MAX.as_micros() as u64))]
     pub busy_poll: u64,
     /// Churn scenarios: parallel workers (one connection each).
     #[arg(long, default_value_t = 1)]

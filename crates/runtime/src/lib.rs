@@ -260,6 +260,36 @@ mod tests {
         )
     }
 
+    /// An echo server on a thread outside the runtime; bytes from 128 up are answered only
+    /// after a pause longer than the longest window. Ends when the client closes.
+    fn echo_server() -> (std::net::SocketAddr, std::thread::JoinHandle<()>) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let echo = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 1];
+            while s.read_exact(&mut b).is_ok() {
+                if b[0] >= 128 {
+                    std::thread::sleep(BUSY_POLL_MAX * 2);
+                }
+                s.write_all(&b).unwrap();
+            }
+        });
+        (addr, echo)
+    }
+
+    /// Sends the bytes `from .. from + n` one at a time, each after the previous came back.
+    async fn echo_rounds(c: &mut tokio::net::TcpStream, from: u8, n: u8) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        for i in from..from + n {
+            c.write_all(&[i]).await.unwrap();
+            let mut b = [0u8; 1];
+            c.read_exact(&mut b).await.unwrap();
+            assert_eq!(b[0], i);
+        }
+    }
+
     #[test]
     fn spins_end_when_io_or_a_blocking_job_needs_the_worker() {
         let _turn = BUILD.lock().unwrap_or_else(|e| e.into_inner());
@@ -270,30 +300,14 @@ mod tests {
         })
         .expect("runtime");
         assert_eq!(started.busy_poll, BUSY_POLL_MAX);
-        const ROUNDS: u64 = 20;
+        const ROUNDS: u8 = 20;
 
-        // I/O: a thread outside the runtime echoes; each round the worker has nothing to do
-        // until the echo arrives.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let echo = std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            let (mut s, _) = listener.accept().unwrap();
-            let mut b = [0u8; 1];
-            while s.read_exact(&mut b).is_ok() {
-                s.write_all(&b).unwrap();
-            }
-        });
+        // I/O: each round the worker has nothing to do until the echo arrives.
+        let (addr, echo) = echo_server();
         let before = counts(&started.spins);
         let io = started.runtime.spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
             let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
-            for i in 0..ROUNDS as u8 {
-                c.write_all(&[i]).await.unwrap();
-                let mut b = [0u8; 1];
-                c.read_exact(&mut b).await.unwrap();
-                assert_eq!(b[0], i);
-            }
+            echo_rounds(&mut c, 0, ROUNDS).await;
         });
         started.runtime.block_on(io).expect("echo rounds");
         let after = counts(&started.spins);
@@ -305,7 +319,7 @@ mod tests {
         // A blocking job finishing wakes its waiter from outside the workers.
         let before = after;
         let jobs = started.runtime.spawn(async {
-            for i in 0..ROUNDS {
+            for i in 0..u64::from(ROUNDS) {
                 let n = tokio::task::spawn_blocking(move || {
                     std::thread::sleep(Duration::from_micros(100));
                     i
@@ -336,57 +350,38 @@ mod tests {
             busy_poll: BUSY_POLL_MAX,
         })
         .expect("runtime");
-        // An echo outside the runtime; bytes from 128 up are answered after a pause longer
-        // than the longest window.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap();
-        let echo = std::thread::spawn(move || {
-            use std::io::{Read, Write};
-            let (mut s, _) = listener.accept().unwrap();
-            let mut b = [0u8; 1];
-            while s.read_exact(&mut b).is_ok() {
-                if b[0] >= 128 {
-                    std::thread::sleep(BUSY_POLL_MAX * 2);
-                }
-                s.write_all(&b).unwrap();
-            }
-        });
-        let conn = started
+        let (addr, echo) = echo_server();
+        // Each phase runs on the worker (a spawned task), not on this thread, and hands the
+        // connection back.
+        let phase = |mut c: tokio::net::TcpStream, from: u8, n: u8| {
+            let task = started.runtime.spawn(async move {
+                echo_rounds(&mut c, from, n).await;
+                c
+            });
+            started.runtime.block_on(task).expect("echo rounds")
+        };
+        let c = started
             .runtime
             .block_on(tokio::net::TcpStream::connect(addr))
             .unwrap();
-        let conn = std::sync::Arc::new(tokio::sync::Mutex::new(conn));
-        let rounds = |from: u8, n: u8| {
-            let conn = std::sync::Arc::clone(&conn);
-            started.runtime.spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let mut c = conn.lock().await;
-                for i in from..from + n {
-                    c.write_all(&[i]).await.unwrap();
-                    let mut b = [0u8; 1];
-                    c.read_exact(&mut b).await.unwrap();
-                    assert_eq!(b[0], i);
-                }
-            })
-        };
-        // Sparse: every wait outlasts the window, so each halves it until it is closed
-        // (10 ms to under 50 us: 8 halvings).
-        started.runtime.block_on(rounds(128, 10)).unwrap();
+        // Sparse (bytes from 128 up): every wait outlasts the window, so each halves it until
+        // it is closed (10 ms to under 50 us: 8 halvings).
+        let c = phase(c, 128, 10);
         let before = counts(&started.spins);
-        started.runtime.block_on(rounds(138, 4)).unwrap();
+        let c = phase(c, 138, 4);
         let after = counts(&started.spins);
         assert_eq!(
             after.2, before.2,
             "a closed window spins no more: {before:?} -> {after:?}"
         );
         // Steady: short waits open the window again, until spins catch the echoes.
-        started.runtime.block_on(rounds(0, 60)).unwrap();
+        let c = phase(c, 0, 60);
         let last = counts(&started.spins);
         assert!(
             last.0 > after.0,
             "the window reopened and a spin saw the socket: {after:?} -> {last:?}"
         );
-        drop(conn);
+        drop(c);
         drop(started);
         echo.join().unwrap();
     }

@@ -72,9 +72,10 @@ pub struct Args {
     /// confirmed messages [default: always]
     #[arg(long, env = "WARREN_SYNC")]
     pub sync: Option<String>,
-    /// Microseconds a worker thread spins, watching for work, before it sleeps; 0 sleeps at
-    /// once. Spinning saves the 25-50 us a sleeping core takes to wake (on VMs especially) at
-    /// the cost of CPU while traffic trickles; at most 10000 [default: 0]
+    /// Longest time, in microseconds, a worker thread spins watching for work before it
+    /// sleeps; 0 sleeps at once. Spinning saves the 25-50 us a sleeping core takes to wake (on
+    /// VMs especially) at the cost of a core while messages come less than the window apart;
+    /// the window closes by itself for sparser traffic. At most 10000 [default: 0]
     #[arg(long, env = "WARREN_BUSY_POLL")]
     pub busy_poll: Option<u64>,
     /// Worker threads [default: one per CPU the process may use]

@@ -18,13 +18,13 @@ use lapin::{BasicProperties, Connection, ConnectionProperties};
 
 mod common;
 
-/// Ten milliseconds: the longest window `--busy-poll` accepts.
-const WINDOW_US: &str = "10000";
 /// Messages sent each way.
 const ROUND_TRIPS: u32 = 50;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_polling_broker_delivers_confirms_and_expires() {
+    // The longest window `--busy-poll` accepts.
+    let window_us = warren_runtime::BUSY_POLL_MAX.as_micros().to_string();
     let dir = std::env::temp_dir().join(format!("warren-busy-poll-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut broker = common::start_with(
@@ -32,7 +32,7 @@ async fn a_busy_polling_broker_delivers_confirms_and_expires() {
         common::free_port(),
         &[
             "--busy-poll",
-            WINDOW_US,
+            &window_us,
             "--worker-threads",
             "1",
             "--log-level",
@@ -55,7 +55,7 @@ async fn a_busy_polling_broker_delivers_confirms_and_expires() {
         .recv_timeout(Duration::from_secs(30))
         .expect("a start-up line");
     assert!(
-        line.contains(&format!("busy_poll_us={WINDOW_US}")),
+        line.contains(&format!("busy_poll_us={window_us}")),
         "busy polling is on: {line}"
     );
 
