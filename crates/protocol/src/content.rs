@@ -24,10 +24,15 @@ pub struct ContentHeader {
     pub properties: Box<AMQPProperties>,
     /// The header frame's payload: class id, weight, body size, property flags and list.
     pub raw: Bytes,
+    /// Estimated memory the decoded `headers` table takes beyond `raw` (see
+    /// `table::DECODED_VALUE_BYTES`): counted in a message's footprint.
+    pub decoded_bytes: usize,
 }
 
 /// Parses a content header frame payload.
 pub fn parse_header(payload: Bytes) -> Result<ContentHeader, ProtocolError> {
+    let shape = crate::table::check_header_tables(&payload)
+        .map_err(|e| e.to_protocol_error("content header"))?;
     match parse_content_header(&payload[..]) {
         Ok(([], header)) => {
             if header.class_id != BASIC_CLASS_ID {
@@ -39,6 +44,7 @@ pub fn parse_header(payload: Bytes) -> Result<ContentHeader, ProtocolError> {
             Ok(ContentHeader {
                 body_size: header.body_size,
                 properties: Box::new(header.properties),
+                decoded_bytes: shape.decoded_bytes(),
                 raw: payload,
             })
         }

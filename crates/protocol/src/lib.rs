@@ -9,6 +9,7 @@ pub mod encode;
 pub mod error;
 pub mod frame;
 pub mod method;
+pub mod table;
 
 pub use amq_protocol::protocol::{
     access, basic, channel, confirm, connection, exchange, queue, tx, AMQPClass,

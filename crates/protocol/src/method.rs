@@ -35,6 +35,10 @@ pub fn decode_method(payload: &[u8]) -> Result<Method, ProtocolError> {
         ))
         .on(class_id, method_id));
     }
+    crate::table::check_method_tables(payload).map_err(|e| {
+        e.to_protocol_error(&format!("method {class_id}.{method_id}"))
+            .on(class_id, method_id)
+    })?;
     match parse_class(payload) {
         Ok(([], class)) => Ok(Method {
             class_id,

@@ -701,7 +701,7 @@ fn sender_selected(
 ) -> (
     Box<warren_protocol::basic::AMQPProperties>,
     Bytes,
-    Vec<ShortString>,
+    Vec<String>,
 ) {
     let ContentHeader {
         properties, raw, ..
@@ -709,12 +709,14 @@ fn sender_selected(
     let Some(headers) = properties.headers() else {
         return (properties, raw, Vec::new());
     };
-    let keys_of = |v: Option<&AMQPValue>| -> Vec<ShortString> {
+    // Plain strings, not short strings: RabbitMQ takes keys of any length here (a topic `#`
+    // binding matches them), and a long one must not become a `ShortString` (which panics).
+    let keys_of = |v: Option<&AMQPValue>| -> Vec<String> {
         match v {
             Some(AMQPValue::FieldArray(items)) => items
                 .as_slice()
                 .iter()
-                .filter_map(|i| warren_core::args::as_str(i).map(ShortString::from))
+                .filter_map(warren_core::args::as_str)
                 .collect(),
             _ => Vec::new(),
         }

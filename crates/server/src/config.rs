@@ -52,6 +52,9 @@ pub struct Config {
     pub consumer_timeout_action: ConsumerTimeoutAction,
     /// `Always` (default): a confirm for a persistent message means it is fsynced.
     pub sync: SyncMode,
+    /// Tests only (no flag sets it): a `queue.declare` of this name panics the connection
+    /// task, to check that a failed connection still releases what it held.
+    pub fault_panic_queue: Option<String>,
 }
 
 impl Default for Config {
@@ -73,6 +76,7 @@ impl Default for Config {
             consumer_timeout_ms: Some(DEFAULT_CONSUMER_TIMEOUT_MS),
             consumer_timeout_action: ConsumerTimeoutAction::Requeue,
             sync: SyncMode::Always,
+            fault_panic_queue: None,
         }
     }
 }

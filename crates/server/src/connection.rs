@@ -32,8 +32,14 @@ use crate::sasl;
 pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most queue events handled in one loop iteration before reading the socket again.
 pub const EVENTS_PER_ITERATION_MAX: usize = 1024;
-/// Initial size of the read buffer.
+/// Read buffer room after the handshake: what one read may fill.
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Buffers before the handshake ends: a connection that never logs in costs little (no frame
+/// may exceed `FRAME_MIN_SIZE` before tune-ok).
+pub const HANDSHAKE_BUFFER_BYTES: usize = 512;
+/// An output buffer that grew past this (a burst of deliveries) is released once it is empty,
+/// so an idle connection gives its memory back.
+pub const OUTPUT_BUFFER_KEEP_BYTES: usize = 256 * 1024;
 
 /// What every connection shares.
 pub struct ServerContext {
@@ -80,6 +86,8 @@ pub(crate) struct Connection {
     auth_failure_close: bool,
     last_read: Instant,
     last_write: Instant,
+    /// Channels released and exclusive queues handed back (see `Drop`).
+    cleaned_up: bool,
 }
 
 /// Serves one accepted socket until it closes.
@@ -97,13 +105,14 @@ pub(crate) async fn serve(
     let mut conn = Connection {
         id,
         peer,
-        frame_max: ctx.config.frame_max,
+        // Until tune-ok, frames are limited to the spec's minimum, as RabbitMQ does.
+        frame_max: FRAME_MIN_SIZE,
         channel_max: ctx.config.channel_max,
         heartbeat_secs: 0,
         ctx,
         reader,
-        inbuf: BytesMut::with_capacity(READ_BUFFER_BYTES),
-        out: BytesMut::with_capacity(READ_BUFFER_BYTES),
+        inbuf: BytesMut::with_capacity(HANDSHAKE_BUFFER_BYTES),
+        out: BytesMut::with_capacity(HANDSHAKE_BUFFER_BYTES),
         writer,
         write_failed: false,
         user: String::new(),
@@ -118,6 +127,7 @@ pub(crate) async fn serve(
         auth_failure_close: false,
         last_read: now,
         last_write: now,
+        cleaned_up: false,
     };
     let handshake_timeout = conn.ctx.config.handshake_timeout;
     match timeout(handshake_timeout, conn.handshake()).await {
@@ -167,6 +177,28 @@ impl Connection {
         if self.write_failed {
             self.out.clear();
         }
+        self.release_output_buffer();
+    }
+
+    /// Gives back an output buffer a burst made large, once it has been written out.
+    fn release_output_buffer(&mut self) {
+        if self.out.is_empty() && self.out.capacity() > OUTPUT_BUFFER_KEEP_BYTES {
+            self.out = BytesMut::new();
+        }
+    }
+
+    /// Makes room for the next read: at least `READ_BUFFER_BYTES` after the handshake. The
+    /// old block is left to the frames sliced from it (small bodies are copied out, so what
+    /// stays pinned is proportionate).
+    fn reserve_read(&mut self) {
+        let want = if self.vhost.is_some() {
+            READ_BUFFER_BYTES
+        } else {
+            HANDSHAKE_BUFFER_BYTES
+        };
+        if self.inbuf.capacity() - self.inbuf.len() < want / 4 {
+            self.inbuf.reserve(want);
+        }
     }
 
     /// Writes all pending output, waiting for the socket when it is full.
@@ -174,6 +206,7 @@ impl Connection {
         loop {
             self.flush();
             if self.out.is_empty() || self.write_failed {
+                self.release_output_buffer();
                 return;
             }
             if self.writer.writable().await.is_err() {
@@ -192,6 +225,7 @@ impl Connection {
             if let Some(frame) = decode_frame(&mut self.inbuf, self.frame_max)? {
                 return Ok(Some(frame));
             }
+            self.reserve_read();
             match self.reader.read_buf(&mut self.inbuf).await {
                 Ok(0) | Err(_) => return Ok(None),
                 Ok(_) => self.last_read = Instant::now(),
@@ -239,6 +273,7 @@ impl Connection {
     /// Protocol header, start/start-ok, tune/tune-ok, open/open-ok.
     async fn handshake(&mut self) -> Result<(), Option<ProtocolError>> {
         while self.inbuf.len() < PROTOCOL_HEADER.len() {
+            self.reserve_read();
             match self.reader.read_buf(&mut self.inbuf).await {
                 Ok(0) | Err(_) => return Err(None),
                 Ok(_) => {}
@@ -387,7 +422,15 @@ impl Connection {
         let beat = Duration::from_secs(self.heartbeat_secs.max(1) as u64);
         let mut ticker = tokio::time::interval(beat / 2);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Frames that arrived with connection.open (e.g. channel.open in the same segment)
+        // are already buffered: run them before waiting for the socket.
+        if let Some(end) = self.process_input().await {
+            return end;
+        }
+        self.flush_confirms();
+        self.flush();
         loop {
+            self.reserve_read();
             tokio::select! {
                 read = self.reader.read_buf(&mut self.inbuf) => {
                     match read {
@@ -589,10 +632,36 @@ impl Connection {
         if let Some(vhost) = self.vhost.clone() {
             vhost.connection_closed(self.id).await;
         }
+        self.cleaned_up = true;
     }
 
     pub(crate) fn channel_max(&self) -> u16 {
         self.channel_max
+    }
+}
+
+impl Drop for Connection {
+    /// A connection task that panicked (or was cancelled) never reached `cleanup`: release
+    /// its channels (their unacked messages go back to their queues) and its exclusive queues
+    /// here, so nothing stays stranded until a restart.
+    fn drop(&mut self) {
+        if self.cleaned_up {
+            return;
+        }
+        for (_, mut channel) in self.channels.drain() {
+            channel.release();
+        }
+        if let Some(vhost) = self.vhost.take() {
+            tracing::error!(
+                connection = self.id,
+                peer = %self.peer,
+                "connection task ended without cleanup (a bug); releasing its channels and queues"
+            );
+            let id = self.id;
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { vhost.connection_closed(id).await });
+            }
+        }
     }
 }
 

@@ -162,6 +162,9 @@ impl Connection {
         let vhost = self.vhost();
         match method {
             queue::AMQPMethod::Declare(m) => {
+                if self.ctx.config.fault_panic_queue.as_deref() == Some(m.queue.as_str()) {
+                    panic!("fault injection: queue.declare '{}'", m.queue);
+                }
                 if m.passive && m.queue.as_str().starts_with(REPLY_TO) {
                     return self.declare_reply_to(ch, m.queue);
                 }

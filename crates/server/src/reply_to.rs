@@ -87,6 +87,7 @@ impl Connection {
             body_size: header.body_size,
             properties,
             raw,
+            decoded_bytes: header.decoded_bytes,
         })
     }
 

@@ -42,6 +42,10 @@ fn amqplain(response: &[u8]) -> Result<(String, String), ProtocolError> {
     let mut framed = Vec::with_capacity(response.len() + 4);
     framed.extend_from_slice(&(response.len() as u32).to_be_bytes());
     framed.extend_from_slice(response);
+    // Checked first: the parser recurses without limit on nested tables.
+    if warren_protocol::table::check_table(&framed).is_err() {
+        return Err(refused("AMQPLAIN"));
+    }
     let Ok((_, table)) = parse_field_table(&framed[..]) else {
         return Err(refused("AMQPLAIN"));
     };

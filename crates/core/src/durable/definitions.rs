@@ -119,13 +119,15 @@ pub fn encode_table(t: &FieldTable) -> Vec<u8> {
 
 /// Decodes a record into (vhost, op).
 pub fn decode(record: &[u8]) -> Result<(String, DefinitionOp), String> {
+    // Checked first: the parser recurses without limit on nested tables.
+    warren_protocol::table::check_table(record).map_err(|e| format!("bad table: {e:?}"))?;
     let (_, t) = parse_field_table(record).map_err(|e| format!("undecodable table: {e}"))?;
     let get = |k: &str| t.inner().get(k);
     let text = |k: &str| -> Result<ShortString, String> {
         get(k)
             .and_then(as_str)
-            .map(ShortString::from)
             .ok_or_else(|| format!("missing '{k}'"))
+            .and_then(|s| ShortString::try_new(s).map_err(|e| format!("'{k}': {e}")))
     };
     let flag = |k: &str| matches!(get(k), Some(AMQPValue::Boolean(true)));
     let table = |k: &str| match get(k) {

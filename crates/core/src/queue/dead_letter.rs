@@ -131,7 +131,11 @@ pub fn dead_lettered(
         Some(k) => vec![k.as_str().to_owned()],
         None => keys,
     };
-    let first_key = ShortString::from(route_keys[0].clone());
+    // The first key is the message's own or the queue's dead-letter key, both short strings.
+    let first_key = route_keys
+        .first()
+        .and_then(|k| ShortString::try_new(k.as_str()).ok())
+        .unwrap_or_else(|| message.routing_key.clone());
     (
         message.with_properties(properties, dlx.clone(), first_key),
         route_keys,

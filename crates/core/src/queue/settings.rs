@@ -212,7 +212,11 @@ fn string_arg(
     match args.inner().get(name) {
         None => Ok(None),
         Some(value) => match as_str(value) {
-            Some(s) => Ok(Some(ShortString::from(s))),
+            Some(s) => ShortString::try_new(s).map(Some).map_err(|_| {
+                ProtocolError::precondition_failed(format!(
+                    "invalid arg '{name}' for {what}: longer than 255 bytes"
+                ))
+            }),
             None => Err(ProtocolError::precondition_failed(format!(
                 "invalid type '{}' for arg '{name}' in {what}",
                 type_name(value)
