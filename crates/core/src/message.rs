@@ -17,7 +17,15 @@ pub struct Message {
     /// The content header payload (class, weight, size, properties) to send to consumers.
     pub header_raw: Bytes,
     pub body: Bytes,
+    /// Estimated memory the decoded properties take beyond `header_raw` (a big `headers`
+    /// table costs far more decoded than on the wire); see `footprint`.
+    pub properties_bytes: usize,
 }
+
+/// What a message costs in memory besides its body, header bytes and decoded tables: the
+/// message itself and its boxed properties.
+pub const MESSAGE_OVERHEAD_BYTES: usize =
+    std::mem::size_of::<Message>() + std::mem::size_of::<AMQPProperties>();
 
 pub type MessageRef = Arc<Message>;
 
@@ -31,6 +39,15 @@ impl Message {
     pub fn body_size(&self) -> usize {
         self.body.len()
     }
+
+    /// Memory the message holds: body, header, decoded properties and overhead. Paging
+    /// thresholds count this, not just the body.
+    pub fn footprint(&self) -> usize {
+        MESSAGE_OVERHEAD_BYTES
+            .saturating_add(self.body.len())
+            .saturating_add(self.header_raw.len())
+            .saturating_add(self.properties_bytes)
+    }
 }
 
 impl Message {
@@ -43,12 +60,16 @@ impl Message {
     ) -> Message {
         let header_raw =
             warren_protocol::encode::header_payload(&properties, self.body.len() as u64);
+        let properties_bytes = warren_protocol::table::check_header_tables(&header_raw)
+            .map(|shape| shape.decoded_bytes())
+            .unwrap_or(self.properties_bytes);
         Message {
             exchange,
             routing_key,
             properties: Box::new(properties),
             header_raw,
             body: self.body.clone(),
+            properties_bytes,
         }
     }
 

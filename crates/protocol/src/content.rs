@@ -2,8 +2,11 @@
 //! frames as the header's body size requires. This is a pure state machine per channel; any
 //! frame out of sequence is a 505 UNEXPECTED_FRAME (a connection error).
 //!
-//! A body that arrives in one frame is kept as a slice of the read buffer (no copy); a body
-//! split over several frames is gathered once into a buffer sized from the header.
+//! A body that arrives in one frame is kept as a slice of the read buffer (no copy) unless it
+//! is smaller than `BODY_COPY_BELOW_BYTES`: a slice keeps its whole read-buffer block alive,
+//! so a queue of 1-byte messages would otherwise pin 64 KiB each. A body split over several
+//! frames is gathered once into a buffer sized from the header. Header payloads are always
+//! copied (they are small, and long-lived with their message).
 
 use amq_protocol::frame::parsing::parse_content_header;
 use amq_protocol::protocol::basic::AMQPProperties;
@@ -13,6 +16,9 @@ use crate::error::ProtocolError;
 
 /// The basic class: the only content-bearing class in 0-9-1.
 pub const BASIC_CLASS_ID: u16 = 60;
+/// Single-frame bodies below this are copied out of the read buffer (see the module doc); a
+/// retained slice is then at least a quarter of a 64 KiB read block.
+pub const BODY_COPY_BELOW_BYTES: usize = 16 * 1024;
 
 /// A parsed content header, with its payload kept as received so that it can be forwarded
 /// to consumers without re-encoding.
@@ -45,7 +51,8 @@ pub fn parse_header(payload: Bytes) -> Result<ContentHeader, ProtocolError> {
                 body_size: header.body_size,
                 properties: Box::new(header.properties),
                 decoded_bytes: shape.decoded_bytes(),
-                raw: payload,
+                // A copy: the received frame is a slice of a 64 KiB read block.
+                raw: Bytes::copy_from_slice(&payload),
             })
         }
         _ => Err(ProtocolError::frame_error(
@@ -196,9 +203,70 @@ impl<M> ContentAssembler<M> {
         };
         let body = match body {
             Body::Empty => Bytes::new(),
+            Body::One(b) if b.len() < BODY_COPY_BELOW_BYTES => Bytes::copy_from_slice(&b),
             Body::One(b) => b,
             Body::Many(b) => b.freeze(),
         };
         Ok(Assembled::Complete(method, header, body))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use amq_protocol::protocol::basic::AMQPProperties;
+    use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
+
+    fn header(body_size: u64, properties: AMQPProperties) -> Bytes {
+        crate::encode::header_payload(&properties, body_size)
+    }
+
+    fn within(slice: &Bytes, block: &Bytes) -> bool {
+        let start = block.as_ptr() as usize;
+        let at = slice.as_ptr() as usize;
+        at >= start && at < start + block.len()
+    }
+
+    /// Pins: a 1-byte body kept its whole 64 KiB read block alive for as long as it was queued.
+    #[test]
+    fn small_bodies_and_headers_are_copied_out_of_the_read_block_large_bodies_are_not() {
+        let block = Bytes::from(vec![7u8; 64 * 1024]);
+        for (len, shared) in [
+            (1, false),
+            (BODY_COPY_BELOW_BYTES - 1, false),
+            (40_000, true),
+        ] {
+            let mut assembler = ContentAssembler::default();
+            assembler.start(());
+            let raw = header(len as u64, AMQPProperties::default());
+            let mut framed = BytesMut::from(&block[..]);
+            framed[..raw.len()].copy_from_slice(&raw);
+            let framed = framed.freeze();
+            let parsed = parse_header(framed.slice(..raw.len())).unwrap();
+            assert!(!within(&parsed.raw, &framed), "header stays a slice");
+            assert!(matches!(
+                assembler.header(parsed, |_| Ok(())),
+                Ok(Assembled::Pending)
+            ));
+            match assembler.body(block.slice(..len)) {
+                Ok(Assembled::Complete(_, _, body)) => {
+                    assert_eq!(body.len(), len);
+                    assert_eq!(within(&body, &block), shared, "body of {len} bytes");
+                }
+                _ => panic!("body of {len} bytes did not complete"),
+            }
+        }
+    }
+
+    #[test]
+    fn decoded_headers_are_counted() {
+        let many = FieldArray::from(vec![AMQPValue::Void; 10_000]);
+        let mut headers = FieldTable::default();
+        headers.insert("big".into(), AMQPValue::FieldArray(many));
+        let raw = header(0, AMQPProperties::default().with_headers(headers));
+        let parsed = parse_header(raw.clone()).unwrap();
+        assert!(parsed.decoded_bytes >= 10_000 * crate::table::DECODED_VALUE_BYTES);
+        let plain = parse_header(header(0, AMQPProperties::default())).unwrap();
+        assert_eq!(plain.decoded_bytes, 0);
     }
 }

@@ -489,6 +489,7 @@ impl Connection {
         body: Bytes,
         confirm: Option<ConfirmShare>,
     ) -> Result<(), ProtocolError> {
+        let properties_bytes = header.decoded_bytes;
         let (properties, header_raw, extra_keys) = sender_selected(header, body.len() as u64);
         let message = Arc::new(Message {
             exchange: method.exchange,
@@ -496,6 +497,7 @@ impl Connection {
             properties,
             header_raw,
             body,
+            properties_bytes,
         });
         if message.exchange.as_str().is_empty() && self.deliver_reply(&message) {
             return Ok(());

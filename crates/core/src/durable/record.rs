@@ -96,6 +96,7 @@ pub fn decode(record: Bytes) -> Result<(Message, Option<u64>), DecodeError> {
             properties: header.properties,
             header_raw: header.raw,
             body,
+            properties_bytes: header.decoded_bytes,
         },
         (expires != 0).then_some(expires),
     ))
@@ -118,6 +119,7 @@ mod tests {
             header_raw: warren_protocol::encode::header_payload(&props, body.len() as u64),
             properties: Box::new(props),
             body,
+            properties_bytes: 0,
         };
         let record = encode(&message, Some(12345));
         let (back, expires) = decode(record.clone()).unwrap();

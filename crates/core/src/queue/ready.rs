@@ -76,7 +76,7 @@ impl ReadyQueue {
         self.bytes
     }
 
-    /// Body bytes and messages of ready entries held in memory.
+    /// Memory footprint and count of ready messages held in memory.
     pub fn resident(&self) -> (u64, usize) {
         (self.resident_bytes, self.resident_count)
     }
@@ -145,11 +145,13 @@ impl ReadyQueue {
         all
     }
 
+    // Resident bytes are each message's whole footprint (properties included), so a queue
+    // of small messages with big headers pages out as soon as one of big bodies would.
     fn account_in(&mut self, entry: &Entry) {
         self.len += 1;
         self.bytes += entry.size as u64;
-        if entry.message.is_some() {
-            self.resident_bytes += entry.size as u64;
+        if let Some(message) = &entry.message {
+            self.resident_bytes += message.footprint() as u64;
             self.resident_count += 1;
         }
     }
@@ -157,8 +159,8 @@ impl ReadyQueue {
     fn account_out(&mut self, entry: &Entry) {
         self.len -= 1;
         self.bytes -= entry.size as u64;
-        if entry.message.is_some() {
-            self.resident_bytes -= entry.size as u64;
+        if let Some(message) = &entry.message {
+            self.resident_bytes -= message.footprint() as u64;
             self.resident_count -= 1;
         }
     }

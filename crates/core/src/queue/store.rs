@@ -5,8 +5,8 @@
 //! - Group commit: after each batch of commands the actor calls `start_sync`; at most one job
 //!   runs at a time (on a blocking thread), and everything appended while it runs is covered by
 //!   the next one. The delay a confirm sees is bounded by two fsyncs.
-//! - Paging: beyond `RESIDENT_BYTES_MAX` / `RESIDENT_MESSAGES_MAX` of ready messages in
-//!   memory, new messages keep only their location in the log (transient ones are written to
+//! - Paging: beyond `RESIDENT_BYTES_MAX` (message footprints, properties included) /
+//!   `RESIDENT_MESSAGES_MAX` of ready messages in memory, new messages keep only their location in the log (transient ones are written to
 //!   the log for that, with no sync), so memory stays flat however deep the queue is.
 //! - A write or sync failure is logged and every confirm it touches becomes a nack.
 
@@ -21,7 +21,8 @@ use crate::confirm::ConfirmShare;
 use crate::durable::record;
 use crate::message::{Message, MessageRef};
 
-/// Body bytes of ready messages a queue keeps in memory before paging new ones out. With
+/// Memory (`Message::footprint`: body, header, decoded properties) of ready messages a queue
+/// keeps before paging new ones out. With
 /// ~64 bytes of bookkeeping per paged-out message, a queue of 1,000,000 × 1 KiB messages
 /// holds about 32 MiB of bodies + 64 MiB of entries. (Flow control keeps queues with
 /// consumers far below this; deep queues are ones being filled without consumers.)
