@@ -185,6 +185,11 @@ impl TestBroker {
         raw_handshake(self.addr).await
     }
 
+    /// The in-process broker's handle (None for an external broker).
+    pub fn handle(&self) -> Option<&warren_server::ServerHandle> {
+        self.handle.as_ref()
+    }
+
     /// Shuts an in-process broker down (closing its connections with 320); no-op when external.
     pub async fn stop(mut self) {
         if let Some(handle) = self.handle.take() {

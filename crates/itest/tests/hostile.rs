@@ -265,10 +265,21 @@ async fn a_failed_connection_task_releases_unacked_messages_and_exclusive_queues
     assert_eq!(d.data, b"job");
     assert!(d.redelivered);
     // The exclusive queue was deleted with its owner.
+    // (405 RESOURCE_LOCKED while its owner's cleanup is still running, then 404.)
     eventually("the exclusive queue is released", || {
         let conn = &keeper;
         let q = exclusive.clone();
-        async move { !queue_exists(conn, &q).await }
+        async move {
+            let ch = conn.create_channel().await.expect("channel.open");
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let result = ch
+                .queue_declare(q.as_str().into(), passive, FieldTable::default())
+                .await;
+            matches!(result, Err(e) if reply_code(&e) == Some(404))
+        }
     })
     .await;
     assert_broker_healthy(&broker).await;

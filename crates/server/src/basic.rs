@@ -446,6 +446,7 @@ impl Connection {
         header: ContentHeader,
         body: Bytes,
     ) -> Result<(), ProtocolError> {
+        self.publisher = true;
         let vhost = self.vhost();
         let routing = vhost.routing();
         VHost::check_publish_target(&routing, vhost.name(), method.exchange.as_str())?;

@@ -9,6 +9,8 @@ use std::time::Duration;
 pub use warren_core::queue::settings::{ConsumerTimeoutAction, DEFAULT_CONSUMER_TIMEOUT_MS};
 pub use warren_core::SyncMode;
 
+pub use crate::alarm::{MemoryWatermark, DEFAULT_DISK_FREE_LIMIT_BYTES};
+
 /// AMQP's IANA port.
 pub const DEFAULT_PORT: u16 = 5672;
 /// Largest frame we offer in connection.tune (RabbitMQ's default).
@@ -55,6 +57,10 @@ pub struct Config {
     /// Tests only (no flag sets it): a `queue.declare` of this name panics the connection
     /// task, to check that a failed connection still releases what it held.
     pub fault_panic_queue: Option<String>,
+    /// Above this resident memory, publishers are blocked (RabbitMQ's memory alarm).
+    pub memory_high_watermark: MemoryWatermark,
+    /// Below this free space on the data directory's disk, publishers are blocked.
+    pub disk_free_limit_bytes: u64,
 }
 
 impl Default for Config {
@@ -77,6 +83,8 @@ impl Default for Config {
             consumer_timeout_action: ConsumerTimeoutAction::Requeue,
             sync: SyncMode::Always,
             fault_panic_queue: None,
+            memory_high_watermark: MemoryWatermark::default(),
+            disk_free_limit_bytes: DEFAULT_DISK_FREE_LIMIT_BYTES,
         }
     }
 }

@@ -23,6 +23,7 @@ use warren_protocol::frame::{decode_frame, Frame, FrameKind};
 use warren_protocol::method::{decode_method, Method};
 use warren_protocol::{connection, encode, AMQPClass, ProtocolError, ReplyCode, PROTOCOL_HEADER};
 
+use crate::alarm::{AlarmState, Alarms};
 use crate::channel::Channel;
 use crate::config::{Config, FRAME_MIN_SIZE};
 use crate::properties::{client_has, server_properties};
@@ -45,6 +46,7 @@ pub const OUTPUT_BUFFER_KEEP_BYTES: usize = 256 * 1024;
 pub struct ServerContext {
     pub broker: Arc<Broker>,
     pub config: Config,
+    pub alarms: Arc<Alarms>,
 }
 
 /// Why a connection loop ended.
@@ -77,6 +79,14 @@ pub(crate) struct Connection {
     events_rx: mpsc::UnboundedReceiver<ClientEvent>,
     /// Client capability: it understands basic.cancel from the broker.
     pub(crate) cancel_notify: bool,
+    /// Client capability: it understands connection.blocked / unblocked.
+    blocked_notify: bool,
+    /// The connection has published: a resource alarm blocks it.
+    pub(crate) publisher: bool,
+    /// The resource alarms as last seen.
+    alarm: AlarmState,
+    /// Blocked by an alarm: the socket is not read (and heartbeats are not expected).
+    blocked: bool,
     /// Channels with confirms to send at the end of this batch.
     pub(crate) pending_confirms: Vec<u16>,
     /// Queue sends that found a full inbox; awaited before the next frame is read.
@@ -121,6 +131,10 @@ pub(crate) async fn serve(
         events_tx,
         events_rx,
         cancel_notify: false,
+        blocked_notify: false,
+        publisher: false,
+        alarm: AlarmState::default(),
+        blocked: false,
         pending_confirms: Vec::new(),
         blocked_sends: Vec::new(),
         flow_waits: Vec::new(),
@@ -309,6 +323,7 @@ impl Connection {
             }
         };
         self.cancel_notify = client_has(&start_ok.client_properties, "consumer_cancel_notify");
+        self.blocked_notify = client_has(&start_ok.client_properties, "connection.blocked");
         self.auth_failure_close =
             client_has(&start_ok.client_properties, "authentication_failure_close");
         let (user, password) =
@@ -422,6 +437,8 @@ impl Connection {
         let beat = Duration::from_secs(self.heartbeat_secs.max(1) as u64);
         let mut ticker = tokio::time::interval(beat / 2);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut alarms = self.ctx.alarms.subscribe();
+        self.alarm = *alarms.borrow_and_update();
         // Frames that arrived with connection.open (e.g. channel.open in the same segment)
         // are already buffered: run them before waiting for the socket.
         if let Some(end) = self.process_input().await {
@@ -430,9 +447,12 @@ impl Connection {
         self.flush_confirms();
         self.flush();
         loop {
+            if let Some(end) = self.apply_alarm().await {
+                return end;
+            }
             self.reserve_read();
             tokio::select! {
-                read = self.reader.read_buf(&mut self.inbuf) => {
+                read = self.reader.read_buf(&mut self.inbuf), if !self.blocked => {
                     match read {
                         Ok(0) | Err(_) => return End::SocketClosed,
                         Ok(_) => {
@@ -452,9 +472,16 @@ impl Connection {
                         }
                     }
                 }
+                changed = alarms.changed() => {
+                    if changed.is_ok() {
+                        self.alarm = *alarms.borrow_and_update();
+                    }
+                }
                 _ = ticker.tick(), if self.heartbeat_secs > 0 => {
                     let now = Instant::now();
-                    if now.duration_since(self.last_read) > beat * 2 {
+                    // A blocked connection is not read, so its heartbeats are not expected
+                    // (RabbitMQ pauses its heartbeat monitor the same way).
+                    if !self.blocked && now.duration_since(self.last_read) > beat * 2 {
                         warn!(connection = self.id, peer = %self.peer, "missed heartbeats from client, closing connection");
                         return End::HeartbeatTimeout;
                     }
@@ -498,6 +525,10 @@ impl Connection {
             if !self.blocked_sends.is_empty() {
                 self.wait_blocked_sends().await;
             }
+            if self.publisher && self.alarm.any() {
+                // Blocked by a resource alarm: the rest of the buffer waits (`apply_alarm`).
+                return None;
+            }
             if !self.flow_waits.is_empty() {
                 // Send what this batch produced (confirms) before holding the reader.
                 self.flush_confirms();
@@ -505,6 +536,43 @@ impl Connection {
                 self.wait_flow().await;
             }
         }
+    }
+
+    /// Blocks a publishing connection while a resource alarm is raised (connection.blocked
+    /// if the client asked for it, and its socket is no longer read), and unblocks it once
+    /// the alarm clears, running the frames that waited in its buffer.
+    async fn apply_alarm(&mut self) -> Option<End> {
+        let should_block = self.publisher && self.alarm.any();
+        if should_block && !self.blocked {
+            self.blocked = true;
+            info!(connection = self.id, peer = %self.peer, reason = self.alarm.reason(), "connection blocked by a resource alarm");
+            if self.blocked_notify {
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Blocked(connection::Blocked {
+                        reason: self.alarm.reason().into(),
+                    })),
+                );
+                self.flush();
+            }
+        } else if !should_block && self.blocked {
+            self.blocked = false;
+            self.last_read = Instant::now();
+            info!(connection = self.id, peer = %self.peer, "connection unblocked");
+            if self.blocked_notify {
+                self.send_method(
+                    0,
+                    AMQPClass::Connection(connection::AMQPMethod::Unblocked(
+                        connection::Unblocked {},
+                    )),
+                );
+            }
+            let end = self.process_input().await;
+            self.flush_confirms();
+            self.flush();
+            return end;
+        }
+        None
     }
 
     /// Handles one frame; `Err` is a connection error, `Ok(Some)` the end of the connection.

@@ -2,6 +2,7 @@
 //! It owns sockets, connection and channel state; broker state (vhosts, exchanges, queues)
 //! belongs to `warren-core` and is reached only through its handles and snapshots.
 
+pub mod alarm;
 mod basic;
 mod channel;
 pub mod config;
@@ -33,12 +34,18 @@ pub struct ServerHandle {
     shutdown: watch::Sender<bool>,
     /// Closes (recv returns None) when the listeners and every connection task have ended.
     finished: mpsc::Receiver<()>,
+    alarms: Arc<alarm::Alarms>,
 }
 
 impl ServerHandle {
     /// The address of the first listener (with the real port when the config asked for 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addrs[0]
+    }
+
+    /// The memory and disk alarms (thresholds can be changed while running).
+    pub fn alarms(&self) -> &Arc<alarm::Alarms> {
+        &self.alarms
     }
 
     /// All listening addresses.
@@ -87,8 +94,19 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
         .iter()
         .map(|l| l.local_addr())
         .collect::<std::io::Result<Vec<_>>>()?;
-    let ctx = Arc::new(ServerContext { broker, config });
+    let alarms = Arc::new(alarm::Alarms::new(
+        config.memory_high_watermark,
+        config.disk_free_limit_bytes,
+        config.data_dir.clone(),
+    ));
+    alarms.check();
+    let ctx = Arc::new(ServerContext {
+        broker,
+        config,
+        alarms: alarms.clone(),
+    });
     let (shutdown, shutdown_rx) = watch::channel(false);
+    tokio::spawn(alarm::monitor(alarms.clone(), shutdown_rx.clone()));
     let (done_tx, finished) = mpsc::channel(1);
     let next_id = Arc::new(AtomicU64::new(1));
     for listener in listeners {
@@ -104,6 +122,7 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
         addrs,
         shutdown,
         finished,
+        alarms,
     })
 }
 

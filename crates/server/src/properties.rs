@@ -11,6 +11,7 @@ pub const CAPABILITIES: &[&str] = &[
     "consumer_cancel_notify",
     "authentication_failure_close",
     "per_consumer_qos",
+    "connection.blocked",
 ];
 
 fn long(s: &str) -> AMQPValue {

@@ -10,10 +10,12 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use serde::Deserialize;
 use warren_runtime::{RuntimeConfig, BUSY_POLL_MAX};
+use warren_server::alarm::{parse_memory_watermark, parse_size};
 use warren_server::config::{
     ConsumerTimeoutAction, DEFAULT_CHANNEL_MAX, DEFAULT_CONSUMER_TIMEOUT_MS, DEFAULT_FRAME_MAX,
     DEFAULT_HEARTBEAT_SECS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PORT, FRAME_MIN_SIZE,
 };
+use warren_server::config::{MemoryWatermark, DEFAULT_DISK_FREE_LIMIT_BYTES};
 use warren_server::{Config, SyncMode, UserConfig};
 
 /// Warren: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
@@ -25,7 +27,8 @@ use warren_server::{Config, SyncMode, UserConfig};
 pub struct Args {
     /// TOML file with settings (keys: port, bind, data_dir, default_user, default_pass,
     /// default_user_remote, frame_max, channel_max, heartbeat, max_message_size,
-    /// consumer_timeout, consumer_timeout_action, sync, busy_poll, worker_threads, log_level).
+    /// consumer_timeout, consumer_timeout_action, sync, busy_poll, worker_threads, log_level,
+    /// memory_high_watermark, disk_free_limit).
     #[arg(long, env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// AMQP port [default: 5672]
@@ -84,6 +87,15 @@ pub struct Args {
     /// Log filter: error, warn, info, debug, trace, or a tracing filter [default: info]
     #[arg(long, env = "WARREN_LOG_LEVEL")]
     pub log_level: Option<String>,
+    /// Memory alarm: above this resident memory, publishing connections are blocked. A
+    /// number up to 1 is a fraction of the machine's (or cgroup's) memory; anything else a
+    /// size (`2GB`, `512MiB`, bytes) [default: 0.4]
+    #[arg(long, env = "WARREN_MEMORY_HIGH_WATERMARK")]
+    pub memory_high_watermark: Option<String>,
+    /// Disk alarm: below this free space on the data directory's disk, publishing
+    /// connections are blocked (`50MB`, `1GiB`, bytes) [default: 50MB]
+    #[arg(long, env = "WARREN_DISK_FREE_LIMIT")]
+    pub disk_free_limit: Option<String>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -106,6 +118,16 @@ struct FileSettings {
     busy_poll: Option<u64>,
     worker_threads: Option<usize>,
     log_level: Option<String>,
+    memory_high_watermark: Option<toml::Value>,
+    disk_free_limit: Option<toml::Value>,
+}
+
+/// A TOML value written as a number or a string (`0.4`, `"2GB"`), as text.
+fn toml_text(value: toml::Value) -> String {
+    match value {
+        toml::Value::String(s) => s,
+        other => other.to_string(),
+    }
 }
 
 pub struct Settings {
@@ -202,6 +224,24 @@ impl Settings {
         if worker_threads == Some(0) {
             bail!("--worker-threads must be at least 1");
         }
+        let memory_high_watermark = match args
+            .memory_high_watermark
+            .or(file.memory_high_watermark.map(toml_text))
+        {
+            None => MemoryWatermark::default(),
+            Some(text) => parse_memory_watermark(&text).with_context(|| {
+                format!(
+                    "--memory-high-watermark {text:?}: expected a fraction (0.4) or a size (2GB)"
+                )
+            })?,
+        };
+        let disk_free_limit_bytes =
+            match args.disk_free_limit.or(file.disk_free_limit.map(toml_text)) {
+                None => DEFAULT_DISK_FREE_LIMIT_BYTES,
+                Some(text) => parse_size(&text).with_context(|| {
+                    format!("--disk-free-limit {text:?}: expected a size (50MB, 1GiB, bytes)")
+                })?,
+            };
         let config = Config {
             sync,
             consumer_timeout_ms,
@@ -229,6 +269,8 @@ impl Settings {
                 .max_message_size
                 .or(file.max_message_size)
                 .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+            memory_high_watermark,
+            disk_free_limit_bytes,
             ..Config::default()
         };
         Ok(Settings {
