@@ -4,7 +4,7 @@
 //! Queues send to connections over unbounded channels so that a queue never waits on a slow
 //! client (prefetch bounds what is in flight); connections send to queues over bounded ones.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::mpsc;
@@ -31,6 +31,8 @@ pub struct Delivery {
     pub redelivered: bool,
     /// Whether the consumer must settle it (false for no-ack consumers).
     pub needs_ack: bool,
+    /// What the queue charged to the connection's `OutputGauge` for it.
+    pub output_bytes: u64,
 }
 
 /// Events from queues to a connection task.
@@ -113,6 +115,60 @@ impl ChannelLimiter {
     }
 }
 
+/// Bytes a connection may have waiting for its socket (deliveries handed to it plus its
+/// output buffer) before queues stop delivering to it. Prefetch bounds what a consumer
+/// that acks holds; this bounds no-ack consumers (and prefetch 0) whose client stops
+/// reading, as RabbitMQ's credit flow does.
+pub const OUTPUT_BUDGET_BYTES: u64 = 4 * 1024 * 1024;
+/// Stalled queues are told to resume once the connection is below this.
+pub const OUTPUT_RESUME_BYTES: u64 = OUTPUT_BUDGET_BYTES / 2;
+/// Counted per delivery besides body and header: its method and frame overhead.
+pub const DELIVERY_OVERHEAD_BYTES: u64 = 64;
+
+/// One connection's output backlog, shared by the queues that deliver to it. Queues charge
+/// each delivery and stop (marking the gauge stalled) when the budget is used; the
+/// connection discharges as its socket takes the bytes and resumes stalled queues.
+#[derive(Debug, Default)]
+pub struct OutputGauge {
+    queued: AtomicU64,
+    stalled: AtomicBool,
+}
+
+impl OutputGauge {
+    pub fn queued(&self) -> u64 {
+        self.queued.load(Ordering::SeqCst)
+    }
+
+    /// Whether a queue may deliver now; if not, the gauge is marked stalled so that the
+    /// connection resumes its queues once it drains. (Stalled is set before the second
+    /// look, so a drain between the two is never missed.)
+    pub fn admit(&self) -> bool {
+        if self.queued() < OUTPUT_BUDGET_BYTES {
+            return true;
+        }
+        self.stalled.store(true, Ordering::SeqCst);
+        self.queued() < OUTPUT_BUDGET_BYTES
+    }
+
+    pub fn charge(&self, bytes: u64) {
+        self.queued.fetch_add(bytes, Ordering::SeqCst);
+    }
+
+    pub fn discharge(&self, bytes: u64) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+                Some(v.saturating_sub(bytes))
+            });
+    }
+
+    /// For the connection after it drained: true once if a queue stalled and there is room
+    /// again.
+    pub fn take_stalled(&self) -> bool {
+        self.queued() < OUTPUT_RESUME_BYTES && self.stalled.swap(false, Ordering::SeqCst)
+    }
+}
+
 /// Everything a queue needs to know about a new consumer.
 #[derive(Debug)]
 pub struct ConsumerSpec {
@@ -126,5 +182,7 @@ pub struct ConsumerSpec {
     pub prefetch: u32,
     /// The channel's shared limit (basic.qos global=true).
     pub channel_limiter: Arc<ChannelLimiter>,
+    /// The consumer's connection's output backlog.
+    pub output: Arc<OutputGauge>,
     pub client: ClientSender,
 }

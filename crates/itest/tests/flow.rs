@@ -84,3 +84,70 @@ async fn a_queue_with_lagging_consumers_holds_back_publishers() {
     drop(pch);
     delete_queue(&pr, &queue).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_no_ack_consumer_that_stops_reading_holds_a_bounded_backlog() {
+    // Pins: a no-ack consumer that never read its socket pulled the whole queue (paged-out
+    // messages included) into its connection's output buffer.
+    use warren_itest::amq_protocol::frame::AMQPFrame;
+    use warren_itest::amq_protocol::protocol::{basic, AMQPClass};
+    const MESSAGES: usize = 20_000;
+    const BODY_BYTES: usize = 1_000;
+    let broker = start_broker().await;
+    let (_conn, ch) = broker.channel().await;
+    let queue = unique_name("slow-no-ack");
+    declare_queue(&ch, &queue).await;
+    let confirmed = confirm_channel(&_conn).await;
+    let body = vec![b'x'; BODY_BYTES];
+    let mut confirms = Vec::with_capacity(MESSAGES);
+    for _ in 0..MESSAGES {
+        confirms.push(
+            confirmed
+                .basic_publish(
+                    "".into(),
+                    queue.as_str().into(),
+                    Default::default(),
+                    &body,
+                    Default::default(),
+                )
+                .await
+                .expect("publish"),
+        );
+    }
+    for c in confirms {
+        within("confirm", c).await.expect("confirm");
+    }
+
+    let mut slow = broker.raw().await;
+    slow.open_channel(1).await;
+    slow.call(
+        1,
+        AMQPClass::Basic(basic::AMQPMethod::Consume(basic::Consume {
+            queue: queue.as_str().into(),
+            consumer_tag: "slow".into(),
+            no_local: false,
+            no_ack: true,
+            exclusive: false,
+            nowait: false,
+            arguments: Default::default(),
+        })),
+    )
+    .await;
+    // The queue answers this after its delivery loop stopped at the connection's budget
+    // (Warren: 4 MiB, about 4,000 of these); socket buffers take some more.
+    let (ready, _) = queue_counts(&ch, &queue).await;
+    assert!(
+        ready as usize > MESSAGES / 2,
+        "{ready} of {MESSAGES} left in the queue: the slow consumer took the rest"
+    );
+    // Once the client reads, the queue resumes and everything arrives.
+    let mut delivered = 0;
+    while delivered < MESSAGES {
+        if let AMQPFrame::Method(1, AMQPClass::Basic(basic::AMQPMethod::Deliver(_))) =
+            slow.read_frame().await
+        {
+            delivered += 1;
+        }
+    }
+    assert_eq!(queue_counts(&ch, &queue).await.0, 0);
+}

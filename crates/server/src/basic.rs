@@ -185,6 +185,7 @@ impl Connection {
             ),
         )?;
         let events = self.events_tx.clone();
+        let output = self.output_gauge.clone();
         let c = self.channel(ch)?;
         let tag = if m.consumer_tag.as_str().is_empty() {
             generated_name("amq.ctag-")
@@ -205,6 +206,7 @@ impl Connection {
             priority,
             prefetch: c.consumer_prefetch,
             channel_limiter: c.limiter.clone(),
+            output,
             client: events,
         };
         c.touch(&queue);
@@ -586,6 +588,8 @@ impl Connection {
     pub(crate) fn handle_event(&mut self, event: ClientEvent) {
         match event {
             ClientEvent::Deliver(d) => {
+                // Out of the event channel; what it adds to `out` is counted at the flush.
+                self.output_gauge.discharge(d.output_bytes);
                 let id = Channel::number_of(d.channel_key);
                 match self.channels.get_mut(&id) {
                     Some(c) if c.key == d.channel_key && !c.closing => {

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 use tracing::{info, warn};
-use warren_core::consumer::ClientEvent;
+use warren_core::consumer::{ClientEvent, OutputGauge};
 use warren_core::{Broker, VHost};
 use warren_protocol::frame::{decode_frame, Frame, FrameKind};
 use warren_protocol::method::{decode_method, Method};
@@ -87,6 +87,10 @@ pub(crate) struct Connection {
     alarm: AlarmState,
     /// Blocked by an alarm: the socket is not read (and heartbeats are not expected).
     blocked: bool,
+    /// Deliveries handed to this connection and not yet written out (see `OutputGauge`).
+    pub(crate) output_gauge: Arc<OutputGauge>,
+    /// How much of `out` is counted in `output_gauge`.
+    out_counted: u64,
     /// Channels with confirms to send at the end of this batch.
     pub(crate) pending_confirms: Vec<u16>,
     /// Queue sends that found a full inbox; awaited before the next frame is read.
@@ -135,6 +139,8 @@ pub(crate) async fn serve(
         publisher: false,
         alarm: AlarmState::default(),
         blocked: false,
+        output_gauge: Arc::new(OutputGauge::default()),
+        out_counted: 0,
         pending_confirms: Vec::new(),
         blocked_sends: Vec::new(),
         flow_waits: Vec::new(),
@@ -192,6 +198,26 @@ impl Connection {
             self.out.clear();
         }
         self.release_output_buffer();
+        self.count_output();
+    }
+
+    /// Keeps the output gauge equal to the event backlog plus `out`, and resumes the queues
+    /// that stopped delivering to this connection once it has room again.
+    fn count_output(&mut self) {
+        let now = self.out.len() as u64;
+        if now > self.out_counted {
+            self.output_gauge.charge(now - self.out_counted);
+        } else if now < self.out_counted {
+            self.output_gauge.discharge(self.out_counted - now);
+        }
+        self.out_counted = now;
+        if self.output_gauge.take_stalled() {
+            for channel in self.channels.values() {
+                for queue in channel.consumers.values() {
+                    queue.send_now(warren_core::queue::QueueCommand::Resume);
+                }
+            }
+        }
     }
 
     /// Gives back an output buffer a burst made large, once it has been written out.

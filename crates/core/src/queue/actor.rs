@@ -20,7 +20,7 @@ use super::settings::{ConsumerTimeoutAction, Overflow, QueueDefaults, QueueSetti
 use super::store::{QueueStore, StoreContext, RESIDENT_BYTES_MAX, RESIDENT_MESSAGES_MAX};
 use super::{QueueCommand, QueueDef, QueueHandle, QueueStats};
 use crate::confirm::ConfirmShare;
-use crate::consumer::{ChannelKey, ClientEvent, ConsumerSpec, Delivery};
+use crate::consumer::{ChannelKey, ClientEvent, ConsumerSpec, Delivery, DELIVERY_OVERHEAD_BYTES};
 use crate::message::{now_ms, MessageRef};
 use crate::vhost::VHost;
 
@@ -466,6 +466,7 @@ impl QueueActor {
             message,
             redelivered,
             needs_ack: !no_ack,
+            output_bytes: 0,
         })
     }
 
@@ -491,7 +492,8 @@ impl QueueActor {
                 consumer.tag.clone(),
                 consumer.spec.no_ack,
             );
-            let Some(delivery) = self.make_delivery(entry, channel_key, Some(tag), no_ack) else {
+            let Some(mut delivery) = self.make_delivery(entry, channel_key, Some(tag), no_ack)
+            else {
                 // Unreadable message: give the reserved slot back and go on.
                 let c = &self.consumers[index];
                 if !c.spec.no_ack {
@@ -503,6 +505,10 @@ impl QueueActor {
             if !no_ack {
                 consumer.in_flight += 1;
             }
+            delivery.output_bytes = DELIVERY_OVERHEAD_BYTES
+                + delivery.message.body.len() as u64
+                + delivery.message.header_raw.len() as u64;
+            consumer.spec.output.charge(delivery.output_bytes);
             if let Err(mpsc::error::SendError(ClientEvent::Deliver(d))) =
                 consumer.spec.client.send(ClientEvent::Deliver(delivery))
             {
@@ -543,7 +549,9 @@ impl QueueActor {
         };
         (0..candidates).find(|&i| {
             let c = &self.consumers[i];
-            c.has_credit() && (c.spec.no_ack || c.spec.channel_limiter.try_reserve())
+            c.has_credit()
+                && c.spec.output.admit()
+                && (c.spec.no_ack || c.spec.channel_limiter.try_reserve())
         })
     }
 
