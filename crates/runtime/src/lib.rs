@@ -23,7 +23,8 @@
 //!
 //! A spin never stands in another thread's way (`spin.rs`): each round offers the CPU
 //! (`sched_yield`), and a round in which the thread lost the CPU for longer than a few tens of
-//! microseconds ends the spin and closes the window. Without that, a client (or anything else)
+//! microseconds ends the spin and closes the window for a while (`window::CONTENDED_PAUSE`).
+//! Without that, a client (or anything else)
 //! sharing a core with a spinning worker waited for the window to run out before it could run,
 //! and busy polling made latency worse than sleeping (issue 9, item 11: p99 ~ one window).
 //!

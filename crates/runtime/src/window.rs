@@ -8,13 +8,20 @@
 //! [`BUSY_POLL_GROW_START`] closes it; a sleep no longer than the maximum (a longer spin would
 //! have caught it) doubles it, from [`BUSY_POLL_GROW_START`], up to the maximum. A spin that
 //! caught work means no sleep, and leaves the window as it is. A spin that lost the CPU to
-//! another thread closes the window at once (the core is shared: spinning would keep taking
-//! it from whoever needs it); the usual rule reopens it from the next short sleep on.
+//! another thread closes the window at once and keeps it closed for [`CONTENDED_PAUSE`]: the
+//! core is shared, and every spin would hand it to the other thread for a whole time slice
+//! while this one waits runnable (not sleeping, so without a sleeper's quick wake-up). After
+//! the pause the usual rule reopens it from the next short sleep on.
 
 use std::time::{Duration, Instant};
 
 use crate::spin::SpinEnd;
 use crate::BUSY_POLL_GROW_START;
+
+/// How long a window stays closed after a spin lost the CPU to another thread. Under lasting
+/// contention the worker tries spinning again once per pause, which costs it at most one
+/// time slice per pause.
+pub(crate) const CONTENDED_PAUSE: Duration = Duration::from_secs(1);
 
 /// The window and, while the worker sleeps after a fruitless spin, when that sleep began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +29,8 @@ pub(crate) struct AdaptiveWindow {
     max: Duration,
     window: Duration,
     slept_at: Option<Instant>,
+    /// After a contended spin: the window stays closed until then.
+    closed_until: Option<Instant>,
 }
 
 impl AdaptiveWindow {
@@ -31,6 +40,7 @@ impl AdaptiveWindow {
             max,
             window: max,
             slept_at: None,
+            closed_until: None,
         }
     }
 
@@ -44,6 +54,7 @@ impl AdaptiveWindow {
     pub(crate) fn spin_ended(&mut self, end: SpinEnd, now: Instant) {
         if end == SpinEnd::Preempted {
             self.window = Duration::ZERO;
+            self.closed_until = Some(now + CONTENDED_PAUSE);
         }
         self.slept_at = (!end.caught()).then_some(now);
     }
@@ -53,6 +64,12 @@ impl AdaptiveWindow {
         let Some(at) = self.slept_at.take() else {
             return;
         };
+        if let Some(until) = self.closed_until {
+            if now < until {
+                return;
+            }
+            self.closed_until = None;
+        }
         let slept = now.saturating_duration_since(at);
         self.window = if slept <= self.max {
             // A spin of up to `max` would have caught this wake-up: open the window wider.
@@ -210,14 +227,14 @@ mod tests {
     fn a_spin_that_lost_the_cpu_closes_the_window() {
         let us = Duration::from_micros;
         let max = us(2000);
-        // Closed whatever the sleep after it; short sleeps then reopen it as usual.
+        // Closed whatever the sleep after it, and kept closed by short sleeps (for the pause).
         assert_eq!(
             run(max, &[Event::Preempted(us(1)), SHORT, SHORT]),
-            [us(50), us(100), us(200)]
+            [Duration::ZERO; 3]
         );
         assert_eq!(
-            run(max, &[Event::Preempted(us(5000)), SHORT]),
-            [Duration::ZERO, us(50)]
+            run(max, &[SHORT, Event::Preempted(us(5000)), SHORT]),
+            [max, Duration::ZERO, Duration::ZERO]
         );
         // A queued task found by the spin is work, not contention.
         let mut w = AdaptiveWindow::new(max);
@@ -227,19 +244,52 @@ mod tests {
     }
 
     #[test]
+    fn a_contended_window_stays_closed_for_the_pause() {
+        let max = Duration::from_micros(2000);
+        let mut w = AdaptiveWindow::new(max);
+        let start = Instant::now();
+        w.spin_ended(SpinEnd::Preempted, start);
+        w.woke(start + Duration::from_micros(10));
+        assert_eq!(w.window(), Duration::ZERO);
+        // Short sleeps within the pause do not reopen it.
+        let mut now = start + Duration::from_micros(10);
+        while now + Duration::from_millis(1) < start + CONTENDED_PAUSE {
+            w.spin_ended(SpinEnd::TimedOut, now);
+            now += Duration::from_millis(1);
+            w.woke(now);
+            assert_eq!(w.window(), Duration::ZERO, "closed at {:?}", now - start);
+        }
+        // The first short sleep that ends after the pause reopens it.
+        w.spin_ended(
+            SpinEnd::TimedOut,
+            start + CONTENDED_PAUSE - Duration::from_micros(1),
+        );
+        w.woke(start + CONTENDED_PAUSE);
+        assert_eq!(w.window(), BUSY_POLL_GROW_START);
+        // And a new contended spin starts a new pause.
+        let again = start + CONTENDED_PAUSE * 2;
+        w.spin_ended(SpinEnd::Preempted, again);
+        w.woke(again + Duration::from_micros(1));
+        w.spin_ended(SpinEnd::TimedOut, again + Duration::from_micros(2));
+        w.woke(again + Duration::from_micros(3));
+        assert_eq!(w.window(), Duration::ZERO);
+    }
+
+    #[test]
     fn every_sequence_keeps_the_window_in_range_and_follows_the_rule() {
-        // All 5^7 sequences of seven events, for a few maxima: the window is always zero or
+        // All 6^6 sequences of six events, for a few maxima: the window is always zero or
         // between the grow start (or the maximum, if smaller) and the maximum, and each step
-        // is the one the rule prescribes.
+        // is the one the rule prescribes. One sleep outlasts the contention pause.
         let sleeps = [
             Event::Caught,
             Event::Slept(Duration::from_micros(30)),
             Event::Slept(Duration::from_millis(30)),
+            Event::Slept(CONTENDED_PAUSE + Duration::from_millis(1)),
             Event::Preempted(Duration::from_micros(30)),
             Event::Preempted(Duration::from_millis(30)),
         ];
-        const KINDS: u32 = 5;
-        const LENGTH: u32 = 7;
+        const KINDS: u32 = 6;
+        const LENGTH: u32 = 6;
         for max_us in [1, 49, 50, 51, 1000, 2000, 10_000] {
             let max = Duration::from_micros(max_us);
             let floor = BUSY_POLL_GROW_START.min(max);
@@ -247,19 +297,35 @@ mod tests {
                 let events: Vec<Event> = (0..LENGTH)
                     .map(|i| sleeps[(code / KINDS.pow(i) % KINDS) as usize])
                     .collect();
+                // The rule, restated: the window and the end of a pause, on the same clock.
                 let mut before = max;
+                let mut now = Duration::ZERO;
+                let mut paused_until = None;
                 for (event, after) in events.iter().zip(run(max, &events)) {
                     assert!(
                         after.is_zero() || (floor..=max).contains(&after),
                         "{max:?} {events:?}: window {after:?} out of range"
                     );
                     let (start, slept) = match *event {
-                        Event::Caught => (before, None),
-                        Event::Slept(d) => (before, Some(d)),
-                        Event::Preempted(d) => (Duration::ZERO, Some(d)),
+                        Event::Caught => {
+                            now += before;
+                            (before, None)
+                        }
+                        Event::Slept(d) => {
+                            now += before + d;
+                            (before, Some(d))
+                        }
+                        Event::Preempted(d) => {
+                            now += before / 2;
+                            paused_until = Some(now + CONTENDED_PAUSE);
+                            now += d;
+                            (Duration::ZERO, Some(d))
+                        }
                     };
+                    let paused = paused_until.is_some_and(|until| now < until);
                     let expected = match slept {
                         None => start,
+                        Some(_) if paused => Duration::ZERO,
                         Some(d) if d <= max => (start * 2).max(floor).min(max),
                         Some(_) if start / 2 < BUSY_POLL_GROW_START => Duration::ZERO,
                         Some(_) => start / 2,
