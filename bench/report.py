@@ -33,6 +33,8 @@ SHOWN = {
     "S4": ["consume_rate", "publish_rate", "p50_ms", "p99_ms", "cpu_per_million", "rss_mb"],
     "S5": ["p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "cpu_per_million", "rss_mb"],
     "S5B": ["p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "cpu_per_million", "rss_mb"],
+    "S5S": ["p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "cpu_per_million", "rss_mb"],
+    "S5SB": ["p50_ms", "p95_ms", "p99_ms", "p999_ms", "max_ms", "cpu_per_million", "rss_mb"],
     "S6": ["publish_rate", "confirm_rate", "consume_rate", "rss_mb", "disk_mb", "cpu_per_million"],
 }
 S6_LABELS = {"publish_rate": "fill (publish)", "consume_rate": "drain (consume)"}

@@ -16,12 +16,15 @@
 #   S4 4 producers, 4 consumers, 1 KiB, manual ack, prefetch 100, one queue
 #   S5 latency at a fixed 1,000 msg/s, 16 B (both brokers with their default settings)
 #   S5B the same with Warren started with --busy-poll (RabbitMQ's schedulers busy-wait by default)
+#   S5S latency at 1,000 msg/s, 16 B, autoack, through an ordinary client that sleeps between
+#       messages (amqprs; crates/perf/examples/sleepy_latency.rs), both brokers with defaults
+#   S5SB the same with Warren started with --busy-poll
 #   S6 1,000,000 x 1 KiB persistent with confirms into a queue with no consumer, then drained
 # In S5 and S5B warren-perf spins around each send, so its own wake-ups are not counted as
 # latency (it does not spin throughout: two vCPUs spinning here draw multi-ms host preemptions).
 #
-# Environment: CARGO_TARGET_DIR (default /tmp/target-perf), WARREN_BENCH_PORT (5682; S5B's
-# Warren uses the next port), WARREN_BUSY_POLL_US (2000: S5B's broker), TOOL_BUSY_POLL_US (300:
+# Environment: CARGO_TARGET_DIR (default /tmp/target-perf), WARREN_BENCH_PORT (5682; S5B's and
+# S5SB's Warren uses the next port), WARREN_BUSY_POLL_US (2000: S5B's and S5SB's broker), TOOL_BUSY_POLL_US (300:
 # warren-perf in S5/S5B spins this long before each send and while awaiting its delivery),
 # RABBITMQ_SH (path to shared/tools/rabbitmq.sh), RMQ_PORT (5680), RMQ_DIR (/tmp/rabbitmq-ref).
 set -euo pipefail
@@ -30,7 +33,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 COMMAND="bench/run.sh${*:+ $*}"
 
-QUICK=0 REPEAT="" TIME="" SCENARIOS="S1,S2,S3,S4,S5,S5B,S6" BROKERS="warren,rabbitmq" PIN=1 OUT="" BUILD=1
+QUICK=0 REPEAT="" TIME="" SCENARIOS="S1,S2,S3,S4,S5,S5B,S5S,S5SB,S6" BROKERS="warren,rabbitmq" PIN=1 OUT="" BUILD=1
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) QUICK=1 ;;
@@ -74,11 +77,13 @@ log() { echo "[bench $(date +%H:%M:%S)] $*" >&2; }
 # ---- build --------------------------------------------------------------------------------
 if [ "$BUILD" = 1 ]; then
   log "building warren and warren-perf (release) into $CARGO_TARGET_DIR"
-  cargo build --release -p warren -p warren-perf >"$OUT/logs/build.log" 2>&1 \
+  { cargo build --release -p warren -p warren-perf \
+      && cargo build --release -p warren-perf --example sleepy_latency; } >"$OUT/logs/build.log" 2>&1 \
     || { tail -30 "$OUT/logs/build.log" >&2; exit 1; }
 fi
 WARREN_BIN="$CARGO_TARGET_DIR/release/warren"
 PERF_BIN="$CARGO_TARGET_DIR/release/warren-perf"
+SLEEPY_BIN="$CARGO_TARGET_DIR/release/examples/sleepy_latency"
 
 # ---- cores: broker on core 0, load tool on the last core ----------------------------------
 BROKER_CORES="" TOOL_CORES=""
@@ -139,7 +144,7 @@ if [[ ",$BROKERS," == *",warren,"* ]]; then
   WARREN_DATA=$(mktemp -d /tmp/warren-bench-data.XXXXXX)
   start_warren "$WARREN_PORT" "$WARREN_DATA" "$OUT/logs/warren.log"
   WARREN_PID=$STARTED_PID
-  if [[ ",$SCENARIOS," == *",S5B,"* ]]; then
+  if [[ ",$SCENARIOS," == *",S5B,"* || ",$SCENARIOS," == *",S5SB,"* ]]; then
     WARREN_BP_DATA=$(mktemp -d /tmp/warren-bench-data.XXXXXX)
     start_warren "$WARREN_BP_PORT" "$WARREN_BP_DATA" "$OUT/logs/warren-busy-poll.log" --busy-poll "$BUSY_POLL_US"
     WARREN_BP_PID=$STARTED_PID
@@ -158,10 +163,10 @@ if [[ ",$BROKERS," == *",rabbitmq,"* ]]; then
   log "RabbitMQ $RMQ_VERSION up on $RMQ_PORT (pid $RMQ_PID, $RMQ_SCHEDULERS schedulers)"
 fi
 
-# broker scenario -> the instance that runs it (S5B: the busy-polling Warren)
-broker_uri() { case $1/$2 in warren/S5B) echo "amqp://guest:guest@127.0.0.1:$WARREN_BP_PORT/%2f" ;; warren/*) echo "amqp://guest:guest@127.0.0.1:$WARREN_PORT/%2f" ;; rabbitmq/*) echo "amqp://guest:guest@127.0.0.1:$RMQ_PORT/%2f" ;; esac; }
-broker_pid() { case $1/$2 in warren/S5B) echo "$WARREN_BP_PID" ;; warren/*) echo "$WARREN_PID" ;; rabbitmq/*) echo "$RMQ_PID" ;; esac; }
-broker_data() { case $1/$2 in warren/S5B) echo "$WARREN_BP_DATA" ;; warren/*) echo "$WARREN_DATA" ;; rabbitmq/*) echo "$RMQ_DIR/mnesia" ;; esac; }
+# broker scenario -> the instance that runs it (S5B, S5SB: the busy-polling Warren)
+broker_uri() { case $1/$2 in warren/S5B|warren/S5SB) echo "amqp://guest:guest@127.0.0.1:$WARREN_BP_PORT/%2f" ;; warren/*) echo "amqp://guest:guest@127.0.0.1:$WARREN_PORT/%2f" ;; rabbitmq/*) echo "amqp://guest:guest@127.0.0.1:$RMQ_PORT/%2f" ;; esac; }
+broker_pid() { case $1/$2 in warren/S5B|warren/S5SB) echo "$WARREN_BP_PID" ;; warren/*) echo "$WARREN_PID" ;; rabbitmq/*) echo "$RMQ_PID" ;; esac; }
+broker_data() { case $1/$2 in warren/S5B|warren/S5SB) echo "$WARREN_BP_DATA" ;; warren/*) echo "$WARREN_DATA" ;; rabbitmq/*) echo "$RMQ_DIR/mnesia" ;; esac; }
 
 # ---- scenarios ----------------------------------------------------------------------------
 scenario_flags() {
@@ -171,6 +176,7 @@ scenario_flags() {
     S3) echo "-x 1 -y 10 -s 256 -t fanout --queues 10 -a -z $TIME" ;;
     S4) echo "-x 4 -y 4 -s 1024 -q 100 -z $TIME" ;;
     S5|S5B) echo "-x 1 -y 1 -s 16 -a -r 1000 --busy-poll $TOOL_BUSY_POLL_US -z $TIME" ;;
+    S5S|S5SB) echo "--rate 1000 --size 16 --seconds $TIME --json" ;;
     S6) echo "--scenario backlog -x 1 -y 1 -s 1024 --persistent --durable -c 1000 -q 1000 -C $BACKLOG" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
   esac
@@ -183,6 +189,8 @@ scenario_title() {
     S4) echo "4 producers, 4 consumers, 1 KiB, manual ack, prefetch 100" ;;
     S5) echo "latency at a fixed 1,000 msg/s, 16 B, default settings" ;;
     S5B) echo "S5 with Warren --busy-poll $BUSY_POLL_US (RabbitMQ: default, its schedulers busy-wait)" ;;
+    S5S) echo "latency at 1,000 msg/s, 16 B, a client that sleeps between messages (amqprs), default settings" ;;
+    S5SB) echo "S5S with Warren --busy-poll $BUSY_POLL_US (RabbitMQ: default)" ;;
     S6) echo "$BACKLOG x 1 KiB persistent with confirms into an idle queue, then drained" ;;
   esac
 }
@@ -235,8 +243,15 @@ run_one() { # broker scenario repeat
   local sampler_pid=$!
   before=$(cpu_ticks "$pid"); t0=$(date +%s.%N)
   # shellcheck disable=SC2086 # flags are words on purpose
-  timeout $(( ${TIME%.*} + 900 )) "${ON_TOOL_CORES[@]}" "$PERF_BIN" --uri "$uri" --json --quiet $flags \
-    >"$base.json" 2>"$base.log" || rc=$?
+  case $sc in
+    S5S|S5SB) # the sleeping amqprs client takes host and port, not a URI
+      local hostport=${uri#*@}; hostport=${hostport%%/*}
+      timeout $(( ${TIME%.*} + 900 )) "${ON_TOOL_CORES[@]}" "$SLEEPY_BIN" --host "${hostport%:*}" \
+        --port "${hostport##*:}" $flags >"$base.json" 2>"$base.log" || rc=$? ;;
+    *)
+      timeout $(( ${TIME%.*} + 900 )) "${ON_TOOL_CORES[@]}" "$PERF_BIN" --uri "$uri" --json --quiet $flags \
+        >"$base.json" 2>"$base.log" || rc=$? ;;
+  esac
   after=$(cpu_ticks "$pid"); t1=$(date +%s.%N)
   touch "$base.stop"; wait "$sampler_pid" 2>/dev/null || true
   resume_all
