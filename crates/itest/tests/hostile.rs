@@ -284,3 +284,82 @@ async fn a_failed_connection_task_releases_unacked_messages_and_exclusive_queues
     .await;
     assert_broker_healthy(&broker).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_max_and_consumer_max_per_channel_are_enforced() {
+    let Some(broker) = start_broker_with(|c| {
+        c.connection_max = Some(2);
+        c.consumer_max_per_channel = Some(2);
+    })
+    .await
+    else {
+        return;
+    };
+    let first = broker.connect().await;
+    let mut second = raw_handshake(broker.addr).await;
+    let (mut third, tune) =
+        RawConn::handshake_to_tune(broker.addr, "PLAIN", plain_response("guest", "guest")).await;
+    third
+        .send_tune_ok(tune.channel_max, tune.frame_max, 0)
+        .await;
+    third.send_open("/").await;
+    let text = third.expect_connection_close(530).await;
+    assert!(text.contains("node connection limit (2)"), "{text}");
+    // A closed connection gives its place back.
+    second.open_channel(1).await;
+    second
+        .send_method(
+            0,
+            AMQPClass::Connection(
+                warren_itest::amq_protocol::protocol::connection::AMQPMethod::Close(
+                    warren_itest::amq_protocol::protocol::connection::Close {
+                        reply_code: 200,
+                        reply_text: "bye".into(),
+                        class_id: 0,
+                        method_id: 0,
+                    },
+                ),
+            ),
+        )
+        .await;
+    match second.read_method().await {
+        (0, AMQPClass::Connection(_)) => {}
+        other => panic!("expected close-ok, got {other:?}"),
+    }
+    second.expect_eof().await;
+    let ch = first.create_channel().await.expect("channel");
+    let q = declare_temp_queue(&ch).await;
+    eventually("a place is free again", || async {
+        warren_itest::try_connect(&broker.url, Default::default())
+            .await
+            .is_ok()
+    })
+    .await;
+    // (Kept: lapin cancels a consumer it drops.)
+    let mut consumers = Vec::new();
+    for n in 0..2 {
+        let consumer = ch
+            .basic_consume(
+                q.as_str().into(),
+                format!("c{n}").as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume within the limit");
+        consumers.push(consumer);
+    }
+    let result = ch
+        .basic_consume(
+            q.as_str().into(),
+            "c2".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await;
+    let text = expect_code(result, 530);
+    assert!(
+        text.contains("reached maximum (2) of consumers per channel"),
+        "{text}"
+    );
+}

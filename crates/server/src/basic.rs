@@ -186,12 +186,20 @@ impl Connection {
         )?;
         let events = self.events_tx.clone();
         let output = self.output_gauge.clone();
+        let consumer_max = self.ctx.config.consumer_max_per_channel;
         let c = self.channel(ch)?;
         let tag = if m.consumer_tag.as_str().is_empty() {
             generated_name("amq.ctag-")
         } else {
             m.consumer_tag
         };
+        if let Some(max) = consumer_max {
+            if c.consumers.len() >= max && !c.consumers.contains_key(&tag) {
+                return Err(ProtocolError::not_allowed(format!(
+                    "reached maximum ({max}) of consumers per channel"
+                )));
+            }
+        }
         if c.consumers.contains_key(&tag) {
             return Err(ProtocolError::not_allowed(format!(
                 "attempt to reuse consumer tag '{}'",

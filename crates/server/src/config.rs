@@ -61,6 +61,10 @@ pub struct Config {
     pub memory_high_watermark: MemoryWatermark,
     /// Below this free space on the data directory's disk, publishers are blocked.
     pub disk_free_limit_bytes: u64,
+    /// Most open connections (RabbitMQ's `connection_max`; None: no limit, its default).
+    pub connection_max: Option<usize>,
+    /// Most consumers on one channel (RabbitMQ's `consumer_max_per_channel`; None: no limit).
+    pub consumer_max_per_channel: Option<usize>,
 }
 
 impl Default for Config {
@@ -85,6 +89,8 @@ impl Default for Config {
             fault_panic_queue: None,
             memory_high_watermark: MemoryWatermark::default(),
             disk_free_limit_bytes: DEFAULT_DISK_FREE_LIMIT_BYTES,
+            connection_max: None,
+            consumer_max_per_channel: None,
         }
     }
 }

@@ -47,6 +47,8 @@ pub struct ServerContext {
     pub broker: Arc<Broker>,
     pub config: Config,
     pub alarms: Arc<Alarms>,
+    /// Connections past connection.open (for `connection_max`).
+    pub open_connections: std::sync::atomic::AtomicUsize,
 }
 
 /// Why a connection loop ended.
@@ -102,6 +104,8 @@ pub(crate) struct Connection {
     last_write: Instant,
     /// Channels released and exclusive queues handed back (see `Drop`).
     cleaned_up: bool,
+    /// Counted in `ServerContext::open_connections` (given back on drop).
+    counted: bool,
 }
 
 /// Serves one accepted socket until it closes.
@@ -148,6 +152,7 @@ pub(crate) async fn serve(
         last_read: now,
         last_write: now,
         cleaned_up: false,
+        counted: false,
     };
     let handshake_timeout = conn.ctx.config.handshake_timeout;
     match timeout(handshake_timeout, conn.handshake()).await {
@@ -399,6 +404,8 @@ impl Connection {
                 ))
             }
         };
+        self.count_connection()
+            .map_err(|e| Some(self.send_close(e.on(10, 40))))?;
         let vhost_name = open.virtual_host.as_str();
         let Some(vhost) = self.ctx.broker.vhost(vhost_name) else {
             let e = ProtocolError::not_allowed(format!("vhost {vhost_name} not found")).on(10, 40);
@@ -410,6 +417,26 @@ impl Connection {
             AMQPClass::Connection(connection::AMQPMethod::OpenOk(connection::OpenOk {})),
         );
         self.flush_all().await;
+        Ok(())
+    }
+
+    /// Takes a place among the open connections, or refuses as RabbitMQ does when
+    /// `connection_max` is reached.
+    fn count_connection(&mut self) -> Result<(), ProtocolError> {
+        use std::sync::atomic::Ordering;
+        let max = self.ctx.config.connection_max.unwrap_or(usize::MAX);
+        let open = &self.ctx.open_connections;
+        if open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(ProtocolError::not_allowed(format!(
+                "connection refused: node connection limit ({max}) is reached"
+            )));
+        }
+        self.counted = true;
         Ok(())
     }
 
@@ -739,6 +766,11 @@ impl Drop for Connection {
     /// its channels (their unacked messages go back to their queues) and its exclusive queues
     /// here, so nothing stays stranded until a restart.
     fn drop(&mut self) {
+        if self.counted {
+            self.ctx
+                .open_connections
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
         if self.cleaned_up {
             return;
         }

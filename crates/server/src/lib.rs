@@ -16,7 +16,7 @@ mod sasl;
 pub use config::{Config, SyncMode, UserConfig};
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
@@ -104,6 +104,7 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
         broker,
         config,
         alarms: alarms.clone(),
+        open_connections: AtomicUsize::new(0),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     tokio::spawn(alarm::monitor(alarms.clone(), shutdown_rx.clone()));

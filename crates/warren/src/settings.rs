@@ -28,7 +28,7 @@ pub struct Args {
     /// TOML file with settings (keys: port, bind, data_dir, default_user, default_pass,
     /// default_user_remote, frame_max, channel_max, heartbeat, max_message_size,
     /// consumer_timeout, consumer_timeout_action, sync, busy_poll, worker_threads, log_level,
-    /// memory_high_watermark, disk_free_limit).
+    /// memory_high_watermark, disk_free_limit, connection_max, consumer_max_per_channel).
     #[arg(long, env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// AMQP port [default: 5672]
@@ -96,6 +96,12 @@ pub struct Args {
     /// connections are blocked (`50MB`, `1GiB`, bytes) [default: 50MB]
     #[arg(long, env = "WARREN_DISK_FREE_LIMIT")]
     pub disk_free_limit: Option<String>,
+    /// Most open connections; more are refused with 530 at connection.open [default: no limit]
+    #[arg(long, env = "WARREN_CONNECTION_MAX")]
+    pub connection_max: Option<usize>,
+    /// Most consumers on one channel; more are refused with 530 [default: no limit]
+    #[arg(long, env = "WARREN_CONSUMER_MAX_PER_CHANNEL")]
+    pub consumer_max_per_channel: Option<usize>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -120,6 +126,8 @@ struct FileSettings {
     log_level: Option<String>,
     memory_high_watermark: Option<toml::Value>,
     disk_free_limit: Option<toml::Value>,
+    connection_max: Option<usize>,
+    consumer_max_per_channel: Option<usize>,
 }
 
 /// A TOML value written as a number or a string (`0.4`, `"2GB"`), as text.
@@ -271,6 +279,10 @@ impl Settings {
                 .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
             memory_high_watermark,
             disk_free_limit_bytes,
+            connection_max: args.connection_max.or(file.connection_max),
+            consumer_max_per_channel: args
+                .consumer_max_per_channel
+                .or(file.consumer_max_per_channel),
             ..Config::default()
         };
         Ok(Settings {
