@@ -6,7 +6,7 @@
 //! Damage never stops the broker: undecodable definition records are skipped and logged;
 //! the store itself drops torn tails and skips damaged records (see docs/storage.md).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -37,6 +37,11 @@ struct VHostState {
     /// Bindings by identity (source, destination, routing key, encoded arguments): replaying
     /// a log with many bindings must not cost a scan per record.
     bindings: HashMap<BindingId, (ShortString, Binding)>,
+    /// The same bindings by source and by destination, so a deleted exchange or queue finds
+    /// its bindings without a scan of all of them (a log of many deleted queues replayed in
+    /// O(n²) otherwise).
+    from: HashMap<ShortString, HashSet<BindingId>>,
+    to: HashMap<Destination, HashSet<BindingId>>,
 }
 
 type BindingId = (ShortString, Destination, ShortString, Vec<u8>);
@@ -58,17 +63,23 @@ impl VHostState {
             }
             DefinitionOp::ExchangeDeleted(name) => {
                 self.exchanges.remove(&name);
-                let dest = Destination::Exchange(name.clone());
-                self.bindings
-                    .retain(|_, (s, b)| *s != name && b.destination != dest);
+                let from = self.from.remove(&name).unwrap_or_default();
+                let to = self
+                    .to
+                    .remove(&Destination::Exchange(name))
+                    .unwrap_or_default();
+                from.iter().chain(&to).for_each(|id| self.unbind(id));
             }
             DefinitionOp::QueueDeclared(def) => {
                 self.queues.insert(def.name.clone(), def);
             }
             DefinitionOp::QueueDeleted(name) => {
                 self.queues.remove(&name);
-                let dest = Destination::Queue(name);
-                self.bindings.retain(|_, (_, b)| b.destination != dest);
+                let to = self
+                    .to
+                    .remove(&Destination::Queue(name))
+                    .unwrap_or_default();
+                to.iter().for_each(|id| self.unbind(id));
             }
             DefinitionOp::Bound {
                 source,
@@ -81,7 +92,16 @@ impl VHostState {
                     routing_key,
                     arguments,
                 };
-                self.bindings.insert(binding_id(&source, &b), (source, b));
+                let id = binding_id(&source, &b);
+                self.from
+                    .entry(source.clone())
+                    .or_default()
+                    .insert(id.clone());
+                self.to
+                    .entry(b.destination.clone())
+                    .or_default()
+                    .insert(id.clone());
+                self.bindings.insert(id, (source, b));
             }
             DefinitionOp::Unbound {
                 source,
@@ -94,7 +114,27 @@ impl VHostState {
                     routing_key,
                     arguments,
                 };
-                self.bindings.remove(&binding_id(&source, &b));
+                self.unbind(&binding_id(&source, &b));
+            }
+        }
+    }
+
+    /// Forgets one binding and its index entries.
+    fn unbind(&mut self, id: &BindingId) {
+        if self.bindings.remove(id).is_none() {
+            return;
+        }
+        let (source, destination) = (&id.0, &id.1);
+        if let Some(set) = self.from.get_mut(source) {
+            set.remove(id);
+            if set.is_empty() {
+                self.from.remove(source);
+            }
+        }
+        if let Some(set) = self.to.get_mut(destination) {
+            set.remove(id);
+            if set.is_empty() {
+                self.to.remove(destination);
             }
         }
     }
