@@ -5,6 +5,8 @@
 //!
 //! Damage never stops the broker: undecodable definition records are skipped and logged;
 //! the store itself drops torn tails and skips damaged records (see docs/storage.md).
+//! Neither does a full disk: start-up only reads, truncates and removes, and the one step
+//! that needs space (compacting the definitions log) is skipped with a warning if it fails.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -191,8 +193,14 @@ pub fn open(
         vhost.restore_done();
         vhosts.insert(name, vhost);
     }
-    compact(&persistence, &vhosts)?;
-    // Compaction fsyncs the new log: all of it is durable.
+    // Compaction needs space; start-up must not (a broker on a full disk has to come up so
+    // that consumers can drain it). A failed compaction leaves the old log in use (or, if
+    // the rename was done, a poisoned log that the next change reopens).
+    if let Err(e) = compact(&persistence, &vhosts) {
+        warn!(error = %e, "cannot compact the definitions log; it stays as it is until the next start");
+    }
+    // Compaction fsyncs the new log; without it, the records read back are as durable as
+    // they were (what recovery found is all there is to sync).
     let appended = persistence
         .definitions
         .lock()

@@ -68,11 +68,16 @@ impl DataDirLock {
             }
             Err(TryLockError::Error(e)) => return Err(io_error(e)),
         }
+        // The pid only helps the message of a broker refused; the lock holds without it, so a
+        // full disk (where even these bytes may not fit) must not stop the start.
         let pid = format!("{}\n", std::process::id());
-        file.set_len(0)
+        let written = file
+            .set_len(0)
             .and_then(|()| file.seek(SeekFrom::Start(0)))
-            .and_then(|_| file.write_all(pid.as_bytes()))
-            .map_err(io_error)?;
+            .and_then(|_| file.write_all(pid.as_bytes()));
+        if let Err(error) = written {
+            tracing::warn!(file = %path.display(), %error, "cannot write the pid into the lock file");
+        }
         Ok(DataDirLock { _file: file, path })
     }
 
