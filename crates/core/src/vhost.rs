@@ -1089,6 +1089,38 @@ mod tests {
         assert_eq!(few, many, "work per declare+delete grows with the queues");
     }
 
+    /// Past `DEDUP_LINEAR_MAX` destinations routing dedups with a set of ids: every queue
+    /// still comes out once, whichever keys and exchanges reach it.
+    #[tokio::test]
+    async fn a_route_to_many_queues_reports_each_once() {
+        let vhost = VHost::new("/", QueueDefaults::default(), None);
+        for (name, kind) in EXCHANGES {
+            vhost
+                .declare_exchange(exchange_def(name, *kind), false)
+                .expect("declare exchange");
+        }
+        vhost
+            .bind(
+                "x.direct",
+                Destination::Exchange(ShortString::from("x.fanout")),
+                ShortString::from("q0"),
+                FieldTable::default(),
+                OWNER,
+            )
+            .expect("exchange binding");
+        const QUEUES: usize = 100;
+        for i in 0..QUEUES {
+            declare_bound(&vhost, &format!("q{i}"), None);
+        }
+        let mut out = Vec::new();
+        vhost
+            .routing()
+            .route("x.direct", &["q0", "q0.next", "q1"], None, &mut out);
+        assert_eq!(out.len(), QUEUES);
+        let ids: HashSet<u64> = out.iter().map(QueueHandle::id).collect();
+        assert_eq!(ids.len(), QUEUES);
+    }
+
     /// The reverse binding index and the exclusive index follow every change.
     #[tokio::test]
     async fn indexes_follow_deletes() {
