@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
@@ -26,7 +27,7 @@ use crate::queue::settings::QueueDefaults;
 use crate::queue::store::{QueueStore, StoreContext};
 use crate::queue::QueueDef;
 use crate::routing::{Binding, Destination};
-use crate::vhost::{Persistence, VHost};
+use crate::vhost::{Persistence, VHost, DEFINITIONS_COMPACT_RECORDS_MIN};
 
 /// The definitions log's file name in the data directory.
 pub const DEFINITIONS_FILE: &str = "definitions.log";
@@ -170,6 +171,9 @@ pub fn open(
         store: ctx.clone(),
         definitions: Mutex::new(log),
         synced: Mutex::new(0),
+        vhosts: Mutex::new(Vec::new()),
+        live_records: AtomicU64::new(0),
+        compact_records_min: DEFINITIONS_COMPACT_RECORDS_MIN,
     });
     let mut vhosts = HashMap::new();
     let mut live_dirs = BTreeSet::new();
@@ -201,11 +205,14 @@ pub fn open(
     }
     // Compaction fsyncs the new log; without it, the records read back are as durable as
     // they were (what recovery found is all there is to sync).
-    let appended = persistence
-        .definitions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .appended();
+    let (appended, records) = {
+        let log = persistence
+            .definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (log.appended(), log.records())
+    };
+    persistence.live_records.store(records, Ordering::Relaxed);
     *persistence.synced.lock().unwrap_or_else(|e| e.into_inner()) = appended;
     remove_orphan_queue_dirs(&ctx, &live_dirs);
     info!(

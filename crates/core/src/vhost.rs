@@ -6,6 +6,7 @@
 //! change publishes a new `RoutingTable` snapshot that publishers read with one atomic load.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use arc_swap::{ArcSwap, Guard};
@@ -135,7 +136,24 @@ pub struct Persistence {
     pub definitions: Mutex<warren_store::DefinitionsLog>,
     /// The definitions log's sequence number known to be fsynced (group commit).
     pub synced: Mutex<u64>,
+    /// Every vhost writing to the log, to compact it while the broker runs.
+    pub vhosts: Mutex<Vec<Weak<VHost>>>,
+    /// Records the last compaction wrote (the live definitions then).
+    pub live_records: AtomicU64,
+    /// The log is compacted once it holds at least this many records
+    /// (`DEFINITIONS_COMPACT_RECORDS_MIN`; tests lower it) and `DEFINITIONS_COMPACT_GROWTH`
+    /// times what the last compaction wrote.
+    pub compact_records_min: u64,
 }
+
+/// Below this many records the definitions log is not compacted while the broker runs (it
+/// is at every start).
+pub const DEFINITIONS_COMPACT_RECORDS_MIN: u64 = 10_000;
+/// The definitions log is compacted when it holds this many times the records the last
+/// compaction wrote: a rewrite of n live records then follows at least n changes, so
+/// compaction costs O(1) per change, and a broker that churns durable queues for months no
+/// longer grows the file until it restarts.
+pub const DEFINITIONS_COMPACT_GROWTH: u64 = 2;
 
 /// A binding seen from its destination: (source exchange, routing key, encoded arguments).
 type BindingFrom = (ShortString, ShortString, Vec<u8>);
@@ -320,6 +338,10 @@ impl VHost {
                     arguments: FieldTable::default(),
                 });
             }
+            if let Some(p) = &persistence {
+                let mut vhosts = p.vhosts.lock().unwrap_or_else(|e| e.into_inner());
+                vhosts.push(me.clone());
+            }
             let vhost = VHost {
                 name,
                 defs: Mutex::new(defs),
@@ -399,6 +421,14 @@ impl VHost {
         let Some(p) = &self.persistence else {
             return Ok(());
         };
+        let synced = Self::sync_log(p);
+        if synced.is_ok() {
+            Self::compact_if_due(p);
+        }
+        synced
+    }
+
+    fn sync_log(p: &Persistence) -> Result<(), ProtocolError> {
         let log = || p.definitions.lock().unwrap_or_else(|e| e.into_inner());
         let appended = log().appended();
         let mut synced = p.synced.lock().unwrap_or_else(|e| e.into_inner());
@@ -415,6 +445,51 @@ impl VHost {
         }
         *synced = covers;
         Ok(())
+    }
+
+    /// Compacts the definitions log once it holds `DEFINITIONS_COMPACT_GROWTH` times the
+    /// records the last compaction wrote. Lock order: every vhost's definitions (in the
+    /// order they registered; nothing else holds two), then the log; called with no lock
+    /// held. With every definitions lock held, each record in the log belongs to a change
+    /// already applied, so the snapshot covers it.
+    fn compact_if_due(p: &Persistence) {
+        let due = |records: u64| {
+            records >= p.compact_records_min
+                && records
+                    >= p.live_records
+                        .load(Ordering::Relaxed)
+                        .saturating_mul(DEFINITIONS_COMPACT_GROWTH)
+        };
+        let log = || p.definitions.lock().unwrap_or_else(|e| e.into_inner());
+        if !due(log().records()) {
+            return;
+        }
+        let vhosts: Vec<Arc<VHost>> = p
+            .vhosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let guards: Vec<MutexGuard<'_, Definitions>> = vhosts.iter().map(|v| v.lock()).collect();
+        let mut records = Vec::new();
+        for (vhost, defs) in vhosts.iter().zip(&guards) {
+            for op in Self::ops_of(defs) {
+                records.push(def_records::encode(&vhost.name, &op));
+            }
+        }
+        let mut log = log();
+        if !due(log.records()) {
+            return; // another change compacted it meanwhile
+        }
+        match log.compact(&records) {
+            Ok(()) => {
+                p.live_records
+                    .store(records.len() as u64, Ordering::Relaxed);
+                tracing::info!(records = records.len(), "definitions log compacted");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot compact the definitions log"),
+        }
     }
 
     /// Runs a change of definitions, then makes what it logged durable.
@@ -949,7 +1024,10 @@ impl VHost {
 
     /// The durable definitions as a minimal list of operations (to compact the log).
     pub(crate) fn snapshot_ops(&self) -> Vec<DefinitionOp> {
-        let defs = self.lock();
+        Self::ops_of(&self.lock())
+    }
+
+    fn ops_of(defs: &Definitions) -> Vec<DefinitionOp> {
         let mut ops = Vec::new();
         for e in defs.exchanges.values() {
             if e.def.durable && !e.def.name.as_str().starts_with("amq.") {
@@ -961,7 +1039,7 @@ impl VHost {
         }
         for (name, e) in &defs.exchanges {
             for b in e.bindings.values() {
-                if Self::binding_is_durable(&defs, name.as_str(), &b.destination) {
+                if Self::binding_is_durable(defs, name.as_str(), &b.destination) {
                     ops.push(DefinitionOp::Bound {
                         source: name.clone(),
                         destination: b.destination.clone(),
@@ -1119,6 +1197,61 @@ mod tests {
         assert_eq!(out.len(), QUEUES);
         let ids: HashSet<u64> = out.iter().map(QueueHandle::id).collect();
         assert_eq!(ids.len(), QUEUES);
+    }
+
+    /// Pins the definitions log's growth: it was compacted only at start-up, so a broker
+    /// churning durable queues grew the file until it restarted.
+    #[tokio::test]
+    async fn the_definitions_log_is_compacted_while_the_broker_runs() {
+        const COMPACT_MIN: u64 = 8;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(crate::recovery::DEFINITIONS_FILE);
+        let io = warren_store::RealIo::shared();
+        let (log, _) = warren_store::DefinitionsLog::open(&path, io.clone()).expect("log");
+        let persistence = Arc::new(Persistence {
+            store: StoreContext {
+                data_dir: dir.path().to_path_buf(),
+                io: io.clone(),
+                sync_mode: warren_store::SyncMode::None,
+            },
+            definitions: Mutex::new(log),
+            synced: Mutex::new(0),
+            vhosts: Mutex::new(Vec::new()),
+            live_records: AtomicU64::new(0),
+            compact_records_min: COMPACT_MIN,
+        });
+        let vhost = VHost::new("/", QueueDefaults::default(), Some(persistence.clone()));
+        let durable = |name: &str| QueueDef {
+            durable: true,
+            ..queue_def(name, None)
+        };
+        vhost
+            .declare_queue(durable("kept"), false)
+            .expect("declare");
+        for i in 0..50 {
+            let name = format!("churned-{i}");
+            vhost.declare_queue(durable(&name), false).expect("declare");
+            vhost
+                .delete_queue(&name, OWNER, false, false)
+                .await
+                .expect("delete");
+        }
+        let records = persistence
+            .definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .records();
+        assert!(records <= COMPACT_MIN, "{records} records for 1 live queue");
+        let (_, found) = warren_store::DefinitionsLog::open(&path, io).expect("reopen");
+        let mut queues = HashSet::new();
+        for record in &found {
+            match def_records::decode(record).expect("decode").1 {
+                DefinitionOp::QueueDeclared(def) => queues.insert(def.name),
+                DefinitionOp::QueueDeleted(name) => queues.remove(&name),
+                other => panic!("unexpected {other:?}"),
+            };
+        }
+        assert_eq!(queues, HashSet::from([ShortString::from("kept")]));
     }
 
     /// The reverse binding index and the exclusive index follow every change.

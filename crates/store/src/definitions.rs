@@ -203,6 +203,11 @@ impl DefinitionsLog {
         self.sequence
     }
 
+    /// Records in the file (since it was opened or last rewritten).
+    pub fn records(&self) -> u64 {
+        self.next_index
+    }
+
     /// Whether a failure left the log poisoned (the next change tries to reopen it).
     pub fn is_poisoned(&self) -> bool {
         self.poisoned
