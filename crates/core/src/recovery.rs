@@ -5,9 +5,12 @@
 //!
 //! Damage never stops the broker: undecodable definition records are skipped and logged;
 //! the store itself drops torn tails and skips damaged records (see docs/storage.md).
+//! Neither does a full disk: start-up only reads, truncates and removes, and the one step
+//! that needs space (compacting the definitions log) is skipped with a warning if it fails.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tracing::{info, warn};
@@ -24,7 +27,7 @@ use crate::queue::settings::QueueDefaults;
 use crate::queue::store::{QueueStore, StoreContext};
 use crate::queue::QueueDef;
 use crate::routing::{Binding, Destination};
-use crate::vhost::{Persistence, VHost};
+use crate::vhost::{Persistence, VHost, DEFINITIONS_COMPACT_RECORDS_MIN};
 
 /// The definitions log's file name in the data directory.
 pub const DEFINITIONS_FILE: &str = "definitions.log";
@@ -37,6 +40,11 @@ struct VHostState {
     /// Bindings by identity (source, destination, routing key, encoded arguments): replaying
     /// a log with many bindings must not cost a scan per record.
     bindings: HashMap<BindingId, (ShortString, Binding)>,
+    /// The same bindings by source and by destination, so a deleted exchange or queue finds
+    /// its bindings without a scan of all of them (a log of many deleted queues replayed in
+    /// O(n²) otherwise).
+    from: HashMap<ShortString, HashSet<BindingId>>,
+    to: HashMap<Destination, HashSet<BindingId>>,
 }
 
 type BindingId = (ShortString, Destination, ShortString, Vec<u8>);
@@ -58,17 +66,23 @@ impl VHostState {
             }
             DefinitionOp::ExchangeDeleted(name) => {
                 self.exchanges.remove(&name);
-                let dest = Destination::Exchange(name.clone());
-                self.bindings
-                    .retain(|_, (s, b)| *s != name && b.destination != dest);
+                let from = self.from.remove(&name).unwrap_or_default();
+                let to = self
+                    .to
+                    .remove(&Destination::Exchange(name))
+                    .unwrap_or_default();
+                from.iter().chain(&to).for_each(|id| self.unbind(id));
             }
             DefinitionOp::QueueDeclared(def) => {
                 self.queues.insert(def.name.clone(), def);
             }
             DefinitionOp::QueueDeleted(name) => {
                 self.queues.remove(&name);
-                let dest = Destination::Queue(name);
-                self.bindings.retain(|_, (_, b)| b.destination != dest);
+                let to = self
+                    .to
+                    .remove(&Destination::Queue(name))
+                    .unwrap_or_default();
+                to.iter().for_each(|id| self.unbind(id));
             }
             DefinitionOp::Bound {
                 source,
@@ -81,7 +95,16 @@ impl VHostState {
                     routing_key,
                     arguments,
                 };
-                self.bindings.insert(binding_id(&source, &b), (source, b));
+                let id = binding_id(&source, &b);
+                self.from
+                    .entry(source.clone())
+                    .or_default()
+                    .insert(id.clone());
+                self.to
+                    .entry(b.destination.clone())
+                    .or_default()
+                    .insert(id.clone());
+                self.bindings.insert(id, (source, b));
             }
             DefinitionOp::Unbound {
                 source,
@@ -94,7 +117,27 @@ impl VHostState {
                     routing_key,
                     arguments,
                 };
-                self.bindings.remove(&binding_id(&source, &b));
+                self.unbind(&binding_id(&source, &b));
+            }
+        }
+    }
+
+    /// Forgets one binding and its index entries.
+    fn unbind(&mut self, id: &BindingId) {
+        if self.bindings.remove(id).is_none() {
+            return;
+        }
+        let (source, destination) = (&id.0, &id.1);
+        if let Some(set) = self.from.get_mut(source) {
+            set.remove(id);
+            if set.is_empty() {
+                self.from.remove(source);
+            }
+        }
+        if let Some(set) = self.to.get_mut(destination) {
+            set.remove(id);
+            if set.is_empty() {
+                self.to.remove(destination);
             }
         }
     }
@@ -128,6 +171,9 @@ pub fn open(
         store: ctx.clone(),
         definitions: Mutex::new(log),
         synced: Mutex::new(0),
+        vhosts: Mutex::new(Vec::new()),
+        live_records: AtomicU64::new(0),
+        compact_records_min: DEFINITIONS_COMPACT_RECORDS_MIN,
     });
     let mut vhosts = HashMap::new();
     let mut live_dirs = BTreeSet::new();
@@ -151,13 +197,22 @@ pub fn open(
         vhost.restore_done();
         vhosts.insert(name, vhost);
     }
-    compact(&persistence, &vhosts)?;
-    // Compaction fsyncs the new log: all of it is durable.
-    let appended = persistence
-        .definitions
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .appended();
+    // Compaction needs space; start-up must not (a broker on a full disk has to come up so
+    // that consumers can drain it). A failed compaction leaves the old log in use (or, if
+    // the rename was done, a poisoned log that the next change reopens).
+    if let Err(e) = compact(&persistence, &vhosts) {
+        warn!(error = %e, "cannot compact the definitions log; it stays as it is until the next start");
+    }
+    // Compaction fsyncs the new log; without it, the records read back are as durable as
+    // they were (what recovery found is all there is to sync).
+    let (appended, records) = {
+        let log = persistence
+            .definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        (log.appended(), log.records())
+    };
+    persistence.live_records.store(records, Ordering::Relaxed);
     *persistence.synced.lock().unwrap_or_else(|e| e.into_inner()) = appended;
     remove_orphan_queue_dirs(&ctx, &live_dirs);
     info!(

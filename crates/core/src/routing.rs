@@ -21,14 +21,20 @@ pub enum Destination {
     Exchange(ShortString),
 }
 
-/// One exchange's bindings, in the form its type matches fastest.
+/// A binding's identity: destination, routing key and (encoded) arguments.
+pub type BindingKey = (Destination, ShortString, Vec<u8>);
+
+/// One exchange's bindings, in the form its type matches fastest. Every form is a persistent
+/// map: cloned in O(1) (the routing snapshot shares it) and changed in O(log n) when one
+/// binding changes, so a binding change never costs O(bindings of the exchange).
 #[derive(Clone, Debug)]
 pub enum Matcher {
-    /// A persistent map: cloned in O(1) and changed in O(log n) when a binding changes.
     Direct(imbl::HashMap<ShortString, Vec<Destination>>),
-    Fanout(Vec<Destination>),
+    /// Each destination once, whatever its bindings' keys.
+    Fanout(imbl::HashSet<Destination>),
     Topic(TopicTrie<Destination>),
-    Headers(Vec<(FieldTable, Destination)>),
+    /// One entry per binding (its identity → its arguments).
+    Headers(imbl::HashMap<BindingKey, FieldTable>),
 }
 
 /// A binding as the definitions keep it.
@@ -40,44 +46,30 @@ pub struct Binding {
 }
 
 impl Matcher {
-    pub fn build<'a>(kind: ExchangeKind, bindings: impl Iterator<Item = &'a Binding>) -> Matcher {
+    /// A matcher without bindings.
+    pub fn empty(kind: ExchangeKind) -> Matcher {
         match kind {
-            ExchangeKind::Direct => {
-                let mut map: imbl::HashMap<ShortString, Vec<Destination>> = imbl::HashMap::new();
-                for b in bindings {
-                    let dests = map.entry(b.routing_key.clone()).or_default();
-                    if !dests.contains(&b.destination) {
-                        dests.push(b.destination.clone());
-                    }
-                }
-                Matcher::Direct(map)
-            }
-            ExchangeKind::Fanout => {
-                let mut dests: Vec<Destination> = Vec::new();
-                for b in bindings {
-                    if !dests.contains(&b.destination) {
-                        dests.push(b.destination.clone());
-                    }
-                }
-                Matcher::Fanout(dests)
-            }
-            ExchangeKind::Topic => {
-                let mut trie = TopicTrie::new();
-                for b in bindings {
-                    trie.insert(b.routing_key.as_str(), b.destination.clone());
-                }
-                Matcher::Topic(trie)
-            }
-            ExchangeKind::Headers => Matcher::Headers(
-                bindings
-                    .map(|b| (b.arguments.clone(), b.destination.clone()))
-                    .collect(),
-            ),
+            ExchangeKind::Direct => Matcher::Direct(imbl::HashMap::new()),
+            ExchangeKind::Fanout => Matcher::Fanout(imbl::HashSet::new()),
+            ExchangeKind::Topic => Matcher::Topic(TopicTrie::new()),
+            ExchangeKind::Headers => Matcher::Headers(imbl::HashMap::new()),
         }
     }
 
-    /// Adds a (routing key, destination) pair to a direct or topic matcher.
-    pub fn add(&mut self, routing_key: &ShortString, destination: &Destination) {
+    /// What the matcher holds once however many bindings share it: direct and topic
+    /// matchers hold each (destination, routing key) pair once, fanout each destination
+    /// once; a headers matcher holds every binding (`None`).
+    pub fn shared_part(kind: ExchangeKind, key: &BindingKey) -> Option<(Destination, ShortString)> {
+        match kind {
+            ExchangeKind::Direct | ExchangeKind::Topic => Some((key.0.clone(), key.1.clone())),
+            ExchangeKind::Fanout => Some((key.0.clone(), ShortString::from(""))),
+            ExchangeKind::Headers => None,
+        }
+    }
+
+    /// Adds a binding (for direct, topic and fanout: the first one of its shared part).
+    pub fn add(&mut self, key: &BindingKey, arguments: &FieldTable) {
+        let (destination, routing_key) = (&key.0, &key.1);
         match self {
             Matcher::Direct(map) => {
                 let dests = map.entry(routing_key.clone()).or_default();
@@ -85,15 +77,21 @@ impl Matcher {
                     dests.push(destination.clone());
                 }
             }
+            Matcher::Fanout(dests) => {
+                dests.insert(destination.clone());
+            }
             Matcher::Topic(trie) => {
                 trie.insert(routing_key.as_str(), destination.clone());
             }
-            Matcher::Fanout(_) | Matcher::Headers(_) => {}
+            Matcher::Headers(bindings) => {
+                bindings.insert(key.clone(), arguments.clone());
+            }
         }
     }
 
-    /// Removes a (routing key, destination) pair from a direct or topic matcher.
-    pub fn remove(&mut self, routing_key: &ShortString, destination: &Destination) {
+    /// Removes a binding (for direct, topic and fanout: the last one of its shared part).
+    pub fn remove(&mut self, key: &BindingKey) {
+        let (destination, routing_key) = (&key.0, &key.1);
         match self {
             Matcher::Direct(map) => {
                 let empty = match map.get_mut(routing_key) {
@@ -107,10 +105,15 @@ impl Matcher {
                     map.remove(routing_key);
                 }
             }
+            Matcher::Fanout(dests) => {
+                dests.remove(destination);
+            }
             Matcher::Topic(trie) => {
                 trie.remove(routing_key.as_str(), destination);
             }
-            Matcher::Fanout(_) | Matcher::Headers(_) => {}
+            Matcher::Headers(bindings) => {
+                bindings.remove(key);
+            }
         }
     }
 
@@ -129,7 +132,7 @@ impl Matcher {
             Matcher::Fanout(dests) => dests.iter().for_each(out),
             Matcher::Topic(trie) => trie.route(routing_key, out),
             Matcher::Headers(bindings) => {
-                for (args, dest) in bindings {
+                for ((dest, _, _), args) in bindings {
                     if headers_match(args, headers) {
                         out(dest);
                     }
@@ -170,10 +173,14 @@ impl RoutingTable {
         headers: Option<&FieldTable>,
         out: &mut Vec<QueueHandle>,
     ) {
+        let mut found = Found {
+            out,
+            ids: std::collections::HashSet::new(),
+        };
         if exchange == DEFAULT_EXCHANGE {
             for key in routing_keys {
                 if let Some(q) = self.queues.get(*key) {
-                    push_unique(out, q);
+                    found.push(q);
                 }
             }
             return;
@@ -193,7 +200,7 @@ impl RoutingTable {
                     Destination::Queue(q) => {
                         if let Some(handle) = self.queues.get(q) {
                             matched = true;
-                            push_unique(out, handle);
+                            found.push(handle);
                         }
                     }
                     Destination::Exchange(x) => {
@@ -223,8 +230,30 @@ impl RoutingTable {
     }
 }
 
-fn push_unique(out: &mut Vec<QueueHandle>, q: &QueueHandle) {
-    if !out.iter().any(|o| o.same(q)) {
-        out.push(q.clone());
+/// Up to this many destinations, a new one is checked against the list; beyond it, against
+/// a set of queue ids (a fanout to 10,000 queues cost 50 million comparisons per message).
+const DEDUP_LINEAR_MAX: usize = 32;
+
+/// The queues a route found so far, each once.
+struct Found<'a> {
+    out: &'a mut Vec<QueueHandle>,
+    /// Ids of `out`'s queues, filled once `out` passes `DEDUP_LINEAR_MAX`.
+    ids: std::collections::HashSet<u64>,
+}
+
+impl Found<'_> {
+    fn push(&mut self, q: &QueueHandle) {
+        if self.out.len() < DEDUP_LINEAR_MAX {
+            if !self.out.iter().any(|o| o.same(q)) {
+                self.out.push(q.clone());
+            }
+            return;
+        }
+        if self.ids.is_empty() {
+            self.ids.extend(self.out.iter().map(QueueHandle::id));
+        }
+        if self.ids.insert(q.id()) {
+            self.out.push(q.clone());
+        }
     }
 }

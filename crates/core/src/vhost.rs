@@ -5,7 +5,8 @@
 //! only for in-memory updates, never across an await and never on the publish path; every
 //! change publishes a new `RoutingTable` snapshot that publishers read with one atomic load.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use arc_swap::{ArcSwap, Guard};
@@ -21,10 +22,7 @@ use crate::exchange::{
 use crate::queue::settings::{QueueDefaults, QueueSettings};
 use crate::queue::store::{QueueStore, StoreContext};
 use crate::queue::{QueueCommand, QueueDef, QueueHandle, Startup};
-use crate::routing::{Binding, Destination, ExchangeRoute, Matcher, RoutingTable};
-
-/// A binding's identity: destination, routing key and (encoded) arguments.
-type BindingKey = (Destination, ShortString, Vec<u8>);
+use crate::routing::{Binding, BindingKey, Destination, ExchangeRoute, Matcher, RoutingTable};
 
 fn binding_key(b: &Binding) -> BindingKey {
     let args = if b.arguments.inner().is_empty() {
@@ -39,9 +37,9 @@ struct ExchangeEntry {
     def: ExchangeDef,
     /// Bindings whose source is this exchange.
     bindings: HashMap<BindingKey, Binding>,
-    /// Bindings per (destination, routing key): direct and topic matchers hold each pair once,
-    /// whatever the arguments.
-    pairs: HashMap<(Destination, ShortString), u32>,
+    /// Bindings per part of the matcher they share (`Matcher::shared_part`): the matcher
+    /// holds the part while any of them is bound.
+    shared: HashMap<(Destination, ShortString), u32>,
     route: Arc<ExchangeRoute>,
 }
 
@@ -50,95 +48,63 @@ impl ExchangeEntry {
         let route = Arc::new(ExchangeRoute {
             internal: def.internal,
             alternate: alternate_of(&def),
-            matcher: Matcher::build(def.kind, std::iter::empty()),
+            matcher: Matcher::empty(def.kind),
         });
         ExchangeEntry {
             def,
             bindings: HashMap::new(),
-            pairs: HashMap::new(),
+            shared: HashMap::new(),
             route,
         }
     }
 
-    fn rebuild(&mut self) {
-        self.route = Arc::new(ExchangeRoute {
-            internal: self.def.internal,
-            alternate: alternate_of(&self.def),
-            matcher: Matcher::build(self.def.kind, self.bindings.values()),
-        });
-    }
-
-    fn contains(&self, b: &Binding) -> bool {
-        self.bindings.contains_key(&binding_key(b))
-    }
-
-    /// Adds a binding and updates the matcher in place of rebuilding it: direct and topic
-    /// matchers are persistent maps, so a change costs O(log n), not O(bindings).
-    fn add(&mut self, b: Binding) -> bool {
-        let key = binding_key(&b);
+    /// Adds a binding and updates the matcher in place: every matcher is a persistent map,
+    /// so a change costs O(log n), not O(bindings). False if it was already bound.
+    fn add(&mut self, key: BindingKey, b: Binding) -> bool {
         if self.bindings.contains_key(&key) {
             return false;
         }
-        let pair = (b.destination.clone(), b.routing_key.clone());
-        self.bindings.insert(key, b);
-        let count = self.pairs.entry(pair.clone()).or_insert(0);
-        *count += 1;
-        match self.def.kind {
-            ExchangeKind::Direct | ExchangeKind::Topic if *count == 1 => {
-                let mut route = (*self.route).clone();
-                route.matcher.add(&pair.1, &pair.0);
-                self.route = Arc::new(route);
+        let first = match Matcher::shared_part(self.def.kind, &key) {
+            Some(part) => {
+                let count = self.shared.entry(part).or_insert(0);
+                *count += 1;
+                *count == 1
             }
-            ExchangeKind::Direct | ExchangeKind::Topic => {}
-            _ => self.rebuild(),
+            None => true,
+        };
+        if first {
+            // The snapshot shares the route: this clones it (O(1): persistent maps).
+            Arc::make_mut(&mut self.route)
+                .matcher
+                .add(&key, &b.arguments);
         }
+        self.bindings.insert(key, b);
         true
     }
 
-    /// Removes the bindings for which `remove` is true; true if any was. Looks at every
-    /// binding: for a destination going away. One binding goes by `remove_keys`.
-    fn remove_where(&mut self, mut remove: impl FnMut(&Binding) -> bool) -> bool {
-        let gone: Vec<BindingKey> = self
-            .bindings
-            .iter()
-            .filter(|(_, b)| remove(b))
-            .map(|(k, _)| k.clone())
-            .collect();
-        self.remove_keys(gone)
-    }
-
-    /// Removes bindings by identity; true if any was there.
-    fn remove_keys(&mut self, keys: Vec<BindingKey>) -> bool {
-        let gone: Vec<BindingKey> = keys
-            .into_iter()
-            .filter(|k| self.bindings.contains_key(k))
-            .collect();
-        if gone.is_empty() {
+    /// Removes one binding by identity; true if it was there.
+    fn remove(&mut self, key: &BindingKey) -> bool {
+        if self.bindings.remove(key).is_none() {
             return false;
         }
-        let incremental = matches!(self.def.kind, ExchangeKind::Direct | ExchangeKind::Topic);
-        let mut route = (*self.route).clone();
-        for key in gone {
-            self.bindings.remove(&key);
-            let pair = (key.0, key.1);
-            let left = match self.pairs.get_mut(&pair) {
-                Some(n) => {
-                    *n -= 1;
-                    *n
+        let last = match Matcher::shared_part(self.def.kind, key) {
+            Some(part) => {
+                let left = match self.shared.get_mut(&part) {
+                    Some(n) => {
+                        *n = n.saturating_sub(1);
+                        *n
+                    }
+                    None => 0,
+                };
+                if left == 0 {
+                    self.shared.remove(&part);
                 }
-                None => 0,
-            };
-            if left == 0 {
-                self.pairs.remove(&pair);
-                if incremental {
-                    route.matcher.remove(&pair.1, &pair.0);
-                }
+                left == 0
             }
-        }
-        if incremental {
-            self.route = Arc::new(route);
-        } else {
-            self.rebuild();
+            None => true,
+        };
+        if last {
+            Arc::make_mut(&mut self.route).matcher.remove(key);
         }
         true
     }
@@ -170,14 +136,177 @@ pub struct Persistence {
     pub definitions: Mutex<warren_store::DefinitionsLog>,
     /// The definitions log's sequence number known to be fsynced (group commit).
     pub synced: Mutex<u64>,
+    /// Every vhost writing to the log, to compact it while the broker runs.
+    pub vhosts: Mutex<Vec<Weak<VHost>>>,
+    /// Records the last compaction wrote (the live definitions then).
+    pub live_records: AtomicU64,
+    /// The log is compacted once it holds at least this many records
+    /// (`DEFINITIONS_COMPACT_RECORDS_MIN`; tests lower it) and `DEFINITIONS_COMPACT_GROWTH`
+    /// times what the last compaction wrote.
+    pub compact_records_min: u64,
 }
 
+/// Below this many records the definitions log is not compacted while the broker runs (it
+/// is at every start).
+pub const DEFINITIONS_COMPACT_RECORDS_MIN: u64 = 10_000;
+/// The definitions log is compacted when it holds this many times the records the last
+/// compaction wrote: a rewrite of n live records then follows at least n changes, so
+/// compaction costs O(1) per change, and a broker that churns durable queues for months no
+/// longer grows the file until it restarts.
+pub const DEFINITIONS_COMPACT_GROWTH: u64 = 2;
+
+/// A binding seen from its destination: (source exchange, routing key, encoded arguments).
+type BindingFrom = (ShortString, ShortString, Vec<u8>);
+
+/// A vhost's definitions and the routing snapshot built from them. Every change goes through
+/// the methods below, which keep the indexes and the snapshot's maps in step, so no change
+/// costs more than the entries it adds or removes: nothing here scans every queue, exchange
+/// or binding (issue 9: declare and delete slowed down linearly with the number of queues).
 #[derive(Default)]
 struct Definitions {
     exchanges: HashMap<ShortString, ExchangeEntry>,
     queues: HashMap<ShortString, QueueEntry>,
+    /// Every binding by its destination, so a queue or exchange going away finds its
+    /// bindings without looking at every exchange's.
+    bindings_to: HashMap<Destination, HashSet<BindingFrom>>,
+    /// Exclusive queues by owning connection, for `connection_closed`.
+    exclusive: HashMap<u64, HashSet<ShortString>>,
     /// The routing snapshot being built: persistent maps, so publishing a copy is O(1).
     table: RoutingTable,
+    /// Entries visited by changes so far: every loop in a change counts what it visits, so
+    /// a test can check that a declare or delete does not depend on how many queues exist.
+    visited: u64,
+}
+
+impl Definitions {
+    fn insert_exchange(&mut self, def: ExchangeDef) {
+        let entry = ExchangeEntry::new(def);
+        self.table
+            .exchanges
+            .insert(entry.def.name.clone(), entry.route.clone());
+        if let Some(old) = self.exchanges.insert(entry.def.name.clone(), entry) {
+            self.unindex_bindings_from(&old);
+        }
+    }
+
+    /// Removes an exchange and its bindings as source (not those to it: `remove_bindings_to`).
+    fn remove_exchange(&mut self, name: &str) -> Option<ExchangeEntry> {
+        let entry = self.exchanges.remove(name)?;
+        self.table.exchanges.remove(name);
+        self.unindex_bindings_from(&entry);
+        Some(entry)
+    }
+
+    fn unindex_bindings_from(&mut self, entry: &ExchangeEntry) {
+        for (destination, routing_key, args) in entry.bindings.keys() {
+            self.visited += 1;
+            let from = (entry.def.name.clone(), routing_key.clone(), args.clone());
+            self.unindex(destination, &from);
+        }
+    }
+
+    fn unindex(&mut self, destination: &Destination, from: &BindingFrom) {
+        if let Some(set) = self.bindings_to.get_mut(destination) {
+            set.remove(from);
+            if set.is_empty() {
+                self.bindings_to.remove(destination);
+            }
+        }
+    }
+
+    fn insert_queue(&mut self, entry: QueueEntry) {
+        let name = entry.def.name.clone();
+        self.table.queues.insert(name.clone(), entry.handle.clone());
+        if let Some(owner) = entry.def.exclusive_owner {
+            self.exclusive
+                .entry(owner)
+                .or_default()
+                .insert(name.clone());
+        }
+        self.queues.insert(name, entry);
+    }
+
+    fn remove_queue(&mut self, name: &str) -> Option<QueueEntry> {
+        let entry = self.queues.remove(name)?;
+        self.table.queues.remove(name);
+        if let Some(owner) = entry.def.exclusive_owner {
+            if let Some(owned) = self.exclusive.get_mut(&owner) {
+                owned.remove(name);
+                if owned.is_empty() {
+                    self.exclusive.remove(&owner);
+                }
+            }
+        }
+        Some(entry)
+    }
+
+    /// Adds a binding from `source` (which must exist); false if it was already there.
+    fn add_binding(&mut self, source: &str, binding: Binding) -> bool {
+        let Some(entry) = self.exchanges.get_mut(source) else {
+            return false;
+        };
+        let key = binding_key(&binding);
+        let from = (entry.def.name.clone(), key.1.clone(), key.2.clone());
+        let destination = key.0.clone();
+        if !entry.add(key, binding) {
+            return false;
+        }
+        let route = entry.route.clone();
+        self.table.exchanges.insert(from.0.clone(), route);
+        self.bindings_to
+            .entry(destination)
+            .or_default()
+            .insert(from);
+        true
+    }
+
+    /// Removes a binding from `source`; true if it was there.
+    fn remove_binding(&mut self, source: &str, key: &BindingKey) -> bool {
+        let Some(entry) = self.exchanges.get_mut(source) else {
+            return false;
+        };
+        if !entry.remove(key) {
+            return false;
+        }
+        let name = entry.def.name.clone();
+        let route = entry.route.clone();
+        self.table.exchanges.insert(name.clone(), route);
+        self.unindex(&key.0, &(name, key.1.clone(), key.2.clone()));
+        true
+    }
+
+    /// Removes every binding to `destination`; returns the sources left without bindings.
+    fn remove_bindings_to(&mut self, destination: &Destination) -> Vec<ShortString> {
+        let Some(from) = self.bindings_to.remove(destination) else {
+            return Vec::new();
+        };
+        let mut sources: HashSet<ShortString> = HashSet::new();
+        for (source, routing_key, args) in from {
+            self.visited += 1;
+            let key = (destination.clone(), routing_key, args);
+            if let Some(entry) = self.exchanges.get_mut(source.as_str()) {
+                entry.remove(&key);
+                sources.insert(source);
+            }
+        }
+        let mut emptied = Vec::new();
+        for source in sources {
+            self.visited += 1;
+            if let Some(entry) = self.exchanges.get(source.as_str()) {
+                self.table
+                    .exchanges
+                    .insert(source.clone(), entry.route.clone());
+                if entry.bindings.is_empty() {
+                    emptied.push(source);
+                }
+            }
+        }
+        emptied
+    }
+
+    fn is_bound_as_destination(&self, destination: &Destination) -> bool {
+        self.bindings_to.contains_key(destination)
+    }
 }
 
 pub struct VHost {
@@ -200,17 +329,18 @@ impl VHost {
         Arc::new_cyclic(|me| {
             let mut defs = Definitions::default();
             for (x, kind) in STANDARD_EXCHANGES {
-                defs.exchanges.insert(
-                    ShortString::from(*x),
-                    ExchangeEntry::new(ExchangeDef {
-                        name: ShortString::from(*x),
-                        kind: *kind,
-                        durable: true,
-                        auto_delete: false,
-                        internal: false,
-                        arguments: FieldTable::default(),
-                    }),
-                );
+                defs.insert_exchange(ExchangeDef {
+                    name: ShortString::from(*x),
+                    kind: *kind,
+                    durable: true,
+                    auto_delete: false,
+                    internal: false,
+                    arguments: FieldTable::default(),
+                });
+            }
+            if let Some(p) = &persistence {
+                let mut vhosts = p.vhosts.lock().unwrap_or_else(|e| e.into_inner());
+                vhosts.push(me.clone());
             }
             let vhost = VHost {
                 name,
@@ -246,38 +376,10 @@ impl VHost {
         self.defs.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Publishes a new routing snapshot. Only entries that changed are updated (a pointer
-    /// comparison per exchange and queue), and the snapshot's maps are persistent, so this
-    /// costs no copy of the routing state.
+    /// Publishes a new routing snapshot: every change already updated the snapshot's
+    /// persistent maps (`Definitions`), so this is an O(1) clone and an atomic swap.
     fn publish(&self, defs: &mut Definitions) {
-        let Definitions {
-            exchanges,
-            queues,
-            table,
-        } = defs;
-        for (name, e) in exchanges.iter() {
-            if !table
-                .exchanges
-                .get(name)
-                .is_some_and(|r| Arc::ptr_eq(r, &e.route))
-            {
-                table.exchanges.insert(name.clone(), e.route.clone());
-            }
-        }
-        if table.exchanges.len() != exchanges.len() {
-            table
-                .exchanges
-                .retain(|name, _| exchanges.contains_key(name));
-        }
-        for (name, q) in queues.iter() {
-            if !table.queues.get(name).is_some_and(|h| h.same(&q.handle)) {
-                table.queues.insert(name.clone(), q.handle.clone());
-            }
-        }
-        if table.queues.len() != queues.len() {
-            table.queues.retain(|name, _| queues.contains_key(name));
-        }
-        self.routing.store(Arc::new(table.clone()));
+        self.routing.store(Arc::new(defs.table.clone()));
     }
 
     fn exchange_what(&self, name: &str) -> String {
@@ -319,6 +421,14 @@ impl VHost {
         let Some(p) = &self.persistence else {
             return Ok(());
         };
+        let synced = Self::sync_log(p);
+        if synced.is_ok() {
+            Self::compact_if_due(p);
+        }
+        synced
+    }
+
+    fn sync_log(p: &Persistence) -> Result<(), ProtocolError> {
         let log = || p.definitions.lock().unwrap_or_else(|e| e.into_inner());
         let appended = log().appended();
         let mut synced = p.synced.lock().unwrap_or_else(|e| e.into_inner());
@@ -335,6 +445,51 @@ impl VHost {
         }
         *synced = covers;
         Ok(())
+    }
+
+    /// Compacts the definitions log once it holds `DEFINITIONS_COMPACT_GROWTH` times the
+    /// records the last compaction wrote. Lock order: every vhost's definitions (in the
+    /// order they registered; nothing else holds two), then the log; called with no lock
+    /// held. With every definitions lock held, each record in the log belongs to a change
+    /// already applied, so the snapshot covers it.
+    fn compact_if_due(p: &Persistence) {
+        let due = |records: u64| {
+            records >= p.compact_records_min
+                && records
+                    >= p.live_records
+                        .load(Ordering::Relaxed)
+                        .saturating_mul(DEFINITIONS_COMPACT_GROWTH)
+        };
+        let log = || p.definitions.lock().unwrap_or_else(|e| e.into_inner());
+        if !due(log().records()) {
+            return;
+        }
+        let vhosts: Vec<Arc<VHost>> = p
+            .vhosts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        let guards: Vec<MutexGuard<'_, Definitions>> = vhosts.iter().map(|v| v.lock()).collect();
+        let mut records = Vec::new();
+        for (vhost, defs) in vhosts.iter().zip(&guards) {
+            for op in Self::ops_of(defs) {
+                records.push(def_records::encode(&vhost.name, &op));
+            }
+        }
+        let mut log = log();
+        if !due(log.records()) {
+            return; // another change compacted it meanwhile
+        }
+        match log.compact(&records) {
+            Ok(()) => {
+                p.live_records
+                    .store(records.len() as u64, Ordering::Relaxed);
+                tracing::info!(records = records.len(), "definitions log compacted");
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot compact the definitions log"),
+        }
     }
 
     /// Runs a change of definitions, then makes what it logged durable.
@@ -415,8 +570,7 @@ impl VHost {
         if def.durable {
             self.log_op(DefinitionOp::ExchangeDeclared(def.clone()))?;
         }
-        defs.exchanges
-            .insert(def.name.clone(), ExchangeEntry::new(def));
+        defs.insert_exchange(def);
         self.publish(&mut defs);
         Ok(())
     }
@@ -442,10 +596,7 @@ impl VHost {
             return Ok(());
         };
         let dest = Destination::Exchange(ShortString::from(name));
-        let bound_as_destination = defs
-            .exchanges
-            .values()
-            .any(|e| e.bindings.values().any(|b| b.destination == dest));
+        let bound_as_destination = defs.is_bound_as_destination(&dest);
         if if_unused && (!entry.bindings.is_empty() || bound_as_destination) {
             return Err(ProtocolError::precondition_failed(format!(
                 "{} in use",
@@ -455,7 +606,7 @@ impl VHost {
         if entry.def.durable {
             self.log_op(DefinitionOp::ExchangeDeleted(ShortString::from(name)))?;
         }
-        defs.exchanges.remove(name);
+        defs.remove_exchange(name);
         self.remove_bindings_to(&mut defs, &dest);
         self.publish(&mut defs);
         Ok(())
@@ -517,14 +668,11 @@ impl VHost {
             self.me.clone(),
             startup,
         );
-        defs.queues.insert(
-            def.name.clone(),
-            QueueEntry {
-                def,
-                handle: handle.clone(),
-                persisted,
-            },
-        );
+        defs.insert_queue(QueueEntry {
+            def,
+            handle: handle.clone(),
+            persisted,
+        });
         self.publish(&mut defs);
         Ok(handle)
     }
@@ -614,7 +762,7 @@ impl VHost {
             Some(entry) if entry.handle.same(handle) => {}
             _ => return,
         }
-        if let Some(entry) = defs.queues.remove(name.as_str()) {
+        if let Some(entry) = defs.remove_queue(name.as_str()) {
             if entry.persisted {
                 // The queue is gone either way; a failure here only means it comes back
                 // (empty of acked messages) after a restart.
@@ -627,13 +775,20 @@ impl VHost {
 
     /// A connection closed: its exclusive queues go with it.
     pub async fn connection_closed(&self, connection: u64) {
-        let owned: Vec<QueueHandle> = self
-            .lock()
-            .queues
-            .values()
-            .filter(|q| q.def.exclusive_owner == Some(connection))
-            .map(|q| q.handle.clone())
-            .collect();
+        let owned: Vec<QueueHandle> = {
+            let mut defs = self.lock();
+            let names: Vec<ShortString> = defs
+                .exclusive
+                .get(&connection)
+                .map(|owned| owned.iter().cloned().collect())
+                .unwrap_or_default();
+            defs.visited += names.len() as u64;
+            names
+                .iter()
+                .filter_map(|name| defs.queues.get(name.as_str()))
+                .map(|q| q.handle.clone())
+                .collect()
+        };
         for handle in owned {
             let _ = handle
                 .ask(|reply| QueueCommand::Delete {
@@ -683,7 +838,7 @@ impl VHost {
             routing_key,
             arguments,
         };
-        if entry.contains(&binding) {
+        if entry.bindings.contains_key(&binding_key(&binding)) {
             return Ok(());
         }
         if durable {
@@ -694,11 +849,7 @@ impl VHost {
                 arguments: binding.arguments.clone(),
             })?;
         }
-        let entry = defs
-            .exchanges
-            .get_mut(source)
-            .ok_or_else(|| self.no_exchange(source))?;
-        entry.add(binding);
+        defs.add_binding(source, binding);
         self.publish(&mut defs);
         Ok(())
     }
@@ -735,7 +886,8 @@ impl VHost {
             routing_key: ShortString::from(routing_key),
             arguments: arguments.clone(),
         };
-        let bound = entry.contains(&target);
+        let key = binding_key(&target);
+        let bound = entry.bindings.contains_key(&key);
         if durable && bound {
             self.log_op(DefinitionOp::Unbound {
                 source: ShortString::from(source),
@@ -744,12 +896,11 @@ impl VHost {
                 arguments: arguments.clone(),
             })?;
         }
-        let entry = defs
-            .exchanges
-            .get_mut(source)
-            .ok_or_else(|| self.no_exchange(source))?;
-        if entry.remove_keys(vec![binding_key(&target)]) {
-            let empty = entry.bindings.is_empty() && entry.def.auto_delete;
+        if defs.remove_binding(source, &key) {
+            let empty = defs
+                .exchanges
+                .get(source)
+                .is_some_and(|e| e.bindings.is_empty() && e.def.auto_delete);
             if empty {
                 self.auto_delete_exchange(&mut defs, source);
             }
@@ -793,24 +944,22 @@ impl VHost {
         Ok(())
     }
 
+    /// Removes every binding to `dest`; auto-delete exchanges left without bindings go too.
     fn remove_bindings_to(&self, defs: &mut Definitions, dest: &Destination) {
-        let mut emptied = Vec::new();
-        for (name, entry) in defs.exchanges.iter_mut() {
-            if entry.remove_where(|b| &b.destination == dest)
-                && entry.bindings.is_empty()
-                && entry.def.auto_delete
-            {
-                emptied.push(name.clone());
+        for name in defs.remove_bindings_to(dest) {
+            let auto_delete = defs
+                .exchanges
+                .get(name.as_str())
+                .is_some_and(|e| e.def.auto_delete);
+            if auto_delete {
+                self.auto_delete_exchange(defs, name.as_str());
             }
-        }
-        for name in emptied {
-            self.auto_delete_exchange(defs, name.as_str());
         }
     }
 
     /// An auto-delete exchange goes when its last binding (as source) does.
     fn auto_delete_exchange(&self, defs: &mut Definitions, name: &str) {
-        if let Some(entry) = defs.exchanges.remove(name) {
+        if let Some(entry) = defs.remove_exchange(name) {
             if entry.def.durable {
                 let _ = self.log_op(DefinitionOp::ExchangeDeleted(ShortString::from(name)));
             }
@@ -822,9 +971,7 @@ impl VHost {
 
     /// Puts back a durable exchange read from the definitions log (not logged again).
     pub(crate) fn restore_exchange(&self, def: ExchangeDef) {
-        let mut defs = self.lock();
-        defs.exchanges
-            .insert(def.name.clone(), ExchangeEntry::new(def));
+        self.lock().insert_exchange(def);
     }
 
     /// Puts back a durable queue with its log and the messages recovered from it.
@@ -848,14 +995,11 @@ impl VHost {
             self.me.clone(),
             startup,
         );
-        self.lock().queues.insert(
-            def.name.clone(),
-            QueueEntry {
-                def,
-                handle,
-                persisted: true,
-            },
-        );
+        self.lock().insert_queue(QueueEntry {
+            def,
+            handle,
+            persisted: true,
+        });
         Ok(())
     }
 
@@ -867,21 +1011,23 @@ impl VHost {
             Destination::Queue(q) => defs.queues.contains_key(q.as_str()),
             Destination::Exchange(x) => defs.exchanges.contains_key(x.as_str()),
         };
-        if let (true, Some(entry)) = (ends_exist, defs.exchanges.get_mut(source)) {
-            entry.add(binding);
+        if ends_exist {
+            defs.add_binding(source, binding);
         }
     }
 
-    /// Rebuilds every matcher and publishes the routing snapshot after a restore.
+    /// Publishes the routing snapshot after a restore.
     pub(crate) fn restore_done(&self) {
         let mut defs = self.lock();
-        defs.exchanges.values_mut().for_each(|e| e.rebuild());
         self.publish(&mut defs);
     }
 
     /// The durable definitions as a minimal list of operations (to compact the log).
     pub(crate) fn snapshot_ops(&self) -> Vec<DefinitionOp> {
-        let defs = self.lock();
+        Self::ops_of(&self.lock())
+    }
+
+    fn ops_of(defs: &Definitions) -> Vec<DefinitionOp> {
         let mut ops = Vec::new();
         for e in defs.exchanges.values() {
             if e.def.durable && !e.def.name.as_str().starts_with("amq.") {
@@ -893,7 +1039,7 @@ impl VHost {
         }
         for (name, e) in &defs.exchanges {
             for b in e.bindings.values() {
-                if Self::binding_is_durable(&defs, name.as_str(), &b.destination) {
+                if Self::binding_is_durable(defs, name.as_str(), &b.destination) {
                     ops.push(DefinitionOp::Bound {
                         source: name.clone(),
                         destination: b.destination.clone(),
@@ -924,5 +1070,225 @@ impl VHost {
             ))),
             Some(_) => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue_def(name: &str, exclusive_owner: Option<u64>) -> QueueDef {
+        QueueDef {
+            name: ShortString::from(name),
+            durable: false,
+            exclusive_owner,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        }
+    }
+
+    fn exchange_def(name: &str, kind: ExchangeKind) -> ExchangeDef {
+        ExchangeDef {
+            name: ShortString::from(name),
+            kind,
+            durable: false,
+            auto_delete: false,
+            internal: false,
+            arguments: FieldTable::default(),
+        }
+    }
+
+    const OWNER: u64 = 7;
+    const EXCHANGES: &[(&str, ExchangeKind)] = &[
+        ("x.direct", ExchangeKind::Direct),
+        ("x.fanout", ExchangeKind::Fanout),
+        ("x.topic", ExchangeKind::Topic),
+        ("x.headers", ExchangeKind::Headers),
+    ];
+
+    /// Declares a queue, binds it to one exchange of each type and to the next of them
+    /// (`queue`, then `queue.next`).
+    fn declare_bound(vhost: &VHost, name: &str, exclusive_owner: Option<u64>) {
+        vhost
+            .declare_queue(queue_def(name, exclusive_owner), false)
+            .expect("declare");
+        for (exchange, _) in EXCHANGES {
+            for key in [name.to_owned(), format!("{name}.next")] {
+                let destination = Destination::Queue(ShortString::from(name));
+                vhost
+                    .bind(
+                        exchange,
+                        destination,
+                        ShortString::from(key.as_str()),
+                        FieldTable::default(),
+                        OWNER,
+                    )
+                    .expect("bind");
+            }
+        }
+    }
+
+    /// The entries visited by one declare (with its bindings), one delete and one connection
+    /// close when `existing` queues, each bound to every exchange type and half of them
+    /// exclusive to the same connection, are already there.
+    async fn work_with(existing: usize) -> u64 {
+        let vhost = VHost::new("/", QueueDefaults::default(), None);
+        for (name, kind) in EXCHANGES {
+            vhost
+                .declare_exchange(exchange_def(name, *kind), false)
+                .expect("declare exchange");
+        }
+        for i in 0..existing {
+            let owner = (i % 2 == 0).then_some(OWNER);
+            declare_bound(&vhost, &format!("q{i}"), owner);
+        }
+        let before = vhost.lock().visited;
+        declare_bound(&vhost, "probe", None);
+        vhost
+            .delete_queue("probe", OWNER, false, false)
+            .await
+            .expect("delete");
+        vhost.connection_closed(OWNER + 1).await;
+        let after = vhost.lock().visited;
+        assert_eq!(vhost.lock().queues.len(), existing);
+        assert_eq!(vhost.routing().queues.len(), existing);
+        after - before
+    }
+
+    /// Pins issue 9: every queue.declare and queue.delete got slower as queues accumulated
+    /// (the snapshot was published by comparing every entry, a deleted queue's bindings were
+    /// looked for in every exchange, fanout and headers matchers were rebuilt from all their
+    /// bindings, a closing connection looked at every queue). The work of one declare and
+    /// delete must not depend on how many queues exist.
+    #[tokio::test]
+    async fn declare_and_delete_do_not_depend_on_the_number_of_queues() {
+        let few = work_with(4).await;
+        let many = work_with(2_000).await;
+        assert_eq!(few, many, "work per declare+delete grows with the queues");
+    }
+
+    /// Past `DEDUP_LINEAR_MAX` destinations routing dedups with a set of ids: every queue
+    /// still comes out once, whichever keys and exchanges reach it.
+    #[tokio::test]
+    async fn a_route_to_many_queues_reports_each_once() {
+        let vhost = VHost::new("/", QueueDefaults::default(), None);
+        for (name, kind) in EXCHANGES {
+            vhost
+                .declare_exchange(exchange_def(name, *kind), false)
+                .expect("declare exchange");
+        }
+        vhost
+            .bind(
+                "x.direct",
+                Destination::Exchange(ShortString::from("x.fanout")),
+                ShortString::from("q0"),
+                FieldTable::default(),
+                OWNER,
+            )
+            .expect("exchange binding");
+        const QUEUES: usize = 100;
+        for i in 0..QUEUES {
+            declare_bound(&vhost, &format!("q{i}"), None);
+        }
+        let mut out = Vec::new();
+        vhost
+            .routing()
+            .route("x.direct", &["q0", "q0.next", "q1"], None, &mut out);
+        assert_eq!(out.len(), QUEUES);
+        let ids: HashSet<u64> = out.iter().map(QueueHandle::id).collect();
+        assert_eq!(ids.len(), QUEUES);
+    }
+
+    /// Pins the definitions log's growth: it was compacted only at start-up, so a broker
+    /// churning durable queues grew the file until it restarted.
+    #[tokio::test]
+    async fn the_definitions_log_is_compacted_while_the_broker_runs() {
+        const COMPACT_MIN: u64 = 8;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(crate::recovery::DEFINITIONS_FILE);
+        let io = warren_store::RealIo::shared();
+        let (log, _) = warren_store::DefinitionsLog::open(&path, io.clone()).expect("log");
+        let persistence = Arc::new(Persistence {
+            store: StoreContext {
+                data_dir: dir.path().to_path_buf(),
+                io: io.clone(),
+                sync_mode: warren_store::SyncMode::None,
+            },
+            definitions: Mutex::new(log),
+            synced: Mutex::new(0),
+            vhosts: Mutex::new(Vec::new()),
+            live_records: AtomicU64::new(0),
+            compact_records_min: COMPACT_MIN,
+        });
+        let vhost = VHost::new("/", QueueDefaults::default(), Some(persistence.clone()));
+        let durable = |name: &str| QueueDef {
+            durable: true,
+            ..queue_def(name, None)
+        };
+        vhost
+            .declare_queue(durable("kept"), false)
+            .expect("declare");
+        for i in 0..50 {
+            let name = format!("churned-{i}");
+            vhost.declare_queue(durable(&name), false).expect("declare");
+            vhost
+                .delete_queue(&name, OWNER, false, false)
+                .await
+                .expect("delete");
+        }
+        let records = persistence
+            .definitions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .records();
+        assert!(records <= COMPACT_MIN, "{records} records for 1 live queue");
+        let (_, found) = warren_store::DefinitionsLog::open(&path, io).expect("reopen");
+        let mut queues = HashSet::new();
+        for record in &found {
+            match def_records::decode(record).expect("decode").1 {
+                DefinitionOp::QueueDeclared(def) => queues.insert(def.name),
+                DefinitionOp::QueueDeleted(name) => queues.remove(&name),
+                other => panic!("unexpected {other:?}"),
+            };
+        }
+        assert_eq!(queues, HashSet::from([ShortString::from("kept")]));
+    }
+
+    /// The reverse binding index and the exclusive index follow every change.
+    #[tokio::test]
+    async fn indexes_follow_deletes() {
+        let vhost = VHost::new("/", QueueDefaults::default(), None);
+        for (name, kind) in EXCHANGES {
+            vhost
+                .declare_exchange(exchange_def(name, *kind), false)
+                .expect("declare exchange");
+        }
+        declare_bound(&vhost, "a", Some(OWNER));
+        declare_bound(&vhost, "b", None);
+        let headers = FieldTable::default();
+        let mut out = Vec::new();
+        vhost
+            .routing()
+            .route("x.fanout", &["k"], Some(&headers), &mut out);
+        assert_eq!(out.len(), 2);
+        vhost.delete_exchange("x.fanout", false).expect("delete");
+        vhost.connection_closed(OWNER).await;
+        let defs = vhost.lock();
+        assert!(defs.exclusive.is_empty());
+        assert_eq!(defs.queues.len(), 1);
+        // "b" stays bound to the three exchanges left, with two keys each.
+        let to_b = &defs.bindings_to[&Destination::Queue(ShortString::from("b"))];
+        assert_eq!(to_b.len(), 6);
+        assert_eq!(defs.bindings_to.len(), 1);
+        drop(defs);
+        out.clear();
+        vhost
+            .routing()
+            .route("x.headers", &["k"], Some(&headers), &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(out[0].name().as_str() == "b");
+        out.clear();
+        vhost.routing().route("x.topic", &["a"], None, &mut out);
+        assert!(out.is_empty());
     }
 }

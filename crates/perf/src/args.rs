@@ -10,6 +10,8 @@ use crate::wire::FieldValue;
 
 /// When neither --time nor --pmessages is given, a run lasts this long.
 pub const DEFAULT_TIME_SECS: u64 = 10;
+/// Queues the queue-scale scenario declares when -C is not given.
+pub const QUEUE_SCALE_DEFAULT: u64 = 100_000;
 
 /// warren-perf: load generator for AMQP 0-9-1 brokers (Warren, RabbitMQ), like PerfTest.
 ///
@@ -140,6 +142,9 @@ pub enum Scenario {
     ConsumerChurn,
     /// Bind --bindings routing keys to one queue, then unbind them.
     BindChurn,
+    /// Declare -C queues (100,000 by default; --concurrency workers share them), then delete
+    /// them all: declare and delete rates at 1k, 10k, 50k and 100k existing queues.
+    QueueScale,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -214,6 +219,9 @@ impl Args {
         }
         if self.concurrency == 0 {
             return Err("--concurrency must be at least 1".into());
+        }
+        if self.scenario == Scenario::QueueScale && self.pmessages.is_none() {
+            self.pmessages = Some(QUEUE_SCALE_DEFAULT);
         }
         if self.time.is_none() && self.pmessages.is_none() {
             self.time = Some(DEFAULT_TIME_SECS as f64);

@@ -32,6 +32,9 @@ impl Budget {
 type Measured = Vec<(&'static str, u64, f64)>;
 
 pub async fn run(args: &Args, uri: &AmqpUri, out: Output) -> Report {
+    if args.scenario == Scenario::QueueScale {
+        return scale(args, uri, out).await;
+    }
     let mut report = Report::new(args, uri.to_string());
     let shared = Shared::new(crate::payload::new_run_tag(), 0);
     let started = Instant::now();
@@ -162,6 +165,7 @@ async fn worker(
             Ok(vec![("consumers started and cancelled", done, elapsed)])
         }
         Scenario::BindChurn => bind_churn(uri, args, w, budget, shared).await,
+        Scenario::QueueScale => Ok(Vec::new()),
         Scenario::Throughput | Scenario::Backlog => Ok(Vec::new()),
     }
 }
@@ -240,6 +244,196 @@ async fn bind_churn(
         ("bindings created", bound, bind_secs),
         ("bindings removed", bound, unbind_secs),
     ])
+}
+
+/// Existing queues at which queue-scale reports declare and delete rates.
+const SCALE_CHECKPOINTS: [u64; 4] = [1_000, 10_000, 50_000, 100_000];
+/// A checkpoint's rate is measured over the operations that take the queue count from
+/// `checkpoint - checkpoint / SCALE_WINDOW_DIVISOR` to the checkpoint (declare) or back down
+/// (delete).
+const SCALE_WINDOW_DIVISOR: u64 = 10;
+
+/// When the shared queue count passed each mark, for one phase.
+struct Marks {
+    /// Counts whose moment is recorded: each checkpoint and the start of its window.
+    wanted: Vec<u64>,
+    seen: std::sync::Mutex<Vec<(u64, Instant)>>,
+    count: std::sync::atomic::AtomicU64,
+}
+
+impl Marks {
+    fn new(checkpoints: &[u64]) -> Marks {
+        let mut wanted: Vec<u64> = checkpoints
+            .iter()
+            .flat_map(|&c| [c, c - c / SCALE_WINDOW_DIVISOR])
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        Marks {
+            wanted,
+            seen: std::sync::Mutex::new(Vec::new()),
+            count: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// One more operation done; returns how many so far.
+    fn done(&self) -> u64 {
+        let n = self.count.fetch_add(1, Relaxed) + 1;
+        if self.wanted.binary_search(&n).is_ok() {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            seen.push((n, Instant::now()));
+        }
+        n
+    }
+
+    fn at(&self, n: u64) -> Option<Instant> {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.iter().find(|(m, _)| *m == n).map(|(_, t)| *t)
+    }
+
+    /// The rate between the start of a checkpoint's window and the checkpoint, `done`
+    /// counting operations (declared, or deleted so far).
+    fn rate(&self, name: String, from: u64, to: u64, out: &mut Vec<OpRate>) {
+        let (Some(start), Some(end)) = (self.at(from), self.at(to)) else {
+            return;
+        };
+        let count = to - from;
+        let secs = end.duration_since(start).as_secs_f64();
+        out.push(OpRate {
+            name,
+            count,
+            secs,
+            rate: rate(count, secs),
+        });
+    }
+}
+
+/// The queue-scale scenario: declare `total` queues, then delete them all, and report the
+/// rates at each checkpoint of existing queues. A broker whose declare or delete costs
+/// O(queues) shows falling rates; one that costs O(log n) or less, flat ones.
+async fn scale(args: &Args, uri: &AmqpUri, out: Output) -> Report {
+    let mut report = Report::new(args, uri.to_string());
+    let shared = Shared::new(crate::payload::new_run_tag(), 0);
+    let total = args.pmessages.unwrap_or(crate::args::QUEUE_SCALE_DEFAULT);
+    let mut checkpoints: Vec<u64> = SCALE_CHECKPOINTS
+        .iter()
+        .copied()
+        .filter(|&c| c <= total)
+        .collect();
+    if checkpoints.last() != Some(&total) && total > 0 {
+        checkpoints.push(total);
+    }
+    let declared = Arc::new(Marks::new(&checkpoints));
+    // Deletes count down: the checkpoint "c existing" is reached after total - c deletes.
+    let delete_marks: Vec<u64> = checkpoints
+        .iter()
+        .flat_map(|&c| [total - c, total - c + c / SCALE_WINDOW_DIVISOR])
+        .collect();
+    let deleted = Arc::new(Marks {
+        wanted: {
+            let mut w = delete_marks;
+            w.sort_unstable();
+            w.dedup();
+            w
+        },
+        seen: std::sync::Mutex::new(Vec::new()),
+        count: std::sync::atomic::AtomicU64::new(0),
+    });
+    let started = Instant::now();
+    let (stop_reporter, reporter_rx) = watch::channel(false);
+    let reporter = tokio::spawn(report_every_second(
+        shared.clone(),
+        started,
+        reporter_rx,
+        out,
+        true,
+    ));
+    let workers = u64::from(args.concurrency);
+    let barrier = Arc::new(tokio::sync::Barrier::new(usize::from(args.concurrency)));
+    let mut set = JoinSet::new();
+    for w in 0..workers {
+        let share = total / workers + u64::from(w < total % workers);
+        let (uri, args, shared) = (uri.clone(), args.clone(), shared.clone());
+        let (declared, deleted, barrier) = (declared.clone(), deleted.clone(), barrier.clone());
+        set.spawn(async move {
+            scale_worker(
+                &uri, &args, w, share, &shared, &declared, &deleted, &barrier,
+            )
+            .await
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => shared.error(format!("queue-scale worker: {e}")),
+            Err(e) => shared.error(format!("worker task: {e}")),
+        }
+    }
+    let _ = stop_reporter.send(true);
+    report.per_second = reporter.await.unwrap_or_default();
+    report.elapsed_secs = started.elapsed().as_secs_f64();
+    for &c in &checkpoints {
+        let from = c - c / SCALE_WINDOW_DIVISOR;
+        declared.rate(
+            format!("queue.declare at {c} queues"),
+            from,
+            c,
+            &mut report.ops,
+        );
+    }
+    for &c in checkpoints.iter().rev() {
+        let to = total - c + c / SCALE_WINDOW_DIVISOR;
+        deleted.rate(
+            format!("queue.delete at {c} queues"),
+            total - c,
+            to,
+            &mut report.ops,
+        );
+    }
+    report.loss = crate::tracker::LossReport::skipped("no messages in a churn scenario");
+    report.errors = shared.take_errors();
+    report
+}
+
+/// One queue-scale worker: declares its share, waits for every worker to finish declaring
+/// (even if it failed, so the others are not stuck), then deletes its share.
+#[allow(clippy::too_many_arguments)]
+async fn scale_worker(
+    uri: &AmqpUri,
+    args: &Args,
+    w: u64,
+    share: u64,
+    shared: &Arc<Shared>,
+    declared: &Marks,
+    deleted: &Marks,
+    barrier: &tokio::sync::Barrier,
+) -> Result<(), ClientError> {
+    let tag = shared.run_tag;
+    let name = |i: u64| format!("warren-perf-scale-{tag}-{w}-{i}");
+    let opened = async {
+        let mut conn = Connection::open(uri, "warren-perf queue-scale").await?;
+        conn.open_channel(1).await?;
+        let arguments = args.queue_arguments();
+        for i in 0..share {
+            declare_queue(&mut conn, &name(i), args.durable, &arguments).await?;
+            declared.done();
+            shared.counters.ops.fetch_add(1, Relaxed);
+        }
+        Ok::<_, ClientError>(conn)
+    }
+    .await;
+    if barrier.wait().await.is_leader() {
+        let mut seen = deleted.seen.lock().unwrap_or_else(|e| e.into_inner());
+        seen.push((0, Instant::now()));
+    }
+    let mut conn = opened?;
+    for i in 0..share {
+        delete_queue(&mut conn, &name(i)).await?;
+        deleted.done();
+        shared.counters.ops.fetch_add(1, Relaxed);
+    }
+    conn.close().await;
+    Ok(())
 }
 
 async fn declare_queue(

@@ -4,7 +4,9 @@
 //! what the records mean. Records use the segment record frame, with the record's index as id.
 //!
 //! Every append is fsynced before it returns (definitions change rarely and a declare-ok must
-//! mean "survives a crash"). A failed write or fsync poisons the log until it is reopened.
+//! mean "survives a crash"). A failed write or fsync poisons the log; the next change reopens
+//! it (reads back what the file holds and rewrites it as a new file, as `compact` does) and
+//! goes on if that works, so a disk that was full and has space again needs no restart.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,7 +34,11 @@ pub struct DefinitionsLog {
     file: Arc<dyn FileIo>,
     /// Bytes in the file: where the next record goes.
     len: u64,
+    /// The next record's index in the file (its frame id).
     next_index: u64,
+    /// Records appended since open (group commit's sequence number): unlike the index it
+    /// never goes back, not even when the file is rewritten.
+    sequence: u64,
     poisoned: bool,
 }
 
@@ -143,6 +149,7 @@ impl DefinitionsLog {
             file,
             len,
             next_index: records.len() as u64,
+            sequence: records.len() as u64,
             poisoned: false,
         };
         Ok((log, records))
@@ -150,10 +157,8 @@ impl DefinitionsLog {
 
     /// Appends a record and fsyncs it before returning.
     pub fn append(&mut self, record: &[u8]) -> Result<(), StoreError> {
-        if self.poisoned {
-            return Err(StoreError::Poisoned);
-        }
         check_len(record)?;
+        self.reopen_if_poisoned()?;
         let mut frame = Vec::new();
         encode_frame(&mut frame, self.next_index, record);
         let written = self
@@ -165,6 +170,7 @@ impl DefinitionsLog {
         }
         self.len += frame.len() as u64;
         self.next_index += 1;
+        self.sequence += 1;
         Ok(())
     }
 
@@ -173,10 +179,8 @@ impl DefinitionsLog {
     /// which makes every record appended before that call durable. Returns the record's
     /// sequence number (records appended so far).
     pub fn append_unsynced(&mut self, record: &[u8]) -> Result<u64, StoreError> {
-        if self.poisoned {
-            return Err(StoreError::Poisoned);
-        }
         check_len(record)?;
+        self.reopen_if_poisoned()?;
         let mut frame = Vec::new();
         encode_frame(&mut frame, self.next_index, record);
         if let Err(error) = self.file.write_at(self.len, &frame) {
@@ -184,22 +188,33 @@ impl DefinitionsLog {
         }
         self.len += frame.len() as u64;
         self.next_index += 1;
-        Ok(self.next_index)
+        self.sequence += 1;
+        Ok(self.sequence)
     }
 
     /// The file whose fsync makes every record appended so far durable, and the sequence
     /// number that fsync covers.
     pub fn unsynced(&self) -> (Arc<dyn FileIo>, u64) {
-        (self.file.clone(), self.next_index)
+        (self.file.clone(), self.sequence)
     }
 
-    /// Sequence number of the last record appended (or found at open / compaction).
+    /// Sequence number of the last record appended (records found at open count too).
     pub fn appended(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Records in the file (since it was opened or last rewritten).
+    pub fn records(&self) -> u64 {
         self.next_index
     }
 
+    /// Whether a failure left the log poisoned (the next change tries to reopen it).
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
     /// Reports that an fsync of [`DefinitionsLog::unsynced`]'s file failed: the log is
-    /// poisoned (what the file holds is unknown) until reopened.
+    /// poisoned (what the file holds is unknown) until reopened by the next change.
     pub fn sync_failed(&mut self, error: std::io::Error) -> StoreError {
         self.poison(error)
     }
@@ -207,10 +222,12 @@ impl DefinitionsLog {
     /// Atomically replaces the log with `records`: write `<file>.tmp`, fsync it, rename it
     /// over the log, fsync the directory. A crash at any point leaves the old or the new log.
     pub fn compact(&mut self, records: &[Bytes]) -> Result<(), StoreError> {
-        if self.poisoned {
-            return Err(StoreError::Poisoned);
-        }
         records.iter().try_for_each(|record| check_len(record))?;
+        self.reopen_if_poisoned()?;
+        self.rewrite(records)
+    }
+
+    fn rewrite(&mut self, records: &[Bytes]) -> Result<(), StoreError> {
         let temp = temp_path(&self.path);
         let (file, len) = write_temp(&*self.io, &temp, records)?;
         if let Err(error) = self.io.rename(&temp, &self.path) {
@@ -227,12 +244,42 @@ impl DefinitionsLog {
         Ok(())
     }
 
+    /// Reopens a poisoned log: reads back the records the file holds (what the OS shows,
+    /// which may include records whose fsync failed: never acknowledged, so they may come
+    /// back or not) and rewrites them as a new file, fsynced, so that nothing appended later
+    /// sits behind bytes a failed fsync left in doubt. While that fails (the disk is still
+    /// full) the log stays poisoned and the change is refused.
+    fn reopen_if_poisoned(&mut self) -> Result<(), StoreError> {
+        if !self.poisoned {
+            return Ok(());
+        }
+        let loaded = load(
+            &*self.io,
+            &self.path,
+            DEFINITIONS_MAGIC,
+            DEFINITIONS_FILE_BYTES_MAX,
+        )?;
+        let Loaded::Valid(buf, file) = loaded else {
+            tracing::error!(file = %self.path.display(), "cannot read the poisoned definitions log back");
+            return Err(StoreError::Poisoned);
+        };
+        let (_, records) = read_records(&*file, &self.path, buf);
+        self.rewrite(&records)?;
+        self.poisoned = false;
+        tracing::info!(
+            file = %self.path.display(),
+            records = records.len(),
+            "definitions log reopened after a failure"
+        );
+        Ok(())
+    }
+
     fn poison(&mut self, error: std::io::Error) -> StoreError {
         self.poisoned = true;
         tracing::error!(
             file = %self.path.display(),
             error = %error,
-            "definitions log write failed: poisoned until reopened"
+            "definitions log write failed: poisoned until reopened by the next change"
         );
         StoreError::io(&self.path)(error)
     }

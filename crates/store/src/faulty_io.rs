@@ -12,6 +12,10 @@
 //! - creating, renaming and removing files is durable only after `sync_dir` on the
 //!   directory; a crash undoes the rest (removed files are kept aside until then);
 //! - handles opened before a crash fail every operation afterwards.
+//!
+//! Besides one-shot faults it can play a full disk ([`FaultyIo::set_disk_full`]) until told
+//! otherwise: every write that needs space and every new file or directory fails with
+//! `StorageFull` (ENOSPC); reads, fsyncs, truncation, renames and removals still work.
 
 use std::collections::HashMap;
 use std::fs::OpenOptions;
@@ -66,6 +70,7 @@ struct State {
     next_grave: u64,
     file_syncs: u64,
     dir_syncs: u64,
+    disk_full: bool,
 }
 
 #[derive(Debug)]
@@ -113,6 +118,13 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn no_space() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::StorageFull,
+        "FaultyIo: no space left on device",
+    )
+}
+
 fn injected(what: &str) -> io::Error {
     io::Error::other(format!("FaultyIo: injected {what} failure"))
 }
@@ -125,6 +137,12 @@ impl FaultyIo {
     /// Arms a one-shot fault.
     pub fn inject(&self, fault: Fault) {
         lock(&self.state).armed.push(fault);
+    }
+
+    /// Plays a full disk (or stops): until cleared, writes, new files and new directories
+    /// fail with `StorageFull`. Unlike [`Fault`]s it is not consumed.
+    pub fn set_disk_full(&self, full: bool) {
+        lock(&self.state).disk_full = full;
     }
 
     /// Disarms every fault not yet triggered.
@@ -314,6 +332,9 @@ impl FaultyFile {
 impl FileIo for FaultyFile {
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         let mut state = self.state()?;
+        if state.disk_full && !buf.is_empty() {
+            return Err(no_space());
+        }
         let armed = state
             .armed
             .iter()
@@ -383,6 +404,9 @@ impl FileIo for FaultyFile {
 impl Io for FaultyIo {
     fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn FileIo>> {
         let mut state = lock(&self.state);
+        if state.disk_full && mode == OpenMode::CreateNew {
+            return Err(no_space());
+        }
         let inner = RealIo.open(path, mode)?;
         let id = if mode == OpenMode::CreateNew {
             if let Some(old) = state.ids.remove(path) {
@@ -409,6 +433,9 @@ impl Io for FaultyIo {
     }
 
     fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        if lock(&self.state).disk_full && !dir.is_dir() {
+            return Err(no_space());
+        }
         RealIo.create_dir_all(dir)
     }
 

@@ -1,5 +1,7 @@
 //! `warren`: starts the broker. Owns configuration (flags > environment > TOML file >
-//! defaults), logging and signal handling; everything else is `warren-server`'s.
+//! defaults), logging, signal handling and the data directory's lock (a second broker on the
+//! same directory exits with status 1, naming the holder's pid); everything else is
+//! `warren-server`'s.
 
 mod settings;
 
@@ -30,6 +32,9 @@ async fn run(settings: settings::Settings, busy_poll: std::time::Duration) -> an
             settings.config.data_dir.display()
         )
     })?;
+    // Held until the process exits: one broker per data directory.
+    let _lock = warren_store::DataDirLock::acquire(&settings.config.data_dir)
+        .context("refusing to start")?;
     let handle = warren_server::start(settings.config.clone())
         .await
         .context("cannot start the AMQP listener")?;

@@ -59,14 +59,35 @@ async fn declare(ch: &lapin::Channel) {
     .expect("declare");
 }
 
-/// Publishes ids from `next` on until the connection dies; returns the confirmed ids.
-async fn publish_until_killed(url: &str, mut next: u64, confirmed: &mut BTreeSet<u64>) -> u64 {
-    let conn = connect(url).await;
-    let ch = conn.create_channel().await.expect("channel");
+/// A publishing channel in confirm mode with the queue declared, or None if the broker died
+/// meanwhile (a kill may land at any moment, also during this set-up: that flaked the test).
+async fn open_publisher(url: &str) -> Option<(Connection, lapin::Channel)> {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .ok()?;
+    let ch = conn.create_channel().await.ok()?;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
-        .expect("confirm.select");
-    declare(&ch).await;
+        .ok()?;
+    ch.queue_declare(
+        QUEUE.into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .ok()?;
+    Some((conn, ch))
+}
+
+/// Publishes ids from `next` on until the connection dies; returns the confirmed ids.
+async fn publish_until_killed(url: &str, mut next: u64, confirmed: &mut BTreeSet<u64>) -> u64 {
+    // Killed before publishing anything: the final drain checks that some cycles confirmed.
+    let Some((_conn, ch)) = open_publisher(url).await else {
+        return next;
+    };
     let mut pending = std::collections::VecDeque::new();
     loop {
         let props = BasicProperties::default().with_delivery_mode(2);
