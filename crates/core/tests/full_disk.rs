@@ -41,6 +41,7 @@ fn message(i: u64) -> Message {
         header_raw: warren_protocol::encode::header_payload(&properties, body.len() as u64),
         properties: Box::new(properties),
         body,
+        properties_bytes: 0,
     }
 }
 
