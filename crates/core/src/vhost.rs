@@ -116,7 +116,8 @@ fn alternate_of(def: &ExchangeDef) -> Option<ShortString> {
         .inner()
         .get("alternate-exchange")
         .and_then(crate::args::as_str)
-        .map(ShortString::from)
+        // A name over 255 bytes names no exchange (and `ShortString::from` would panic).
+        .and_then(|name| ShortString::try_new(name).ok())
 }
 
 fn default_exchange_refused() -> ProtocolError {

@@ -363,3 +363,25 @@ async fn connection_max_and_consumer_max_per_channel_are_enforced() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alternate_exchange_name_over_255_bytes_is_harmless() {
+    // Pins: `alternate-exchange` became a short string and panicked the connection task.
+    let broker = start_broker().await;
+    let (_conn, ch) = broker.channel().await;
+    let name = unique_name("ae-long");
+    let args = FieldTable::from(std::collections::BTreeMap::from([(
+        ShortString::from("alternate-exchange"),
+        AMQPValue::LongString(LongString::from(vec![b'a'; 300])),
+    )]));
+    ch.exchange_declare(
+        name.as_str().into(),
+        warren_itest::lapin::ExchangeKind::Direct,
+        Default::default(),
+        args,
+    )
+    .await
+    .expect("exchange.declare");
+    publish(&ch, &name, "nowhere", b"unroutable").await;
+    assert_broker_healthy(&broker).await;
+}
