@@ -51,8 +51,9 @@ pub fn parse_header(payload: Bytes) -> Result<ContentHeader, ProtocolError> {
                 body_size: header.body_size,
                 properties: Box::new(header.properties),
                 decoded_bytes: shape.decoded_bytes(),
-                // A copy: the received frame is a slice of a 64 KiB read block.
-                raw: Bytes::copy_from_slice(&payload),
+                // Still a slice of the read block: the assembler copies it out when the
+                // message is complete (together with a small body, in one allocation).
+                raw: payload,
             })
         }
         _ => Err(ProtocolError::frame_error(
@@ -147,6 +148,8 @@ impl<M> ContentAssembler<M> {
         };
         check_size(header.body_size)?;
         if header.body_size == 0 {
+            let mut header = header;
+            header.raw = Bytes::copy_from_slice(&header.raw);
             return Ok(Assembled::Complete(method, header, Bytes::new()));
         }
         self.state = State::AwaitBody {
@@ -195,17 +198,35 @@ impl<M> ContentAssembler<M> {
         }
         let State::AwaitBody {
             method,
-            header,
+            mut header,
             body,
         } = std::mem::replace(&mut self.state, State::Idle)
         else {
             unreachable!("state checked above")
         };
+        // Out of the read block (see the module doc): a small body and the header share one
+        // allocation; a large body stays a slice.
         let body = match body {
-            Body::Empty => Bytes::new(),
-            Body::One(b) if b.len() < BODY_COPY_BELOW_BYTES => Bytes::copy_from_slice(&b),
-            Body::One(b) => b,
-            Body::Many(b) => b.freeze(),
+            Body::One(b) if b.len() < BODY_COPY_BELOW_BYTES => {
+                let mut both = BytesMut::with_capacity(header.raw.len() + b.len());
+                both.extend_from_slice(&header.raw);
+                both.extend_from_slice(&b);
+                let mut both = both.freeze();
+                header.raw = both.split_to(header.raw.len());
+                both
+            }
+            Body::Empty => {
+                header.raw = Bytes::copy_from_slice(&header.raw);
+                Bytes::new()
+            }
+            Body::One(b) => {
+                header.raw = Bytes::copy_from_slice(&header.raw);
+                b
+            }
+            Body::Many(b) => {
+                header.raw = Bytes::copy_from_slice(&header.raw);
+                b.freeze()
+            }
         };
         Ok(Assembled::Complete(method, header, body))
     }
@@ -243,13 +264,14 @@ mod tests {
             framed[..raw.len()].copy_from_slice(&raw);
             let framed = framed.freeze();
             let parsed = parse_header(framed.slice(..raw.len())).unwrap();
-            assert!(!within(&parsed.raw, &framed), "header stays a slice");
             assert!(matches!(
                 assembler.header(parsed, |_| Ok(())),
                 Ok(Assembled::Pending)
             ));
             match assembler.body(block.slice(..len)) {
-                Ok(Assembled::Complete(_, _, body)) => {
+                Ok(Assembled::Complete(_, header, body)) => {
+                    assert!(!within(&header.raw, &framed), "header stays a slice");
+                    assert_eq!(header.raw, raw);
                     assert_eq!(body.len(), len);
                     assert_eq!(within(&body, &block), shared, "body of {len} bytes");
                 }

@@ -241,6 +241,10 @@ impl Connection {
         } else {
             HANDSHAKE_BUFFER_BYTES
         };
+        if self.inbuf.is_empty() && self.inbuf.capacity() > 2 * READ_BUFFER_BYTES {
+            // A large frame grew it: give that back once it has been read.
+            self.inbuf = BytesMut::new();
+        }
         if self.inbuf.capacity() - self.inbuf.len() < want / 4 {
             self.inbuf.reserve(want);
         }
