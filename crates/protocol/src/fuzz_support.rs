@@ -12,7 +12,9 @@ use amq_protocol::types::{AMQPValue, FieldTable};
 use bytes::{Bytes, BytesMut};
 
 use crate::content::{parse_header, Assembled, ContentAssembler};
-use crate::frame::{decode_frame, Frame, FRAME_END, FRAME_OVERHEAD};
+use crate::frame::{
+    decode_frame, Frame, FRAME_END, FRAME_HEADER_SIZE, FRAME_OVERHEAD, FRAME_RESERVE_BYTES_MAX,
+};
 use crate::method::{decode_method, decode_publish};
 use crate::table::{check_table, FIELD_TABLE_DEPTH_MAX};
 
@@ -41,12 +43,17 @@ struct Decoded {
 fn decode_parts(parts: &[&[u8]], frame_max: u32) -> Decoded {
     let mut buf = BytesMut::new();
     let mut frames = Vec::new();
+    let total: usize = parts.iter().map(|part| part.len()).sum();
     for (index, part) in parts.iter().enumerate() {
         buf.extend_from_slice(part);
         loop {
             match decode_frame(&mut buf, frame_max) {
                 Ok(Some(frame)) => frames.push(frame),
-                Ok(None) => break,
+                Ok(None) => {
+                    let bound = 2 * (total + FRAME_HEADER_SIZE + FRAME_RESERVE_BYTES_MAX);
+                    assert!(buf.capacity() <= bound, "reserved what the peer announced");
+                    break;
+                }
                 Err(e) => {
                     let mut rest = buf.to_vec();
                     let unread = parts.iter().skip(index + 1);
