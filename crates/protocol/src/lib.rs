@@ -8,6 +8,8 @@ pub mod content;
 pub mod encode;
 pub mod error;
 pub mod frame;
+#[doc(hidden)]
+pub mod fuzz_support;
 pub mod method;
 pub mod table;
 

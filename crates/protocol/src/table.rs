@@ -46,6 +46,7 @@ pub enum TableError {
     TooDeep,
     Truncated,
     UnknownType(u8),
+    KeyNotUtf8,
 }
 
 impl TableError {
@@ -56,6 +57,9 @@ impl TableError {
             )),
             TableError::Truncated => {
                 ProtocolError::frame_error(format!("{what}: malformed or truncated field table"))
+            }
+            TableError::KeyNotUtf8 => {
+                ProtocolError::frame_error(format!("{what}: field table key is not UTF-8"))
             }
             TableError::UnknownType(t) => ProtocolError::frame_error(format!(
                 "{what}: unknown field type {:?} in field table",
@@ -98,6 +102,13 @@ impl<'a> Reader<'a> {
         self.take(n).map(|_| ())
     }
 
+    /// A table key: a short string that `amq-protocol` decodes only if it is UTF-8.
+    fn key(&mut self) -> Result<(), TableError> {
+        let n = self.u8()? as usize;
+        std::str::from_utf8(self.take(n)?).map_err(|_| TableError::KeyNotUtf8)?;
+        Ok(())
+    }
+
     fn done(&self) -> bool {
         self.at >= self.buf.len()
     }
@@ -122,7 +133,7 @@ fn table(r: &mut Reader<'_>, depth: usize) -> Result<TableShape, TableError> {
     };
     let mut shape = TableShape { values: 0, depth };
     while !inner.done() {
-        inner.short_str()?;
+        inner.key()?;
         shape.merge(value(&mut inner, depth)?);
     }
     Ok(shape)
@@ -317,6 +328,9 @@ mod tests {
             check_table(&table).unwrap_err(),
             TableError::UnknownType(b'?')
         );
+        // Found by the `table` fuzz target: the parser refuses keys that are not UTF-8.
+        let table = [0, 0, 0, 3, 1, 0xab, b'V'];
+        assert_eq!(check_table(&table).unwrap_err(), TableError::KeyNotUtf8);
         let table = [0, 0, 0, 7, 1, b'a', b'V', 1, b'b', b't', 1];
         let (shape, used) = check_table(&table).unwrap();
         assert_eq!((shape.values, shape.depth, used), (2, 1, 11));

@@ -9,6 +9,8 @@ pub mod config;
 mod confirms;
 mod connection;
 mod definitions;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod properties;
 mod reply_to;
 mod sasl;

@@ -10,6 +10,8 @@ mod definitions;
 mod faulty_io;
 mod file_log;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzz_support;
 mod io;
 mod lock;
 mod memory_log;

@@ -4,4 +4,6 @@
 //! knows nothing of these layouts; this module knows nothing of files.
 
 pub mod definitions;
+#[doc(hidden)]
+pub mod fuzz_support;
 pub mod record;
