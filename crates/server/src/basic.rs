@@ -592,13 +592,7 @@ impl Connection {
                 self.output_gauge.discharge(d.output_bytes);
                 let id = Channel::number_of(d.channel_key);
                 match self.channels.get_mut(&id) {
-                    Some(c) if c.key == d.channel_key && !c.closing => {
-                        if c.flow_active {
-                            self.write_delivery(d);
-                        } else {
-                            c.paused.push_back(d);
-                        }
-                    }
+                    Some(c) if c.key == d.channel_key && !c.closing => self.write_delivery(d),
                     // The channel is gone; its queue takes the message back on ChannelClosed.
                     _ => {}
                 }

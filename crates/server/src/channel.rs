@@ -5,13 +5,13 @@
 //! carry its `ChannelKey`, so deliveries for a closed (or reopened) channel number are
 //! recognised and dropped (the queue has already taken them back).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tracing::warn;
-use warren_core::consumer::{ChannelKey, ChannelLimiter, Delivery};
+use warren_core::consumer::{ChannelKey, ChannelLimiter};
 use warren_core::direct_reply::Registration;
 use warren_core::queue::QueueCommand;
 use warren_core::QueueHandle;
@@ -69,9 +69,6 @@ pub(crate) struct Channel {
     pub touched: HashMap<u64, QueueHandle>,
     pub next_tag: u64,
     pub unacked: BTreeMap<u64, Unacked>,
-    /// channel.flow: when false, deliveries wait in `paused`.
-    pub flow_active: bool,
-    pub paused: VecDeque<Delivery>,
     /// This channel's direct reply-to consumer, if any (unregisters when dropped).
     pub reply_consumer: Option<Registration>,
     /// The last queue declared on this channel (an empty queue name means it).
@@ -94,8 +91,6 @@ impl Channel {
             touched: HashMap::new(),
             next_tag: 1,
             unacked: BTreeMap::new(),
-            flow_active: true,
-            paused: VecDeque::new(),
             last_queue: None,
             reply_consumer: None,
         }
@@ -122,7 +117,6 @@ impl Channel {
         self.touched.clear();
         self.consumers.clear();
         self.unacked.clear();
-        self.paused.clear();
         self.tx_ops.clear();
         self.assembler.reset();
         self.reply_consumer = None;
@@ -312,27 +306,18 @@ impl Connection {
                 Ok(())
             }
             channel::AMQPMethod::CloseOk(_) => Ok(()),
+            // As RabbitMQ: a client may not stop the server's deliveries this way (it has
+            // basic.qos for that); only active=true is answered.
             channel::AMQPMethod::Flow(flow) => {
-                let resumed = match self.channels.get_mut(&id) {
-                    Some(ch) => {
-                        ch.flow_active = flow.active;
-                        if flow.active {
-                            std::mem::take(&mut ch.paused)
-                        } else {
-                            VecDeque::new()
-                        }
-                    }
-                    None => VecDeque::new(),
-                };
+                if !flow.active {
+                    return Err(ProtocolError::not_implemented("active=false"));
+                }
                 self.send_method(
                     id,
                     AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
-                        active: flow.active,
+                        active: true,
                     })),
                 );
-                for d in resumed {
-                    self.write_delivery(d);
-                }
                 Ok(())
             }
             channel::AMQPMethod::FlowOk(_) | channel::AMQPMethod::OpenOk(_) => Ok(()),
