@@ -226,20 +226,24 @@ async fn tune_ok_with_minimum_frame_max_is_accepted() {
     raw.open_channel(1).await;
 }
 
+/// channel_max limits how many channels are open, not the channel numbers (issue 9, item 7:
+/// Warren refused channel 65535 when channel_max was 2047, which RabbitMQ accepts).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn channel_number_above_negotiated_channel_max_is_not_allowed() {
+async fn channel_max_counts_open_channels_not_numbers() {
     let broker = start_broker().await;
     let (mut raw, tune) =
         RawConn::handshake_to_tune(broker.addr, "PLAIN", plain_response("guest", "guest")).await;
     raw.send_tune_ok(2, tune.frame_max, 0).await;
     raw.send_open("/").await;
     raw.expect_open_ok().await;
-    // RabbitMQ counts open channels against channel_max; Warren may check the number.
-    // Opening 1 and 2 then 3 breaks both readings.
-    raw.open_channel(1).await;
-    raw.open_channel(2).await;
-    raw.send(&channel_open_frame(3)).await;
-    raw.expect_connection_close(530).await;
+    raw.open_channel(u16::MAX).await;
+    raw.open_channel(7).await;
+    raw.send(&channel_open_frame(1)).await;
+    let text = raw.expect_connection_close(530).await;
+    assert!(
+        text.contains("number of channels opened (2) has reached the negotiated channel_max (2)"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -215,12 +215,14 @@ impl Connection {
         let method = decode_method(&frame.payload)?;
         match method.class {
             AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
-                if id > self.channel_max() {
+                // channel_max bounds how many channels are open, not their numbers (as
+                // RabbitMQ: channel 65535 is fine when channel_max is 2047). 0 = no limit.
+                let open = self.channels.len();
+                let max = self.channel_max();
+                if max != 0 && open >= usize::from(max) {
                     return Err(ProtocolError::not_allowed(format!(
-                        "channel number {id} is higher than the negotiated channel_max ({})",
-                        self.channel_max()
-                    ))
-                    .on(20, 10));
+                        "number of channels opened ({open}) has reached the negotiated channel_max ({max})"
+                    )));
                 }
                 self.channels.insert(id, Channel::new(id));
                 self.send_method(
