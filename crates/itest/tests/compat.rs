@@ -41,3 +41,15 @@ async fn client_close_is_drained_until_the_client_closes() {
     raw.shutdown_write().await;
     raw.expect_eof().await;
 }
+
+/// A content header with no method before it is 505 UNEXPECTED_FRAME whatever its payload
+/// (issue 9, item 10: Warren parsed it first and answered a payload it could not read with
+/// 501 FRAME_ERROR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_header_without_method_is_unexpected_frame() {
+    let broker = start_broker().await;
+    let mut raw = broker.raw().await;
+    raw.open_channel(1).await;
+    raw.send(&raw_frame(FRAME_HEADER, 1, &[0, 60, 0])).await;
+    raw.expect_connection_close(505).await;
+}

@@ -158,6 +158,13 @@ impl Connection {
                 Ok(())
             }
             FrameKind::Header => {
+                // Out of sequence before it is parsed: a header with no method before it is
+                // 505 whatever its payload, as in RabbitMQ (not 501 for a payload it can't read).
+                if ch.assembler.is_idle() {
+                    return Err(ProtocolError::unexpected_frame(
+                        "expected method frame, got non method frame instead",
+                    ));
+                }
                 let header = parse_header(frame.payload)?;
                 let max = self.ctx.config.max_message_bytes;
                 let step = ch.assembler.header(header, |size| {
