@@ -1,7 +1,17 @@
 //! RabbitMQ 3.x behaviours that clients' own test suites check (issue 9, items 7 and 10), each
 //! pinned by a test that failed before the fix it names.
 
+use std::time::Duration;
+
 use warren_itest::amq_protocol::protocol::{connection, AMQPClass};
+use warren_itest::amq_protocol::types::{AMQPValue, FieldTable};
+use warren_itest::lapin::message::BasicGetMessage;
+use warren_itest::lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicQosOptions,
+    BasicRejectOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions,
+    QueueDeleteOptions, QueuePurgeOptions,
+};
+use warren_itest::lapin::{BasicProperties, ExchangeKind};
 use warren_itest::*;
 
 /// Bytes a client that still had publishes buffered keeps writing after connection.close.
@@ -53,3 +63,209 @@ async fn content_header_without_method_is_unexpected_frame() {
     raw.send(&raw_frame(FRAME_HEADER, 1, &[0, 60, 0])).await;
     raw.expect_connection_close(505).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn table(pairs: &[(&str, AMQPValue)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in pairs {
+        t.insert((*k).into(), v.clone());
+    }
+    t
+}
+
+fn long_string(s: &str) -> AMQPValue {
+    AMQPValue::LongString(s.into())
+}
+
+async fn new_channel(conn: &lapin::Connection) -> lapin::Channel {
+    within("channel.open-ok", conn.create_channel())
+        .await
+        .expect("create channel")
+}
+
+async fn declare_with(ch: &lapin::Channel, name: &str, args: FieldTable) -> lapin::Queue {
+    within(
+        "queue.declare-ok",
+        ch.queue_declare(name.into(), QueueDeclareOptions::default(), args),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("queue.declare {name:?}: {e}"))
+}
+
+/// Whether an exchange exists (a passive declare on a channel of its own).
+async fn exchange_exists(conn: &lapin::Connection, name: &str) -> bool {
+    let ch = new_channel(conn).await;
+    let result = within(
+        "passive exchange.declare",
+        ch.exchange_declare(
+            name.into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await;
+    match result {
+        Ok(()) => true,
+        Err(e) if reply_code(&e) == Some(404) => false,
+        Err(e) => panic!("passive exchange.declare {name}: {e}"),
+    }
+}
+
+async fn get(ch: &lapin::Channel, queue: &str, no_ack: bool) -> Option<BasicGetMessage> {
+    within(
+        "basic.get-ok / get-empty",
+        ch.basic_get(queue.into(), BasicGetOptions { no_ack }),
+    )
+    .await
+    .expect("basic.get")
+}
+
+async fn consume(ch: &lapin::Channel, queue: &str, no_ack: bool) -> lapin::Consumer {
+    within(
+        "basic.consume-ok",
+        ch.basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("basic.consume")
+}
+
+fn header<'a>(delivery: &'a lapin::message::Delivery, key: &str) -> Option<&'a AMQPValue> {
+    delivery
+        .properties
+        .headers()
+        .as_ref()
+        .and_then(|h| h.inner().get(key))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Names and the channel's default queue
+
+/// LF and CR are removed from queue and exchange names in declare, bind, unbind and delete,
+/// as RabbitMQ's channel does (issue 9, item 10: Warren kept them, so `"q\n"` was another
+/// queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cr_and_lf_are_stripped_from_names() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = new_channel(&conn).await;
+    let queue = unique_name("q-crlf");
+    let exchange = unique_name("x-crlf");
+    let declared = declare_with(&ch, &format!("{queue}\n"), FieldTable::default()).await;
+    assert_eq!(declared.name().as_str(), queue);
+    within(
+        "exchange.declare-ok",
+        ch.exchange_declare(
+            format!("\r{exchange}\n").as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("exchange.declare");
+    assert!(exchange_exists(&conn, &exchange).await);
+    bind_queue(
+        &ch,
+        &format!("{queue}\r\n"),
+        &format!("{exchange}\n"),
+        "k",
+        FieldTable::default(),
+    )
+    .await;
+    publish_confirmed(
+        &confirm_channel(&conn).await,
+        &exchange,
+        "k",
+        b"m",
+        Default::default(),
+    )
+    .await;
+    assert_eq!(get_body(&ch, &queue).await.as_deref(), Some(&b"m"[..]));
+    within(
+        "queue.delete-ok",
+        ch.queue_delete(
+            format!("{queue}\n").as_str().into(),
+            QueueDeleteOptions::default(),
+        ),
+    )
+    .await
+    .expect("queue.delete");
+    assert!(!queue_exists(&conn, &queue).await);
+    within(
+        "exchange.delete-ok",
+        ch.exchange_delete(
+            format!("{exchange}\r").as_str().into(),
+            ExchangeDeleteOptions::default(),
+        ),
+    )
+    .await
+    .expect("exchange.delete");
+    assert!(!exchange_exists(&conn, &exchange).await);
+}
+
+/// An empty queue name means the channel's last declared queue in bind, consume, get, purge
+/// and delete, and an empty routing key with it in bind means that queue's name (issue 9,
+/// item 10: Warren bound with the empty key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_queue_name_is_the_last_declared_queue() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = new_channel(&conn).await;
+    let queue = declare_temp_queue(&ch).await;
+    bind_queue(&ch, "", "amq.direct", "", FieldTable::default()).await;
+    let publisher = confirm_channel(&conn).await;
+    publish_confirmed(&publisher, "amq.direct", &queue, b"1", Default::default()).await;
+    assert_eq!(get_body(&ch, "").await.as_deref(), Some(&b"1"[..]));
+    publish_confirmed(&publisher, "amq.direct", &queue, b"2", Default::default()).await;
+    let purged = within(
+        "queue.purge-ok",
+        ch.queue_purge("".into(), QueuePurgeOptions::default()),
+    )
+    .await
+    .expect("queue.purge");
+    assert_eq!(purged, 1);
+    publish_confirmed(&publisher, "amq.direct", &queue, b"3", Default::default()).await;
+    let mut consumer = consume(&ch, "", true).await;
+    assert_eq!(next_delivery(&mut consumer).await.data, b"3");
+    within(
+        "queue.unbind-ok",
+        ch.queue_unbind("".into(), "amq.direct".into(), "".into(), FieldTable::default()),
+    )
+    .await
+    .expect("queue.unbind");
+    within(
+        "queue.delete-ok",
+        ch.queue_delete("".into(), QueueDeleteOptions::default()),
+    )
+    .await
+    .expect("queue.delete");
+    assert!(!queue_exists(&conn, &queue).await);
+
+    // With no queue declared on the channel: RabbitMQ 3.x answers 404 NOT_FOUND.
+    let fresh = new_channel(&conn).await;
+    let e = within(
+        "queue.purge",
+        fresh.queue_purge("".into(), QueuePurgeOptions::default()),
+    )
+    .await
+    .expect_err("purge of the default queue with none declared");
+    assert_eq!(reply_code(&e), Some(404), "{e}");
+    assert!(e.to_string().contains("no previously declared queue"), "{e}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Transactions
