@@ -726,7 +726,11 @@ impl VHost {
         connection: u64,
     ) -> Result<(), ProtocolError> {
         let mut defs = self.lock();
-        self.check_binding_ends(&defs, source, &destination, connection)?;
+        // As RabbitMQ: unbinding from or to a queue or exchange that does not exist is ok.
+        match self.check_binding_ends(&defs, source, &destination, connection) {
+            Err(e) if e.code == warren_protocol::ReplyCode::NotFound => return Ok(()),
+            checked => checked?,
+        }
         let durable = Self::binding_is_durable(&defs, source, &destination);
         let entry = defs
             .exchanges

@@ -267,5 +267,78 @@ async fn empty_queue_name_is_the_last_declared_queue() {
     assert!(e.to_string().contains("no previously declared queue"), "{e}");
 }
 
+/// queue.unbind of a binding, queue or exchange that does not exist is unbind-ok, as in
+/// RabbitMQ (issue 9, item 10: Warren answered 404 for a missing queue or exchange).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unbind_is_idempotent() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = new_channel(&conn).await;
+    let queue = declare_temp_queue(&ch).await;
+    let missing_queue = unique_name("q-missing");
+    let missing_exchange = unique_name("x-missing");
+    for (q, x, what) in [
+        (queue.as_str(), "amq.direct", "a binding that does not exist"),
+        (missing_queue.as_str(), "amq.direct", "a queue that does not exist"),
+        (queue.as_str(), missing_exchange.as_str(), "an exchange that does not exist"),
+    ] {
+        within(
+            "queue.unbind-ok",
+            ch.queue_unbind(q.into(), x.into(), "k".into(), FieldTable::default()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("unbind of {what}: {e}"));
+    }
+}
+
+/// An auto-delete exchange goes when the last of its bindings goes, however many it had
+/// (issue 9, item 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_delete_exchange_goes_with_its_last_of_many_bindings() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = new_channel(&conn).await;
+    let exchange = unique_name("x-autodelete");
+    within(
+        "exchange.declare-ok",
+        ch.exchange_declare(
+            exchange.as_str().into(),
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("exchange.declare");
+    let queues = [declare_temp_queue(&ch).await, declare_temp_queue(&ch).await];
+    for queue in &queues {
+        for key in ["a", "b", "c"] {
+            bind_queue(&ch, queue, &exchange, key, FieldTable::default()).await;
+        }
+    }
+    for key in ["a", "b", "c"] {
+        within(
+            "queue.unbind-ok",
+            ch.queue_unbind(
+                queues[0].as_str().into(),
+                exchange.as_str().into(),
+                key.into(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("queue.unbind");
+    }
+    assert!(exchange_exists(&conn, &exchange).await, "bindings are left");
+    delete_queue(&ch, &queues[1]).await;
+    assert!(
+        !exchange_exists(&conn, &exchange).await,
+        "the auto-delete exchange outlived its last binding"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Transactions
