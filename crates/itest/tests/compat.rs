@@ -341,4 +341,40 @@ async fn auto_delete_exchange_goes_with_its_last_of_many_bindings() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Queues: length limits, TTL, the channel's prefetch limit
+
+/// `basic.qos global=true` holds back the channel's no-ack consumers too once the channel's
+/// limit is used, as RabbitMQ's limiter does (issue 9, item 10: no-ack consumers ignored it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn global_qos_holds_back_no_ack_consumers_when_full() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = new_channel(&conn).await;
+    within(
+        "basic.qos-ok",
+        ch.basic_qos(1, BasicQosOptions { global: true }),
+    )
+    .await
+    .expect("basic.qos");
+    let acked = declare_temp_queue(&ch).await;
+    let no_ack = declare_temp_queue(&ch).await;
+    let publisher = confirm_channel(&conn).await;
+    let mut holder = consume(&ch, &acked, false).await;
+    publish_confirmed(&publisher, "", &acked, b"held", Default::default()).await;
+    let held = next_delivery(&mut holder).await;
+    let mut free = consume(&ch, &no_ack, true).await;
+    publish_confirmed(&publisher, "", &no_ack, b"waits", Default::default()).await;
+    // The queue answers the passive declare after it handled the publish: still ready.
+    assert_eq!(
+        queue_counts(&publisher, &no_ack).await.0,
+        1,
+        "a no-ack consumer got a message while the channel's limit was used"
+    );
+    within("basic.ack", held.ack(BasicAckOptions::default()))
+        .await
+        .expect("basic.ack");
+    assert_eq!(next_delivery(&mut free).await.data, b"waits");
+}
+
+// ---------------------------------------------------------------------------------------------
 // Transactions

@@ -551,7 +551,11 @@ impl QueueActor {
             let c = &self.consumers[i];
             c.has_credit()
                 && c.spec.output.admit()
-                && (c.spec.no_ack || c.spec.channel_limiter.try_reserve())
+                && if c.spec.no_ack {
+                    c.spec.channel_limiter.has_room()
+                } else {
+                    c.spec.channel_limiter.try_reserve()
+                }
         })
     }
 
