@@ -343,6 +343,53 @@ async fn auto_delete_exchange_goes_with_its_last_of_many_bindings() {
 // ---------------------------------------------------------------------------------------------
 // Queues: length limits, TTL, the channel's prefetch limit
 
+/// A requeued message counts against `x-max-length` at once: drop-head drops (and
+/// dead-letters) the head (issue 9, item 10: Warren let the queue grow past its limit).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requeued_message_counts_against_max_length() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = new_channel(&conn).await;
+    let dlq = declare_temp_queue(&ch).await;
+    let queue = declare_with(
+        &ch,
+        &unique_name("q-maxlen-requeue"),
+        table(&[
+            ("x-max-length", AMQPValue::LongInt(1)),
+            ("x-dead-letter-exchange", long_string("")),
+            ("x-dead-letter-routing-key", long_string(&dlq)),
+        ]),
+    )
+    .await;
+    let queue = queue.name().as_str().to_owned();
+    let publisher = confirm_channel(&conn).await;
+    publish_confirmed(&publisher, "", &queue, b"first", Default::default()).await;
+    let first = get(&ch, &queue, false).await.expect("first");
+    publish_confirmed(&publisher, "", &queue, b"second", Default::default()).await;
+    within(
+        "basic.nack",
+        ch.basic_nack(
+            first.delivery.delivery_tag,
+            BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            },
+        ),
+    )
+    .await
+    .expect("basic.nack");
+    assert_eq!(queue_counts(&ch, &queue).await.0, 1, "over x-max-length 1");
+    assert_eq!(get_body(&ch, &queue).await.as_deref(), Some(&b"second"[..]));
+    let mut consumer = consume(&ch, &dlq, true).await;
+    let dropped = next_delivery(&mut consumer).await;
+    assert_eq!(dropped.data, b"first");
+    assert_eq!(
+        header(&dropped, "x-first-death-reason"),
+        Some(&long_string("maxlen"))
+    );
+    delete_queue(&ch, &queue).await;
+}
+
 /// `basic.qos global=true` holds back the channel's no-ack consumers too once the channel's
 /// limit is used, as RabbitMQ's limiter does (issue 9, item 10: no-ack consumers ignored it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -339,15 +339,23 @@ impl QueueActor {
         self.ready.push_back(entry);
         // Safe with this queue now (in memory, or covered by a pending sync).
         drop(confirm);
-        if overflow == Overflow::DropHead {
-            while self.over_limit(0, 0) {
-                match self.ready.pop_front() {
-                    Some(head) => {
-                        self.dead_letter(&head, Reason::MaxLen);
-                        self.discard(head);
-                    }
-                    None => break,
+        self.drop_head_over_limit();
+    }
+
+    /// `x-overflow drop-head`: while over a length limit, the head is dropped (dead-lettered
+    /// with reason `maxlen`). Run after a publish and after a requeue (a message coming back
+    /// counts against the limit at once, as in RabbitMQ).
+    fn drop_head_over_limit(&mut self) {
+        if self.settings.overflow != Overflow::DropHead {
+            return;
+        }
+        while self.over_limit(0, 0) {
+            match self.ready.pop_front() {
+                Some(head) => {
+                    self.dead_letter(&head, Reason::MaxLen);
+                    self.discard(head);
                 }
+                None => break,
             }
         }
     }
