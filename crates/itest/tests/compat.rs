@@ -390,6 +390,27 @@ async fn requeued_message_counts_against_max_length() {
     delete_queue(&ch, &queue).await;
 }
 
+/// A message whose own TTL passed while it waited behind others is never delivered, even to
+/// a consumer that attaches later (issue 9, item 10: Warren checked expiry only at the head
+/// before delivering, then delivered everything behind it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn message_expired_behind_the_head_is_not_delivered() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = new_channel(&conn).await;
+    let queue = declare_temp_queue(&ch).await;
+    let publisher = confirm_channel(&conn).await;
+    publish_confirmed(&publisher, "", &queue, b"1", Default::default()).await;
+    let short = BasicProperties::default().with_expiration("1".into());
+    publish_confirmed(&publisher, "", &queue, b"expired", short).await;
+    publish_confirmed(&publisher, "", &queue, b"3", Default::default()).await;
+    // Not synchronisation: the message's 1 ms TTL must be over before anyone consumes.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut consumer = consume(&ch, &queue, true).await;
+    assert_eq!(next_delivery(&mut consumer).await.data, b"1");
+    assert_eq!(next_delivery(&mut consumer).await.data, b"3");
+}
+
 /// `basic.qos global=true` holds back the channel's no-ack consumers too once the channel's
 /// limit is used, as RabbitMQ's limiter does (issue 9, item 10: no-ack consumers ignored it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
