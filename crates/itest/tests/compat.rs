@@ -341,6 +341,52 @@ async fn auto_delete_exchange_goes_with_its_last_of_many_bindings() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Arguments and headers
+
+/// Dead-lettering with the queue's own `x-dead-letter-routing-key` removes `CC` from the
+/// message, as RabbitMQ does (issue 9, item 10: Warren kept it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letter_routing_key_removes_cc() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = new_channel(&conn).await;
+    let dlq = declare_temp_queue(&ch).await;
+    let cc_queue = declare_temp_queue(&ch).await;
+    let source = declare_with(
+        &ch,
+        &unique_name("q-dlrk"),
+        table(&[
+            ("x-dead-letter-exchange", long_string("")),
+            ("x-dead-letter-routing-key", long_string(&dlq)),
+        ]),
+    )
+    .await;
+    let source = source.name().as_str().to_owned();
+    let cc = AMQPValue::FieldArray(vec![long_string(&cc_queue)].into());
+    publish_confirmed(
+        &confirm_channel(&conn).await,
+        "",
+        &source,
+        b"m",
+        BasicProperties::default().with_headers(table(&[("CC", cc)])),
+    )
+    .await;
+    let got = get(&ch, &source, false).await.expect("the message");
+    within(
+        "basic.reject",
+        ch.basic_reject(got.delivery.delivery_tag, BasicRejectOptions { requeue: false }),
+    )
+    .await
+    .expect("basic.reject");
+    let mut consumer = consume(&ch, &dlq, true).await;
+    let dead = next_delivery(&mut consumer).await;
+    assert_eq!(dead.data, b"m");
+    assert!(header(&dead, "x-death").is_some());
+    assert_eq!(header(&dead, "CC"), None, "CC kept: {:?}", dead.properties);
+    delete_queue(&ch, &source).await;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Queues: length limits, TTL, the channel's prefetch limit
 
 /// A requeued message counts against `x-max-length` at once: drop-head drops (and
