@@ -343,6 +343,28 @@ async fn auto_delete_exchange_goes_with_its_last_of_many_bindings() {
 // ---------------------------------------------------------------------------------------------
 // Arguments and headers
 
+/// `CC` and `BCC` headers that are not arrays add no routing keys and do not fail the publish
+/// (issue 9, item 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cc_and_bcc_that_are_not_arrays_are_ignored() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = new_channel(&conn).await;
+    let main = declare_temp_queue(&ch).await;
+    let other = declare_temp_queue(&ch).await;
+    let headers = table(&[("CC", long_string(&other)), ("BCC", long_string(&other))]);
+    publish_confirmed(
+        &confirm_channel(&conn).await,
+        "",
+        &main,
+        b"m",
+        BasicProperties::default().with_headers(headers),
+    )
+    .await;
+    assert_eq!(get_body(&ch, &main).await.as_deref(), Some(&b"m"[..]));
+    assert_eq!(queue_counts(&ch, &other).await.0, 0);
+}
+
 /// Dead-lettering with the queue's own `x-dead-letter-routing-key` removes `CC` from the
 /// message, as RabbitMQ does (issue 9, item 10: Warren kept it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -492,3 +514,22 @@ async fn global_qos_holds_back_no_ack_consumers_when_full() {
 
 // ---------------------------------------------------------------------------------------------
 // Transactions
+
+/// The `version` server property is dotted numbers, as clients parse it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn version_server_property_is_dotted_numbers() {
+    let broker = start_broker().await;
+    let mut raw = RawConn::connect(broker.addr).await;
+    raw.send_header_and_read_start().await;
+    let version = match raw.server_properties.inner().get("version") {
+        Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        other => panic!("version is not a long string: {other:?}"),
+    };
+    assert!(
+        !version.is_empty()
+            && version
+                .split('.')
+                .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit())),
+        "version {version:?}"
+    );
+}
