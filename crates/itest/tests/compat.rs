@@ -515,6 +515,78 @@ async fn global_qos_holds_back_no_ack_consumers_when_full() {
 // ---------------------------------------------------------------------------------------------
 // Transactions
 
+/// In a transaction an unknown tag, or a tag acked twice, is 406 at the ack, as in RabbitMQ
+/// (issue 9, item 10: Warren buffered the acks and only failed at commit, so a rollback hid
+/// the error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tx_ack_of_unknown_or_twice_acked_tag_is_precondition_failed() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = new_channel(&conn).await;
+    let queue = declare_temp_queue(&ch).await;
+    let publisher = confirm_channel(&conn).await;
+    for _ in 0..2 {
+        publish_confirmed(&publisher, "", &queue, b"m", Default::default()).await;
+    }
+    for twice in [false, true] {
+        let tx = new_channel(&conn).await;
+        within("tx.select-ok", tx.tx_select()).await.expect("tx.select");
+        let got = get(&tx, &queue, false).await.expect("a message");
+        let tag = got.delivery.delivery_tag;
+        if twice {
+            let _ = tx.basic_ack(tag, BasicAckOptions::default()).await;
+        }
+        let wrong = if twice { tag } else { tag + 41 };
+        let _ = tx.basic_ack(wrong, BasicAckOptions::default()).await;
+        let e = within("tx.rollback", tx.tx_rollback())
+            .await
+            .expect_err("the channel was closed by the ack");
+        assert_eq!(reply_code(&e), Some(406), "twice={twice}: {e}");
+        assert!(
+            e.to_string().contains(&format!("unknown delivery tag {wrong}")),
+            "{e}"
+        );
+    }
+}
+
+/// A rolled-back ack leaves its delivery unacked: not redelivered, and it can be acked again
+/// (issue 9, item 10).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tx_rolled_back_ack_leaves_the_delivery_unacked() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = new_channel(&conn).await;
+    let queue = declare_temp_queue(&ch).await;
+    publish_confirmed(
+        &confirm_channel(&conn).await,
+        "",
+        &queue,
+        b"m",
+        Default::default(),
+    )
+    .await;
+    let tx = new_channel(&conn).await;
+    within("tx.select-ok", tx.tx_select()).await.expect("tx.select");
+    let tag = get(&tx, &queue, false).await.expect("m").delivery.delivery_tag;
+    within("basic.ack", tx.basic_ack(tag, BasicAckOptions::default()))
+        .await
+        .expect("basic.ack");
+    within("tx.rollback-ok", tx.tx_rollback())
+        .await
+        .expect("tx.rollback");
+    assert_eq!(queue_counts(&ch, &queue).await.0, 0, "not requeued");
+    within("basic.ack", tx.basic_ack(tag, BasicAckOptions::default()))
+        .await
+        .expect("basic.ack");
+    within("tx.commit-ok", tx.tx_commit())
+        .await
+        .expect("tx.commit");
+    within("channel.close", tx.close(200, "bye".into()))
+        .await
+        .expect("channel.close");
+    assert_eq!(queue_counts(&ch, &queue).await.0, 0, "acked, not requeued");
+}
+
 /// The `version` server property is dotted numbers, as clients parse it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn version_server_property_is_dotted_numbers() {

@@ -44,11 +44,10 @@ pub(crate) enum Mode {
 /// Work buffered by a transaction until tx.commit.
 pub(crate) enum TxOp {
     Publish(Box<(basic::Publish, ContentHeader, Bytes)>),
+    /// Deliveries an ack / nack / reject took out of `unacked` (a rollback puts them back).
     Settle {
-        tag: u64,
-        multiple: bool,
+        taken: BTreeMap<u64, Unacked>,
         requeue: Option<bool>,
-        class_method: (u16, u16),
     },
 }
 
