@@ -394,7 +394,12 @@ impl VHost {
             check_flag("durable", def.durable, cur.durable, &what)?;
             check_flag("auto_delete", def.auto_delete, cur.auto_delete, &what)?;
             check_flag("internal", def.internal, cur.internal, &what)?;
-            check_equivalent(&def.arguments, &cur.arguments, EXCHANGE_EQUIVALENCE_KEYS, &what)?;
+            check_equivalent(
+                &def.arguments,
+                &cur.arguments,
+                EXCHANGE_EQUIVALENCE_KEYS,
+                &what,
+            )?;
             return Ok(());
         }
         if passive {
@@ -502,7 +507,12 @@ impl VHost {
                 &what,
             )?;
             // As RabbitMQ: a redeclare is compared, not validated again.
-            check_equivalent(&def.arguments, &cur.arguments, QUEUE_EQUIVALENCE_KEYS, &what)?;
+            check_equivalent(
+                &def.arguments,
+                &cur.arguments,
+                QUEUE_EQUIVALENCE_KEYS,
+                &what,
+            )?;
             return Ok(existing.handle.clone());
         }
         let settings = QueueSettings::from_arguments(&def.arguments, &self.queue_what(&name))?;

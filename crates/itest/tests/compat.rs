@@ -52,15 +52,19 @@ async fn client_close_is_drained_until_the_client_closes() {
     raw.expect_eof().await;
 }
 
-/// A content header with no method before it is 505 UNEXPECTED_FRAME whatever its payload
-/// (issue 9, item 10: Warren parsed it first and answered a payload it could not read with
-/// 501 FRAME_ERROR).
+/// A content header with no method before it is 505 UNEXPECTED_FRAME whatever its properties
+/// (issue 9, item 10: Warren parsed them first and answered properties it could not read
+/// with 501 FRAME_ERROR). Checked against RabbitMQ 3.10.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_header_without_method_is_unexpected_frame() {
     let broker = start_broker().await;
     let mut raw = broker.raw().await;
     raw.open_channel(1).await;
-    raw.send(&raw_frame(FRAME_HEADER, 1, &[0, 60, 0])).await;
+    // Class 60, weight 0, body size 1, then flags announcing every property and none after.
+    let mut payload = vec![0, 60, 0, 0];
+    payload.extend_from_slice(&1u64.to_be_bytes());
+    payload.extend_from_slice(&[0xFF, 0xFC]);
+    raw.send(&raw_frame(FRAME_HEADER, 1, &payload)).await;
     raw.expect_connection_close(505).await;
 }
 
@@ -243,7 +247,12 @@ async fn empty_queue_name_is_the_last_declared_queue() {
     assert_eq!(next_delivery(&mut consumer).await.data, b"3");
     within(
         "queue.unbind-ok",
-        ch.queue_unbind("".into(), "amq.direct".into(), "".into(), FieldTable::default()),
+        ch.queue_unbind(
+            "".into(),
+            "amq.direct".into(),
+            "".into(),
+            FieldTable::default(),
+        ),
     )
     .await
     .expect("queue.unbind");
@@ -264,7 +273,10 @@ async fn empty_queue_name_is_the_last_declared_queue() {
     .await
     .expect_err("purge of the default queue with none declared");
     assert_eq!(reply_code(&e), Some(404), "{e}");
-    assert!(e.to_string().contains("no previously declared queue"), "{e}");
+    assert!(
+        e.to_string().contains("no previously declared queue"),
+        "{e}"
+    );
 }
 
 /// queue.unbind of a binding, queue or exchange that does not exist is unbind-ok, as in
@@ -278,9 +290,21 @@ async fn unbind_is_idempotent() {
     let missing_queue = unique_name("q-missing");
     let missing_exchange = unique_name("x-missing");
     for (q, x, what) in [
-        (queue.as_str(), "amq.direct", "a binding that does not exist"),
-        (missing_queue.as_str(), "amq.direct", "a queue that does not exist"),
-        (queue.as_str(), missing_exchange.as_str(), "an exchange that does not exist"),
+        (
+            queue.as_str(),
+            "amq.direct",
+            "a binding that does not exist",
+        ),
+        (
+            missing_queue.as_str(),
+            "amq.direct",
+            "a queue that does not exist",
+        ),
+        (
+            queue.as_str(),
+            missing_exchange.as_str(),
+            "an exchange that does not exist",
+        ),
     ] {
         within(
             "queue.unbind-ok",
@@ -344,10 +368,13 @@ async fn auto_delete_exchange_goes_with_its_last_of_many_bindings() {
 // Arguments and headers
 
 /// `CC` and `BCC` headers that are not arrays add no routing keys and do not fail the publish
-/// (issue 9, item 10).
+/// (issue 9, item 10). Warren-only: RabbitMQ 3.10 refuses such a publish with 406 "invalid
+/// message: {unacceptable_type_in_header,\"CC\",longstr}" (see docs/compat.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cc_and_bcc_that_are_not_arrays_are_ignored() {
-    let broker = start_broker().await;
+    let Some(broker) = start_broker_with(|_| {}).await else {
+        return;
+    };
     let conn = broker.connect().await;
     let ch = new_channel(&conn).await;
     let main = declare_temp_queue(&ch).await;
@@ -396,7 +423,10 @@ async fn dead_letter_routing_key_removes_cc() {
     let got = get(&ch, &source, false).await.expect("the message");
     within(
         "basic.reject",
-        ch.basic_reject(got.delivery.delivery_tag, BasicRejectOptions { requeue: false }),
+        ch.basic_reject(
+            got.delivery.delivery_tag,
+            BasicRejectOptions { requeue: false },
+        ),
     )
     .await
     .expect("basic.reject");
@@ -530,7 +560,9 @@ async fn tx_ack_of_unknown_or_twice_acked_tag_is_precondition_failed() {
     }
     for twice in [false, true] {
         let tx = new_channel(&conn).await;
-        within("tx.select-ok", tx.tx_select()).await.expect("tx.select");
+        within("tx.select-ok", tx.tx_select())
+            .await
+            .expect("tx.select");
         let got = get(&tx, &queue, false).await.expect("a message");
         let tag = got.delivery.delivery_tag;
         if twice {
@@ -543,7 +575,8 @@ async fn tx_ack_of_unknown_or_twice_acked_tag_is_precondition_failed() {
             .expect_err("the channel was closed by the ack");
         assert_eq!(reply_code(&e), Some(406), "twice={twice}: {e}");
         assert!(
-            e.to_string().contains(&format!("unknown delivery tag {wrong}")),
+            e.to_string()
+                .contains(&format!("unknown delivery tag {wrong}")),
             "{e}"
         );
     }
@@ -566,8 +599,14 @@ async fn tx_rolled_back_ack_leaves_the_delivery_unacked() {
     )
     .await;
     let tx = new_channel(&conn).await;
-    within("tx.select-ok", tx.tx_select()).await.expect("tx.select");
-    let tag = get(&tx, &queue, false).await.expect("m").delivery.delivery_tag;
+    within("tx.select-ok", tx.tx_select())
+        .await
+        .expect("tx.select");
+    let tag = get(&tx, &queue, false)
+        .await
+        .expect("m")
+        .delivery
+        .delivery_tag;
     within("basic.ack", tx.basic_ack(tag, BasicAckOptions::default()))
         .await
         .expect("basic.ack");

@@ -23,6 +23,9 @@ use warren_protocol::{basic, channel, AMQPClass, ProtocolError, ShortString};
 use crate::confirms::ConfirmTracker;
 use crate::connection::Connection;
 
+/// A content header's fixed part: class id, weight and body size.
+pub const CONTENT_HEADER_FIXED_BYTES: usize = 12;
+
 static NEXT_CHANNEL_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// A delivery awaiting the client's ack.
@@ -157,9 +160,10 @@ impl Connection {
                 Ok(())
             }
             FrameKind::Header => {
-                // Out of sequence before it is parsed: a header with no method before it is
-                // 505 whatever its payload, as in RabbitMQ (not 501 for a payload it can't read).
-                if ch.assembler.is_idle() {
+                // Out of sequence before its properties are parsed: a header with no method
+                // before it is 505 whatever its properties, as in RabbitMQ (whose reader only
+                // needs the fixed part to see a content header; shorter is 501, from parsing).
+                if ch.assembler.is_idle() && frame.payload.len() >= CONTENT_HEADER_FIXED_BYTES {
                     return Err(ProtocolError::unexpected_frame(
                         "expected method frame, got non method frame instead",
                     ));
