@@ -149,7 +149,7 @@ pub fn dead_lettered(
 
 /// `headers` without the given keys.
 fn without_keys(headers: FieldTable, keys: &[&str]) -> FieldTable {
-    if !keys.iter().any(|k| headers.contains_key(*k)) {
+    if !keys.iter().any(|k| headers.contains_key(k)) {
         return headers;
     }
     let mut out = FieldTable::default();

@@ -113,7 +113,7 @@ impl ReadyQueue {
     pub fn pop_front_expired(&mut self, now_ms: u64) -> Option<Entry> {
         let level = self.levels.iter().rposition(|q| !q.is_empty())?;
         let front = self.levels[level].front()?;
-        if !front.expires_at_ms.is_some_and(|t| t <= now_ms) {
+        if front.expires_at_ms.is_none_or(|t| t > now_ms) {
             return None;
         }
         let entry = self.levels[level].pop_front()?;
