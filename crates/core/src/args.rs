@@ -73,19 +73,36 @@ pub fn as_str(value: &AMQPValue) -> Option<String> {
     }
 }
 
-/// Compares the argument tables of a redeclaration with the existing ones; the first
-/// difference is a 406 in RabbitMQ's words. `what` is e.g. "queue 'q' in vhost '/'".
+/// The queue arguments a redeclaration is compared on: those RabbitMQ compares (its queue
+/// types' declare arguments) and Warren's own. Any other key is ignored, as in RabbitMQ.
+pub const QUEUE_EQUIVALENCE_KEYS: &[&str] = &[
+    "x-expires",
+    "x-message-ttl",
+    "x-dead-letter-exchange",
+    "x-dead-letter-routing-key",
+    "x-max-length",
+    "x-max-length-bytes",
+    "x-max-priority",
+    "x-overflow",
+    "x-single-active-consumer",
+    "x-queue-type",
+    "x-delivery-limit",
+    "x-consumer-timeout",
+];
+
+/// The exchange arguments a redeclaration is compared on (RabbitMQ compares only this one).
+pub const EXCHANGE_EQUIVALENCE_KEYS: &[&str] = &["alternate-exchange"];
+
+/// Compares the argument tables of a redeclaration with the existing ones, on the `keys` that
+/// matter (unknown arguments are ignored, as in RabbitMQ); the first difference is a 406 in
+/// RabbitMQ's words. `what` is e.g. "queue 'q' in vhost '/'".
 pub fn check_equivalent(
     received: &FieldTable,
     current: &FieldTable,
+    keys: &[&str],
     what: &str,
 ) -> Result<(), ProtocolError> {
-    let keys = received
-        .inner()
-        .keys()
-        .chain(current.inner().keys())
-        .collect::<std::collections::BTreeSet<_>>();
-    for key in keys {
+    for &key in keys {
         let r = received.inner().get(key);
         let c = current.inner().get(key);
         if r == c || same_integer(r, c) {
@@ -105,9 +122,7 @@ pub fn check_equivalent(
             }
         };
         return Err(ProtocolError::precondition_failed(format!(
-            "inequivalent arg '{}' for {}: {text}",
-            key.as_str(),
-            what
+            "inequivalent arg '{key}' for {what}: {text}"
         )));
     }
     Ok(())

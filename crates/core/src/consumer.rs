@@ -98,6 +98,14 @@ impl ChannelLimiter {
             .is_ok()
     }
 
+    /// Whether the limit leaves room, without taking a slot: a no-ack consumer of the channel
+    /// may receive only then (it holds no slot, but waits like the others once the channel's
+    /// limit is used, as RabbitMQ's limiter does).
+    pub fn has_room(&self) -> bool {
+        let limit = self.limit();
+        limit == 0 || self.in_flight.load(Ordering::Acquire) < limit
+    }
+
     /// Gives back `n` slots; true if the channel was full before, so blocked queues must be
     /// told to resume.
     pub fn release(&self, n: u32) -> bool {

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use arc_swap::{ArcSwap, Guard};
 use warren_protocol::{FieldTable, ProtocolError, ShortString};
 
-use crate::args::{check_equivalent, check_flag};
+use crate::args::{
+    check_equivalent, check_flag, EXCHANGE_EQUIVALENCE_KEYS, QUEUE_EQUIVALENCE_KEYS,
+};
 use crate::direct_reply::DirectReplies;
 use crate::durable::definitions::{self as def_records, DefinitionOp};
 use crate::exchange::headers::validate_binding_args;
@@ -548,7 +550,12 @@ impl VHost {
             check_flag("durable", def.durable, cur.durable, &what)?;
             check_flag("auto_delete", def.auto_delete, cur.auto_delete, &what)?;
             check_flag("internal", def.internal, cur.internal, &what)?;
-            check_equivalent(&def.arguments, &cur.arguments, &what)?;
+            check_equivalent(
+                &def.arguments,
+                &cur.arguments,
+                EXCHANGE_EQUIVALENCE_KEYS,
+                &what,
+            )?;
             return Ok(());
         }
         if passive {
@@ -652,7 +659,12 @@ impl VHost {
                 &what,
             )?;
             // As RabbitMQ: a redeclare is compared, not validated again.
-            check_equivalent(&def.arguments, &cur.arguments, &what)?;
+            check_equivalent(
+                &def.arguments,
+                &cur.arguments,
+                QUEUE_EQUIVALENCE_KEYS,
+                &what,
+            )?;
             return Ok(existing.handle.clone());
         }
         let settings = QueueSettings::from_arguments(&def.arguments, &self.queue_what(&name))?;
@@ -876,7 +888,11 @@ impl VHost {
         connection: u64,
     ) -> Result<(), ProtocolError> {
         let mut defs = self.lock();
-        self.check_binding_ends(&defs, source, &destination, connection)?;
+        // As RabbitMQ: unbinding from or to a queue or exchange that does not exist is ok.
+        match self.check_binding_ends(&defs, source, &destination, connection) {
+            Err(e) if e.code == warren_protocol::ReplyCode::NotFound => return Ok(()),
+            checked => checked?,
+        }
         let durable = Self::binding_is_durable(&defs, source, &destination);
         let entry = defs
             .exchanges

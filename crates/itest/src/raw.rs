@@ -158,6 +158,11 @@ impl RawConn {
         .await
     }
 
+    /// Closes our writing side (TCP FIN); reading goes on.
+    pub async fn shutdown_write(&mut self) {
+        let _ = within("socket shutdown", self.stream.shutdown()).await;
+    }
+
     pub async fn send_frame(&mut self, frame: &AMQPFrame) {
         self.send(&frame_bytes(frame)).await;
     }

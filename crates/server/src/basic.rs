@@ -4,6 +4,7 @@
 //! The publish path: content assembled (channel.rs) → `check_*` guards → routing snapshot →
 //! each destination queue's inbox (a bounded send: the publisher's backpressure) → confirm.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -131,15 +132,15 @@ impl Connection {
             }
             basic::AMQPMethod::Get(m) => self.get(ch, m).await,
             basic::AMQPMethod::Ack(m) => {
-                self.settle_or_buffer(ch, m.delivery_tag, m.multiple, None, (60, 80))
+                self.settle_or_buffer(ch, m.delivery_tag, m.multiple, None)
                     .await
             }
             basic::AMQPMethod::Nack(m) => {
-                self.settle_or_buffer(ch, m.delivery_tag, m.multiple, Some(m.requeue), (60, 120))
+                self.settle_or_buffer(ch, m.delivery_tag, m.multiple, Some(m.requeue))
                     .await
             }
             basic::AMQPMethod::Reject(m) => {
-                self.settle_or_buffer(ch, m.delivery_tag, false, Some(m.requeue), (60, 90))
+                self.settle_or_buffer(ch, m.delivery_tag, false, Some(m.requeue))
                     .await
             }
             basic::AMQPMethod::Qos(m) => {
@@ -313,55 +314,38 @@ impl Connection {
         }
     }
 
+    /// basic.ack / nack / reject. In a transaction the deliveries leave `unacked` at once (an
+    /// unknown or already-acked tag is 406 then, as in RabbitMQ) and are settled at commit.
     async fn settle_or_buffer(
         &mut self,
         ch: u16,
         tag: u64,
         multiple: bool,
         requeue: Option<bool>,
-        class_method: (u16, u16),
     ) -> Result<(), ProtocolError> {
         let c = self.channel(ch)?;
+        let taken = take_unacked(c, tag, multiple)?;
         if c.mode == Mode::Tx {
-            c.tx_ops.push(TxOp::Settle {
-                tag,
-                multiple,
-                requeue,
-                class_method,
-            });
+            c.tx_ops.push(TxOp::Settle { taken, requeue });
             return Ok(());
         }
-        self.settle(ch, tag, multiple, requeue).await
+        self.settle(ch, taken, requeue).await
     }
 
-    /// basic.ack / nack / reject: settle one delivery, or all up to `tag` with `multiple`
-    /// (tag 0 with multiple means all).
+    /// Settles deliveries taken from the channel's `unacked` on the queues that own them.
     async fn settle(
         &mut self,
         ch: u16,
-        tag: u64,
-        multiple: bool,
+        taken: BTreeMap<u64, Unacked>,
         requeue: Option<bool>,
     ) -> Result<(), ProtocolError> {
         let c = self.channel(ch)?;
-        let unknown = || ProtocolError::precondition_failed(format!("unknown delivery tag {tag}"));
-        let settled: Vec<Unacked> = if multiple {
-            let upto = if tag == 0 { u64::MAX } else { tag };
-            if tag != 0 && !c.unacked.contains_key(&tag) {
-                return Err(unknown());
-            }
-            let rest = c.unacked.split_off(&upto.saturating_add(1));
-            let taken = std::mem::replace(&mut c.unacked, rest);
-            taken.into_values().collect()
-        } else {
-            vec![c.unacked.remove(&tag).ok_or_else(unknown)?]
-        };
         let key = c.key;
-        let counted = settled.iter().filter(|u| u.counted).count() as u32;
+        let counted = taken.values().filter(|u| u.counted).count() as u32;
         let resume = c.limiter.release(counted);
         // Group by queue, keeping order; usually there is one queue.
         let mut groups: Vec<(QueueHandle, Vec<u64>)> = Vec::new();
-        for u in settled {
+        for u in taken.into_values() {
             match groups.iter_mut().find(|(q, _)| q.same(&u.queue)) {
                 Some((_, ids)) => ids.push(u.message_id),
                 None => groups.push((u.queue, vec![u.message_id])),
@@ -411,15 +395,7 @@ impl Connection {
                             self.route_and_enqueue(&routing, ch, m, header, body, None)?;
                             self.wait_blocked_sends().await;
                         }
-                        TxOp::Settle {
-                            tag,
-                            multiple,
-                            requeue,
-                            class_method,
-                        } => self
-                            .settle(ch, tag, multiple, requeue)
-                            .await
-                            .map_err(|e| e.on(class_method.0, class_method.1))?,
+                        TxOp::Settle { taken, requeue } => self.settle(ch, taken, requeue).await?,
                     }
                 }
                 self.send_method(ch, AMQPClass::Tx(tx::AMQPMethod::CommitOk(tx::CommitOk {})));
@@ -430,7 +406,12 @@ impl Connection {
                         "channel is not transactional",
                     ));
                 }
-                c.tx_ops.clear();
+                // Rolled-back acks leave their deliveries unacked (not redelivered).
+                for op in std::mem::take(&mut c.tx_ops) {
+                    if let TxOp::Settle { taken, .. } = op {
+                        c.unacked.extend(taken);
+                    }
+                }
                 self.send_method(
                     ch,
                     AMQPClass::Tx(tx::AMQPMethod::RollbackOk(tx::RollbackOk {})),
@@ -600,13 +581,7 @@ impl Connection {
                 self.output_gauge.discharge(d.output_bytes);
                 let id = Channel::number_of(d.channel_key);
                 match self.channels.get_mut(&id) {
-                    Some(c) if c.key == d.channel_key && !c.closing => {
-                        if c.flow_active {
-                            self.write_delivery(d);
-                        } else {
-                            c.paused.push_back(d);
-                        }
-                    }
+                    Some(c) if c.key == d.channel_key && !c.closing => self.write_delivery(d),
                     // The channel is gone; its queue takes the message back on ChannelClosed.
                     _ => {}
                 }
@@ -705,6 +680,27 @@ impl Connection {
         );
         encode::content_header_raw(&mut self.out, id, &msg.header_raw);
         encode::body(&mut self.out, id, &msg.body, self.frame_max);
+    }
+}
+
+/// Takes the deliveries an ack / nack / reject names out of the channel's `unacked`: one tag,
+/// or every tag up to it with `multiple` (tag 0 with multiple: all). An unknown tag is 406.
+fn take_unacked(
+    c: &mut Channel,
+    tag: u64,
+    multiple: bool,
+) -> Result<BTreeMap<u64, Unacked>, ProtocolError> {
+    let unknown = || ProtocolError::precondition_failed(format!("unknown delivery tag {tag}"));
+    if multiple {
+        let upto = if tag == 0 { u64::MAX } else { tag };
+        if tag != 0 && !c.unacked.contains_key(&tag) {
+            return Err(unknown());
+        }
+        let rest = c.unacked.split_off(&upto.saturating_add(1));
+        Ok(std::mem::replace(&mut c.unacked, rest))
+    } else {
+        let u = c.unacked.remove(&tag).ok_or_else(unknown)?;
+        Ok(BTreeMap::from([(tag, u)]))
     }
 }
 

@@ -5,13 +5,13 @@
 //! carry its `ChannelKey`, so deliveries for a closed (or reopened) channel number are
 //! recognised and dropped (the queue has already taken them back).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
 use tracing::warn;
-use warren_core::consumer::{ChannelKey, ChannelLimiter, Delivery};
+use warren_core::consumer::{ChannelKey, ChannelLimiter};
 use warren_core::direct_reply::Registration;
 use warren_core::queue::QueueCommand;
 use warren_core::QueueHandle;
@@ -22,6 +22,9 @@ use warren_protocol::{basic, channel, AMQPClass, ProtocolError, ShortString};
 
 use crate::confirms::ConfirmTracker;
 use crate::connection::Connection;
+
+/// A content header's fixed part: class id, weight and body size.
+pub const CONTENT_HEADER_FIXED_BYTES: usize = 12;
 
 static NEXT_CHANNEL_GENERATION: AtomicU64 = AtomicU64::new(1);
 
@@ -44,11 +47,10 @@ pub(crate) enum Mode {
 /// Work buffered by a transaction until tx.commit.
 pub(crate) enum TxOp {
     Publish(Box<(basic::Publish, ContentHeader, Bytes)>),
+    /// Deliveries an ack / nack / reject took out of `unacked` (a rollback puts them back).
     Settle {
-        tag: u64,
-        multiple: bool,
+        taken: BTreeMap<u64, Unacked>,
         requeue: Option<bool>,
-        class_method: (u16, u16),
     },
 }
 
@@ -69,9 +71,6 @@ pub(crate) struct Channel {
     pub touched: HashMap<u64, QueueHandle>,
     pub next_tag: u64,
     pub unacked: BTreeMap<u64, Unacked>,
-    /// channel.flow: when false, deliveries wait in `paused`.
-    pub flow_active: bool,
-    pub paused: VecDeque<Delivery>,
     /// This channel's direct reply-to consumer, if any (unregisters when dropped).
     pub reply_consumer: Option<Registration>,
     /// The last queue declared on this channel (an empty queue name means it).
@@ -94,8 +93,6 @@ impl Channel {
             touched: HashMap::new(),
             next_tag: 1,
             unacked: BTreeMap::new(),
-            flow_active: true,
-            paused: VecDeque::new(),
             last_queue: None,
             reply_consumer: None,
         }
@@ -122,7 +119,6 @@ impl Channel {
         self.touched.clear();
         self.consumers.clear();
         self.unacked.clear();
-        self.paused.clear();
         self.tx_ops.clear();
         self.assembler.reset();
         self.reply_consumer = None;
@@ -164,6 +160,14 @@ impl Connection {
                 Ok(())
             }
             FrameKind::Header => {
+                // Out of sequence before its properties are parsed: a header with no method
+                // before it is 505 whatever its properties, as in RabbitMQ (whose reader only
+                // needs the fixed part to see a content header; shorter is 501, from parsing).
+                if ch.assembler.is_idle() && frame.payload.len() >= CONTENT_HEADER_FIXED_BYTES {
+                    return Err(ProtocolError::unexpected_frame(
+                        "expected method frame, got non method frame instead",
+                    ));
+                }
                 let header = parse_header(frame.payload)?;
                 let max = self.ctx.config.max_message_bytes;
                 let step = ch.assembler.header(header, |size| {
@@ -221,12 +225,14 @@ impl Connection {
         let method = decode_method(&frame.payload)?;
         match method.class {
             AMQPClass::Channel(channel::AMQPMethod::Open(_)) => {
-                if id > self.channel_max() {
+                // channel_max bounds how many channels are open, not their numbers (as
+                // RabbitMQ: channel 65535 is fine when channel_max is 2047). 0 = no limit.
+                let open = self.channels.len();
+                let max = self.channel_max();
+                if max != 0 && open >= usize::from(max) {
                     return Err(ProtocolError::not_allowed(format!(
-                        "channel number {id} is higher than the negotiated channel_max ({})",
-                        self.channel_max()
-                    ))
-                    .on(20, 10));
+                        "number of channels opened ({open}) has reached the negotiated channel_max ({max})"
+                    )));
                 }
                 self.channels.insert(id, Channel::new(id));
                 self.send_method(
@@ -312,27 +318,18 @@ impl Connection {
                 Ok(())
             }
             channel::AMQPMethod::CloseOk(_) => Ok(()),
+            // As RabbitMQ: a client may not stop the server's deliveries this way (it has
+            // basic.qos for that); only active=true is answered.
             channel::AMQPMethod::Flow(flow) => {
-                let resumed = match self.channels.get_mut(&id) {
-                    Some(ch) => {
-                        ch.flow_active = flow.active;
-                        if flow.active {
-                            std::mem::take(&mut ch.paused)
-                        } else {
-                            VecDeque::new()
-                        }
-                    }
-                    None => VecDeque::new(),
-                };
+                if !flow.active {
+                    return Err(ProtocolError::not_implemented("active=false"));
+                }
                 self.send_method(
                     id,
                     AMQPClass::Channel(channel::AMQPMethod::FlowOk(channel::FlowOk {
-                        active: flow.active,
+                        active: true,
                     })),
                 );
-                for d in resumed {
-                    self.write_delivery(d);
-                }
                 Ok(())
             }
             channel::AMQPMethod::FlowOk(_) | channel::AMQPMethod::OpenOk(_) => Ok(()),

@@ -31,6 +31,10 @@ use crate::sasl;
 
 /// How long we wait for close-ok after sending connection.close.
 pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
+/// After close-ok to a client's connection.close, how long we keep reading (and discarding)
+/// until the client closes its side: closing ours at once would reset a socket that still has
+/// the client's unread frames, and a client still writing would get EPIPE.
+pub const CLOSE_LINGER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most queue events handled in one loop iteration before reading the socket again.
 pub const EVENTS_PER_ITERATION_MAX: usize = 1024;
 /// Read buffer room after the handshake: what one read may fill.
@@ -57,6 +61,8 @@ enum End {
     SocketClosed,
     /// A close handshake finished (either side started it).
     Closed,
+    /// We answered the client's connection.close: its side closes next.
+    ClosedByClient,
     /// The peer missed heartbeats.
     HeartbeatTimeout,
 }
@@ -166,9 +172,12 @@ pub(crate) async fn serve(
             );
             let end = conn.run(shutdown).await;
             conn.cleanup().await;
+            if matches!(end, End::ClosedByClient) {
+                conn.linger().await;
+            }
             let reason = match end {
                 End::SocketClosed => "socket closed",
-                End::Closed => "closed",
+                End::Closed | End::ClosedByClient => "closed",
                 End::HeartbeatTimeout => "missed heartbeats",
             };
             info!(connection = id, peer = %peer, user = %conn.user, reason, "connection closed");
@@ -670,7 +679,7 @@ impl Connection {
                     0,
                     AMQPClass::Connection(connection::AMQPMethod::CloseOk(connection::CloseOk {})),
                 );
-                Ok(Some(End::Closed))
+                Ok(Some(End::ClosedByClient))
             }
             AMQPClass::Connection(connection::AMQPMethod::CloseOk(_)) => Ok(Some(End::Closed)),
             AMQPClass::Connection(connection::AMQPMethod::UpdateSecret(_)) => {
@@ -739,6 +748,24 @@ impl Connection {
         };
         let _ = timeout(CLOSE_OK_TIMEOUT, wait).await;
         End::Closed
+    }
+
+    /// After close-ok to the client's connection.close: sends it, then reads and discards until
+    /// the client closes its side (or `CLOSE_LINGER_TIMEOUT`), so frames it wrote meanwhile
+    /// never meet a closed socket.
+    async fn linger(&mut self) {
+        let _ = timeout(CLOSE_OK_TIMEOUT, self.flush_all()).await;
+        let drain = async {
+            loop {
+                self.inbuf.clear();
+                self.reserve_read();
+                match self.reader.read_buf(&mut self.inbuf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        };
+        let _ = timeout(CLOSE_LINGER_TIMEOUT, drain).await;
     }
 
     /// Releases every channel's resources (unacked messages go back to their queues).

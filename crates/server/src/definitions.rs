@@ -26,7 +26,32 @@ pub fn generated_name(prefix: &str) -> ShortString {
     ShortString::from(name)
 }
 
+/// RabbitMQ removes LF and CR from the names of exchanges and queues in declare, delete,
+/// bind and unbind (`strip_cr_lf` in its channel): `"q\n"` names queue `q` there.
+pub fn strip_cr_lf(name: ShortString) -> ShortString {
+    if name.as_str().contains(['\n', '\r']) {
+        ShortString::from(name.as_str().replace(['\n', '\r'], ""))
+    } else {
+        name
+    }
+}
+
 impl Connection {
+    /// The routing key of a queue.bind / unbind: an empty key with an empty queue name means
+    /// the channel's last declared queue's name (the spec's "default binding").
+    fn resolve_binding_key(
+        &self,
+        channel: u16,
+        queue: &ShortString,
+        routing_key: ShortString,
+    ) -> Result<ShortString, ProtocolError> {
+        if queue.as_str().is_empty() && routing_key.as_str().is_empty() {
+            self.resolve_queue_name(channel, queue)
+        } else {
+            Ok(routing_key)
+        }
+    }
+
     /// The queue a method names, where an empty name means the channel's last declared queue.
     pub(crate) fn resolve_queue_name(
         &self,
@@ -88,7 +113,7 @@ impl Connection {
                 };
                 vhost.declare_exchange(
                     ExchangeDef {
-                        name: m.exchange,
+                        name: strip_cr_lf(m.exchange),
                         kind,
                         durable: m.durable,
                         auto_delete: m.auto_delete,
@@ -107,7 +132,7 @@ impl Connection {
                 }
             }
             exchange::AMQPMethod::Delete(m) => {
-                vhost.delete_exchange(m.exchange.as_str(), m.if_unused)?;
+                vhost.delete_exchange(strip_cr_lf(m.exchange).as_str(), m.if_unused)?;
                 if !m.nowait {
                     self.send_method(
                         ch,
@@ -117,8 +142,8 @@ impl Connection {
             }
             exchange::AMQPMethod::Bind(m) => {
                 vhost.bind(
-                    m.source.as_str(),
-                    Destination::Exchange(m.destination),
+                    strip_cr_lf(m.source).as_str(),
+                    Destination::Exchange(strip_cr_lf(m.destination)),
                     m.routing_key,
                     m.arguments,
                     self.id,
@@ -132,8 +157,8 @@ impl Connection {
             }
             exchange::AMQPMethod::Unbind(m) => {
                 vhost.unbind(
-                    m.source.as_str(),
-                    Destination::Exchange(m.destination),
+                    strip_cr_lf(m.source).as_str(),
+                    Destination::Exchange(strip_cr_lf(m.destination)),
                     m.routing_key.as_str(),
                     &m.arguments,
                     self.id,
@@ -165,6 +190,10 @@ impl Connection {
                 if self.ctx.config.fault_panic_queue.as_deref() == Some(m.queue.as_str()) {
                     panic!("fault injection: queue.declare '{}'", m.queue);
                 }
+                let m = queue::Declare {
+                    queue: strip_cr_lf(m.queue),
+                    ..m
+                };
                 if m.passive && m.queue.as_str().starts_with(REPLY_TO) {
                     return self.declare_reply_to(ch, m.queue);
                 }
@@ -206,11 +235,12 @@ impl Connection {
                 }
             }
             queue::AMQPMethod::Bind(m) => {
-                let name = self.resolve_queue_name(ch, &m.queue)?;
+                let name = strip_cr_lf(self.resolve_queue_name(ch, &m.queue)?);
+                let routing_key = self.resolve_binding_key(ch, &m.queue, m.routing_key)?;
                 vhost.bind(
-                    m.exchange.as_str(),
+                    strip_cr_lf(m.exchange).as_str(),
                     Destination::Queue(name),
-                    m.routing_key,
+                    routing_key,
                     m.arguments,
                     self.id,
                 )?;
@@ -222,11 +252,12 @@ impl Connection {
                 }
             }
             queue::AMQPMethod::Unbind(m) => {
-                let name = self.resolve_queue_name(ch, &m.queue)?;
+                let name = strip_cr_lf(self.resolve_queue_name(ch, &m.queue)?);
+                let routing_key = self.resolve_binding_key(ch, &m.queue, m.routing_key)?;
                 vhost.unbind(
-                    m.exchange.as_str(),
+                    strip_cr_lf(m.exchange).as_str(),
                     Destination::Queue(name),
-                    m.routing_key.as_str(),
+                    routing_key.as_str(),
                     &m.arguments,
                     self.id,
                 )?;
@@ -248,7 +279,7 @@ impl Connection {
                 }
             }
             queue::AMQPMethod::Delete(m) => {
-                let name = self.resolve_queue_name(ch, &m.queue)?;
+                let name = strip_cr_lf(self.resolve_queue_name(ch, &m.queue)?);
                 let message_count = vhost
                     .delete_queue(name.as_str(), self.id, m.if_unused, m.if_empty)
                     .await?;

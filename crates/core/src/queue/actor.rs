@@ -205,6 +205,10 @@ impl QueueActor {
                 self.last_used_ms = now_ms();
                 self.expire(self.last_used_ms);
                 let mut got = None;
+                while let Some(expired) = self.ready.pop_front_expired(self.last_used_ms) {
+                    self.dead_letter(&expired, Reason::Expired);
+                    self.discard(expired);
+                }
                 while let Some(entry) = self.ready.pop_front() {
                     if let Some(delivery) = self.make_delivery(entry, channel_key, None, no_ack) {
                         got = Some((delivery, self.ready.len() as u32));
@@ -339,15 +343,23 @@ impl QueueActor {
         self.ready.push_back(entry);
         // Safe with this queue now (in memory, or covered by a pending sync).
         drop(confirm);
-        if overflow == Overflow::DropHead {
-            while self.over_limit(0, 0) {
-                match self.ready.pop_front() {
-                    Some(head) => {
-                        self.dead_letter(&head, Reason::MaxLen);
-                        self.discard(head);
-                    }
-                    None => break,
+        self.drop_head_over_limit();
+    }
+
+    /// `x-overflow drop-head`: while over a length limit, the head is dropped (dead-lettered
+    /// with reason `maxlen`). Run after a publish and after a requeue (a message coming back
+    /// counts against the limit at once, as in RabbitMQ).
+    fn drop_head_over_limit(&mut self) {
+        if self.settings.overflow != Overflow::DropHead {
+            return;
+        }
+        while self.over_limit(0, 0) {
+            match self.ready.pop_front() {
+                Some(head) => {
+                    self.dead_letter(&head, Reason::MaxLen);
+                    self.discard(head);
                 }
+                None => break,
             }
         }
     }
@@ -478,8 +490,16 @@ impl QueueActor {
         }
         // Strictly past the deadline: a message with TTL 0 still goes to a consumer that can
         // take it at once (RabbitMQ's rule); the timer expires it otherwise.
-        self.expire(now_ms().saturating_sub(1));
+        let now = now_ms().saturating_sub(1);
+        self.expire(now);
         while !self.ready.is_empty() {
+            // A message that expired behind the head (its own TTL) is dropped when it gets
+            // there, never delivered.
+            if let Some(expired) = self.ready.pop_front_expired(now) {
+                self.dead_letter(&expired, Reason::Expired);
+                self.discard(expired);
+                continue;
+            }
             let Some(index) = self.next_with_credit() else {
                 return;
             };
@@ -551,7 +571,11 @@ impl QueueActor {
             let c = &self.consumers[i];
             c.has_credit()
                 && c.spec.output.admit()
-                && (c.spec.no_ack || c.spec.channel_limiter.try_reserve())
+                && if c.spec.no_ack {
+                    c.spec.channel_limiter.has_room()
+                } else {
+                    c.spec.channel_limiter.try_reserve()
+                }
         })
     }
 
@@ -611,6 +635,7 @@ impl QueueActor {
             return;
         }
         self.ready.requeue(entry);
+        self.drop_head_over_limit();
     }
 
     fn requeue_channel(&mut self, channel_key: ChannelKey) {

@@ -122,6 +122,11 @@ pub fn dead_lettered(
         "x-last-death-exchange".into(),
         long(message.exchange.as_str()),
     );
+    // With the queue's own dead-letter routing key, the message no longer carries its CC
+    // keys (RabbitMQ deletes the header): they would route it again from the DLX.
+    if dl_routing_key.is_some() {
+        headers = without_keys(headers, &["CC", "BCC"]);
+    }
     // The per-message TTL is consumed by dead-lettering (kept in original-expiration).
     let mut properties = message.properties.clone().with_headers(headers);
     if properties.expiration().is_some() {
@@ -140,6 +145,20 @@ pub fn dead_lettered(
         message.with_properties(properties, dlx.clone(), first_key),
         route_keys,
     )
+}
+
+/// `headers` without the given keys.
+fn without_keys(headers: FieldTable, keys: &[&str]) -> FieldTable {
+    if !keys.iter().any(|k| headers.contains_key(k)) {
+        return headers;
+    }
+    let mut out = FieldTable::default();
+    for (k, v) in headers.inner() {
+        if !keys.contains(&k.as_str()) {
+            out.insert(k.clone(), v.clone());
+        }
+    }
+    out
 }
 
 fn clear_expiration(

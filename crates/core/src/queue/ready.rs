@@ -108,6 +108,19 @@ impl ReadyQueue {
         Some(entry)
     }
 
+    /// The next message to deliver, if its expiry is at or before `now_ms`: a message that
+    /// reaches the head already expired is dropped rather than delivered.
+    pub fn pop_front_expired(&mut self, now_ms: u64) -> Option<Entry> {
+        let level = self.levels.iter().rposition(|q| !q.is_empty())?;
+        let front = self.levels[level].front()?;
+        if front.expires_at_ms.is_none_or(|t| t > now_ms) {
+            return None;
+        }
+        let entry = self.levels[level].pop_front()?;
+        self.account_out(&entry);
+        Some(entry)
+    }
+
     /// The earliest expiry among the heads of the levels (only heads expire, as in
     /// RabbitMQ; a message deeper in the queue is checked when it reaches the head).
     pub fn next_expiry_ms(&self) -> Option<u64> {
