@@ -142,6 +142,28 @@ impl RawConn {
         }
     }
 
+    /// Opens the TCP connection with a small receive buffer (`SO_RCVBUF`, set before connect so
+    /// the window is never larger): a client that stops reading then holds little in the kernel.
+    pub async fn connect_with_recv_buffer(addr: SocketAddr, bytes: u32) -> RawConn {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4(),
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6(),
+        }
+        .expect("socket");
+        socket.set_recv_buffer_size(bytes).expect("SO_RCVBUF");
+        let stream = within("TCP connect", socket.connect(addr))
+            .await
+            .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
+        let _ = stream.set_nodelay(true);
+        RawConn {
+            stream,
+            buf: Vec::new(),
+            server_properties: FieldTable::default(),
+            mechanisms: String::new(),
+            tune: None,
+        }
+    }
+
     /// Writes bytes; fails the test if the socket refuses them.
     pub async fn send(&mut self, bytes: &[u8]) {
         if let Err(e) = self.try_send(bytes).await {

@@ -91,7 +91,7 @@ async fn a_no_ack_consumer_that_stops_reading_holds_a_bounded_backlog() {
     // messages included) into its connection's output buffer.
     use warren_itest::amq_protocol::frame::AMQPFrame;
     use warren_itest::amq_protocol::protocol::{basic, AMQPClass};
-    const MESSAGES: usize = 20_000;
+    const MESSAGES: usize = 30_000;
     const BODY_BYTES: usize = 1_000;
     let broker = start_broker().await;
     let (_conn, ch) = broker.channel().await;
@@ -118,7 +118,17 @@ async fn a_no_ack_consumer_that_stops_reading_holds_a_bounded_backlog() {
         within("confirm", c).await.expect("confirm");
     }
 
-    let mut slow = broker.raw().await;
+    // A small receive window, so what the kernel holds is known: the broker's send buffer
+    // (at most tcp_wmem's maximum) and this one.
+    const RECV_BUFFER_BYTES: u32 = 64 * 1024;
+    let mut slow = RawConn::connect_with_recv_buffer(broker.addr, RECV_BUFFER_BYTES).await;
+    slow.send_header_and_read_start().await;
+    slow.send_start_ok("PLAIN", plain_response("guest", "guest"))
+        .await;
+    let tune = slow.read_tune().await;
+    slow.send_tune_ok(tune.channel_max, tune.frame_max, 0).await;
+    slow.send_open("/").await;
+    slow.expect_open_ok().await;
     slow.open_channel(1).await;
     slow.call(
         1,
@@ -133,12 +143,17 @@ async fn a_no_ack_consumer_that_stops_reading_holds_a_bounded_backlog() {
         })),
     )
     .await;
-    // The queue answers this after its delivery loop stopped at the connection's budget
-    // (Warren: 4 MiB, about 4,000 of these); socket buffers take some more.
+    // Without a bound the whole queue goes at once. With one, what left the queue is the
+    // connection's budget (Warren: 4 MiB) plus what the kernel buffers (the broker's send
+    // buffer, at most tcp_wmem's maximum, and our receive buffer, which Linux doubles).
+    let kernel_bytes = tcp_buffer_max("tcp_wmem") + 2 * RECV_BUFFER_BYTES as usize;
+    // (Frames add about 100 bytes to each 1,000-byte body.)
+    let allowed = (4 * 1024 * 1024 + kernel_bytes) / BODY_BYTES;
     let (ready, _) = queue_counts(&ch, &queue).await;
     assert!(
-        ready as usize > MESSAGES / 2,
-        "{ready} of {MESSAGES} left in the queue: the slow consumer took the rest"
+        ready as usize + allowed >= MESSAGES && ready > 0,
+        "{ready} of {MESSAGES} left in the queue: the slow consumer took more than \
+         the budget and socket buffers ({allowed} messages)"
     );
     // Once the client reads, the queue resumes and everything arrives.
     let mut delivered = 0;
@@ -150,4 +165,12 @@ async fn a_no_ack_consumer_that_stops_reading_holds_a_bounded_backlog() {
         }
     }
     assert_eq!(queue_counts(&ch, &queue).await.0, 0);
+}
+
+/// The largest buffer the kernel may give a TCP socket (`net.ipv4.tcp_wmem`).
+fn tcp_buffer_max(name: &str) -> usize {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(2).and_then(|v| v.parse().ok()))
+        .unwrap_or(4 * 1024 * 1024)
 }

@@ -577,14 +577,17 @@ impl Connection {
     pub(crate) fn handle_event(&mut self, event: ClientEvent) {
         match event {
             ClientEvent::Deliver(d) => {
-                // Out of the event channel; what it adds to `out` is counted at the flush.
-                self.output_gauge.discharge(d.output_bytes);
+                let charged = d.output_bytes;
                 let id = Channel::number_of(d.channel_key);
                 match self.channels.get_mut(&id) {
                     Some(c) if c.key == d.channel_key && !c.closing => self.write_delivery(d),
                     // The channel is gone; its queue takes the message back on ChannelClosed.
                     _ => {}
                 }
+                // Out of the event channel and into `out`: count the new output before
+                // giving back the event's charge, so the gauge never dips in between.
+                self.count_output();
+                self.output_gauge.discharge(charged);
             }
             ClientEvent::Confirmed {
                 channel_key,

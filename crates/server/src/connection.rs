@@ -37,8 +37,11 @@ pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
 pub const CLOSE_LINGER_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most queue events handled in one loop iteration before reading the socket again.
 pub const EVENTS_PER_ITERATION_MAX: usize = 1024;
-/// Read buffer room after the handshake: what one read may fill.
+/// Most read buffer room one read may fill (reached by connections that keep it busy).
 pub const READ_BUFFER_BYTES: usize = 64 * 1024;
+/// Read buffer room right after the handshake: an idle connection never needs more. It
+/// doubles, up to `READ_BUFFER_BYTES`, whenever a read fills half of it.
+pub const READ_BUFFER_MIN_BYTES: usize = 4 * 1024;
 /// Buffers before the handshake ends: a connection that never logs in costs little (no frame
 /// may exceed `FRAME_MIN_SIZE` before tune-ok).
 pub const HANDSHAKE_BUFFER_BYTES: usize = 512;
@@ -112,6 +115,8 @@ pub(crate) struct Connection {
     cleaned_up: bool,
     /// Counted in `ServerContext::open_connections` (given back on drop).
     counted: bool,
+    /// Read room to keep after the handshake (see `READ_BUFFER_MIN_BYTES`).
+    read_chunk: usize,
 }
 
 /// Serves one accepted socket until it closes.
@@ -159,6 +164,7 @@ pub(crate) async fn serve(
         last_write: now,
         cleaned_up: false,
         counted: false,
+        read_chunk: READ_BUFFER_MIN_BYTES,
     };
     let handshake_timeout = conn.ctx.config.handshake_timeout;
     match timeout(handshake_timeout, conn.handshake()).await {
@@ -217,7 +223,7 @@ impl Connection {
 
     /// Keeps the output gauge equal to the event backlog plus `out`, and resumes the queues
     /// that stopped delivering to this connection once it has room again.
-    fn count_output(&mut self) {
+    pub(crate) fn count_output(&mut self) {
         let now = self.out.len() as u64;
         if now > self.out_counted {
             self.output_gauge.charge(now - self.out_counted);
@@ -241,12 +247,12 @@ impl Connection {
         }
     }
 
-    /// Makes room for the next read: at least `READ_BUFFER_BYTES` after the handshake. The
+    /// Makes room for the next read: `read_chunk` after the handshake. The
     /// old block is left to the frames sliced from it (small bodies are copied out, so what
     /// stays pinned is proportionate).
     fn reserve_read(&mut self) {
         let want = if self.vhost.is_some() {
-            READ_BUFFER_BYTES
+            self.read_chunk
         } else {
             HANDSHAKE_BUFFER_BYTES
         };
@@ -521,8 +527,11 @@ impl Connection {
                 read = self.reader.read_buf(&mut self.inbuf), if !self.blocked => {
                     match read {
                         Ok(0) | Err(_) => return End::SocketClosed,
-                        Ok(_) => {
+                        Ok(n) => {
                             self.last_read = Instant::now();
+                            if n >= self.read_chunk / 2 && self.read_chunk < READ_BUFFER_BYTES {
+                                self.read_chunk *= 2;
+                            }
                             if let Some(end) = self.process_input().await {
                                 return end;
                             }
