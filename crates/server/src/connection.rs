@@ -210,7 +210,8 @@ impl Connection {
                     self.out.advance(n);
                     self.last_write = Instant::now();
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // The socket is full: what stays in `out` must still be counted below.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(_) => self.write_failed = true,
             }
         }
