@@ -25,7 +25,7 @@ thread pools to one core), this client on the last core (--no-pin to let them sh
   fanout     one 4 MiB persistent message to a fanout exchange bound to 50 durable queues,
              20 times, each confirmed: RSS, data-dir disk use, time per confirm.
 
-  bench/abuse.py                          all scenarios, both brokers (about 12 minutes)
+  bench/abuse.py                          all scenarios, both brokers (about 9 minutes here)
   bench/abuse.py --brokers warren --scenarios idle,slow --connections 2000
   options: --connections 10000 --slow-secs 10 --flood-secs 60 --flood-publishers 4 --slow-messages 100000 --fanout-queues 50
            --fanout-rounds 20 --fanout-mib 4 --disk-cap-gib 5 --no-pin --skip-build --out DIR
