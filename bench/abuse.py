@@ -743,6 +743,9 @@ def scenario_flood(a, broker):
     c.rpc(queue_declare(q), 50, 11)
     rss_before = settle(broker.pid, 1.0)
     disk_before = disk_kb(broker.data_dir)
+    # The cap, or less if the disk has less to spare (leave 2 GiB for everyone else).
+    free = shutil.disk_usage(broker.data_dir)
+    cap_kb = min(a.disk_cap_gib * MIB, max(0, free.free // 1024 - 2 * MIB))
     stop, disk_stop = threading.Event(), threading.Event()
     pubs = [FloodPublisher(broker.port, q, stop, disk_stop) for _ in range(a.flood_publishers)]
     sampler = Sampler(broker.pid, broker.data_dir, interval=0.5)
@@ -759,8 +762,8 @@ def scenario_flood(a, broker):
             continue
         per_second.append(series[-1][1])
         d = sampler.latest_disk_kb()
-        if d and d > a.disk_cap_gib * MIB:
-            log(f"  flood: data dir passed {a.disk_cap_gib} GiB: stopping the publishers early")
+        if d and d > cap_kb:
+            log(f"  flood: data dir passed {cap_kb / MIB:.1f} GiB: stopping the publishers early")
             disk_stop.set()
     elapsed = time.monotonic() - t0
     stop.set()
@@ -801,7 +804,7 @@ def scenario_flood(a, broker):
         depth = f"error: {e}"
     rec = {
         "publishers": a.flood_publishers, "secs": round(elapsed, 1), "watermark_bytes": watermark,
-        "stopped_early_at_disk_cap": disk_stop.is_set(),
+        "stopped_early_at_disk_cap": disk_stop.is_set(), "disk_cap_kb": int(cap_kb),
         "sent_by_client": sent, "queue_depth_end": depth,
         "rss_before_kb": rss_before, "rss_peak_kb": sampler.peak_rss_kb(),
         "rss_end_kb": rss_kb(broker.pid),
@@ -1000,7 +1003,8 @@ def main():
     ap.add_argument("--fanout-queues", type=int, default=50)
     ap.add_argument("--fanout-rounds", type=int, default=20)
     ap.add_argument("--fanout-mib", type=int, default=4)
-    ap.add_argument("--disk-cap-gib", type=float, default=5.0, help="flood stops early past this data-dir size")
+    ap.add_argument("--disk-cap-gib", type=float, default=5.0,
+                    help="flood stops early past this data-dir size (or the free disk less 2 GiB)")
     ap.add_argument("--warren-port", type=int, default=5686)
     ap.add_argument("--rmq-port", type=int, default=5688)
     ap.add_argument("--rmq-dir", default="/tmp/rabbitmq-abuse")
