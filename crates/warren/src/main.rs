@@ -26,6 +26,12 @@ async fn run(settings: settings::Settings, busy_poll: std::time::Duration) -> an
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
+    // Each connection is a file descriptor: take the hard limit, not the shell's soft 1,024
+    // (RabbitMQ's start scripts do the same with ulimit).
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => info!(limit, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open file limit"),
+    }
     std::fs::create_dir_all(&settings.config.data_dir).with_context(|| {
         format!(
             "cannot create data directory {}",
