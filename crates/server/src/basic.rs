@@ -584,10 +584,8 @@ impl Connection {
                     // The channel is gone; its queue takes the message back on ChannelClosed.
                     _ => {}
                 }
-                // Out of the event channel and into `out`: count the new output before
-                // giving back the event's charge, so the gauge never dips in between.
-                self.count_output();
-                self.output_gauge.discharge(charged);
+                // Out of the event channel and into `out`.
+                self.adjust_output_gauge(charged);
             }
             ClientEvent::Confirmed {
                 channel_key,

@@ -224,20 +224,28 @@ impl Connection {
 
     /// Keeps the output gauge equal to the event backlog plus `out`, and resumes the queues
     /// that stopped delivering to this connection once it has room again.
-    pub(crate) fn count_output(&mut self) {
-        let now = self.out.len() as u64;
-        if now > self.out_counted {
-            self.output_gauge.charge(now - self.out_counted);
-        } else if now < self.out_counted {
-            self.output_gauge.discharge(self.out_counted - now);
-        }
-        self.out_counted = now;
+    fn count_output(&mut self) {
+        self.adjust_output_gauge(0);
         if self.output_gauge.take_stalled() {
             for channel in self.channels.values() {
                 for queue in channel.consumers.values() {
                     queue.send_now(warren_core::queue::QueueCommand::Resume);
                 }
             }
+        }
+    }
+
+    /// Brings the gauge to the event backlog plus `out`, after `released` bytes of delivery
+    /// charges left the event channel: one atomic operation for the net change, so the gauge
+    /// never dips between taking a delivery off the channel and counting its frames.
+    pub(crate) fn adjust_output_gauge(&mut self, released: u64) {
+        let now = self.out.len() as u64;
+        let grown = now as i128 - self.out_counted as i128 - released as i128;
+        self.out_counted = now;
+        match grown.cmp(&0) {
+            std::cmp::Ordering::Greater => self.output_gauge.charge(grown as u64),
+            std::cmp::Ordering::Less => self.output_gauge.discharge(grown.unsigned_abs() as u64),
+            std::cmp::Ordering::Equal => {}
         }
     }
 
