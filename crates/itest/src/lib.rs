@@ -190,6 +190,12 @@ impl TestBroker {
         self.handle.as_ref()
     }
 
+    /// The in-process broker's core, to drive its admin interface (users, vhosts, policies)
+    /// as the management API will; None for an external broker.
+    pub fn broker(&self) -> Option<&std::sync::Arc<warren_core::Broker>> {
+        self.handle.as_ref().map(|h| h.broker())
+    }
+
     /// Shuts an in-process broker down (closing its connections with 320); no-op when external.
     pub async fn stop(mut self) {
         if let Some(handle) = self.handle.take() {

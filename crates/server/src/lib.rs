@@ -37,9 +37,16 @@ pub struct ServerHandle {
     /// Closes (recv returns None) when the listeners and every connection task have ended.
     finished: mpsc::Receiver<()>,
     alarms: Arc<alarm::Alarms>,
+    broker: Arc<Broker>,
 }
 
 impl ServerHandle {
+    /// The broker's core: its admin interface (users, vhosts, permissions, policies, limits)
+    /// for the management API, the CLI and tests.
+    pub fn broker(&self) -> &Arc<Broker> {
+        &self.broker
+    }
+
     /// The address of the first listener (with the real port when the config asked for 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addrs[0]
@@ -103,7 +110,7 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
     ));
     alarms.check();
     let ctx = Arc::new(ServerContext {
-        broker,
+        broker: broker.clone(),
         config,
         alarms: alarms.clone(),
         open_connections: AtomicUsize::new(0),
@@ -126,6 +133,7 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
         shutdown,
         finished,
         alarms,
+        broker,
     })
 }
 
