@@ -5,6 +5,7 @@
 //! It knows AMQP's semantics but not its wire format beyond the types it borrows from
 //! `warren-protocol`; it never touches sockets (that is `warren-server`).
 
+pub mod access;
 pub mod admin;
 pub mod args;
 pub mod auth;
