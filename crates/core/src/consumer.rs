@@ -63,6 +63,9 @@ pub enum ClientEvent {
         channel_key: ChannelKey,
         consumer_tag: ShortString,
     },
+    /// The broker closes the connection (its vhost or user was deleted, an operator closed
+    /// it): connection.close with this error.
+    Close(warren_protocol::ProtocolError),
 }
 
 pub type ClientSender = mpsc::UnboundedSender<ClientEvent>;

@@ -8,9 +8,9 @@
 pub mod access;
 pub mod admin;
 pub mod args;
-pub mod auth;
 pub mod broker;
 pub mod confirm;
+pub mod connections;
 pub mod consumer;
 pub mod direct_reply;
 pub mod durable;

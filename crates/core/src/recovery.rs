@@ -17,13 +17,13 @@ use tracing::{info, warn};
 use warren_protocol::ShortString;
 use warren_store::{DefinitionsLog, Io, StoreError, SyncMode};
 
-use crate::auth::Users;
-use crate::broker::{Broker, DEFAULT_VHOST};
+use crate::access::AccessState;
+use crate::broker::{Broker, BrokerSettings};
+use crate::durable::access::{self as access_records, AccessOp};
 use crate::durable::definitions::{self, DefinitionOp};
 use crate::durable::record;
 use crate::exchange::ExchangeDef;
 use crate::queue::ready::Entry;
-use crate::queue::settings::QueueDefaults;
 use crate::queue::store::{QueueStore, StoreContext};
 use crate::queue::QueueDef;
 use crate::routing::{Binding, Destination};
@@ -148,9 +148,9 @@ pub fn open(
     data_dir: &Path,
     io: Arc<dyn Io>,
     sync_mode: SyncMode,
-    users: Users,
-    queue_defaults: QueueDefaults,
+    settings: BrokerSettings,
 ) -> Result<Arc<Broker>, StoreError> {
+    let queue_defaults = settings.queue_defaults.clone();
     let started = std::time::Instant::now();
     let ctx = StoreContext {
         data_dir: data_dir.to_path_buf(),
@@ -160,13 +160,52 @@ pub fn open(
     remove_dir_quietly(&ctx.transient_dir());
     let (log, records) = DefinitionsLog::open(&data_dir.join(DEFINITIONS_FILE), io.clone())?;
     let mut states: BTreeMap<String, VHostState> = BTreeMap::new();
-    states.entry(DEFAULT_VHOST.to_owned()).or_default();
+    let mut access = AccessState::default();
+    let mut saw_access = false;
     for (i, rec) in records.iter().enumerate() {
+        if let Some(op) = access_records::decode(rec) {
+            saw_access = true;
+            match op {
+                Ok(op) => replay_access(op, &mut access, &mut states, i),
+                Err(e) => warn!(record = i, error = %e, "skipping an undecodable access record"),
+            }
+            continue;
+        }
         match definitions::decode(rec) {
             Ok((vhost, op)) => states.entry(vhost).or_default().apply(op),
             Err(e) => warn!(record = i, error = %e, "skipping an undecodable definition record"),
         }
     }
+    // A new data directory, or one from before access records: the default vhost and
+    // users, and every vhost that has definitions.
+    let mut seeded = Vec::new();
+    if !saw_access {
+        seeded = crate::admin::seed_ops(&settings.default_users);
+        for name in states.keys() {
+            if !seeded_vhost(&seeded, name) {
+                seeded.push(AccessOp::vhost_put(&crate::access::VHostInfo {
+                    name: name.clone(),
+                    ..Default::default()
+                }));
+            }
+        }
+        for op in &seeded {
+            if let Err(e) = op.clone().apply(&mut access) {
+                warn!(error = %e, "cannot create the default user");
+            }
+        }
+    }
+    for name in access.vhosts.keys() {
+        states.entry(name.clone()).or_default();
+    }
+    states.retain(|name, _| {
+        let known = access.vhosts.contains_key(name);
+        if !known {
+            warn!(vhost = %name, "dropping the definitions of a vhost that does not exist");
+        }
+        known
+    });
+    let access = Arc::new(arc_swap::ArcSwap::from_pointee(access));
     let persistence = Arc::new(Persistence {
         store: ctx.clone(),
         definitions: Mutex::new(log),
@@ -174,7 +213,15 @@ pub fn open(
         vhosts: Mutex::new(Vec::new()),
         live_records: AtomicU64::new(0),
         compact_records_min: DEFINITIONS_COMPACT_RECORDS_MIN,
+        access: access.clone(),
     });
+    // The seed goes to the log at once: compaction below may fail for want of space.
+    for op in &seeded {
+        let record = access_records::encode(op);
+        if let Err(e) = VHost::append_and(&persistence, &record, || {}) {
+            warn!(error = %e.text, "cannot store the default user and vhost");
+        }
+    }
     let mut vhosts = HashMap::new();
     let mut live_dirs = BTreeSet::new();
     let mut messages = 0usize;
@@ -213,7 +260,11 @@ pub fn open(
         (log.appended(), log.records())
     };
     persistence.live_records.store(records, Ordering::Relaxed);
-    *persistence.synced.lock().unwrap_or_else(|e| e.into_inner()) = appended;
+    if seeded.is_empty() {
+        *persistence.synced.lock().unwrap_or_else(|e| e.into_inner()) = appended;
+    } else if let Err(e) = VHost::sync_persistence(&persistence) {
+        warn!(error = %e.text, "cannot store the default user and vhost");
+    }
     remove_orphan_queue_dirs(&ctx, &live_dirs);
     info!(
         vhosts = vhosts.len(),
@@ -221,7 +272,43 @@ pub fn open(
         elapsed_ms = started.elapsed().as_millis() as u64,
         "restored from the data directory"
     );
-    Ok(Broker::with_vhosts(vhosts, users))
+    Ok(Broker::assemble(
+        vhosts,
+        access,
+        Some(persistence),
+        settings,
+    ))
+}
+
+/// Replays one access record; a deleted vhost takes its definitions with it.
+fn replay_access(
+    op: AccessOp,
+    access: &mut AccessState,
+    states: &mut BTreeMap<String, VHostState>,
+    index: usize,
+) {
+    let deleted = match &op {
+        AccessOp::VHostDeleted { name } => vec![name.clone()],
+        AccessOp::Batch { ops } => ops
+            .iter()
+            .filter_map(|o| match o {
+                AccessOp::VHostDeleted { name } => Some(name.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    for name in deleted {
+        states.remove(&name);
+    }
+    if let Err(e) = op.apply(access) {
+        warn!(record = index, error = %e, "skipping an access record that does not apply");
+    }
+}
+
+fn seeded_vhost(ops: &[AccessOp], name: &str) -> bool {
+    ops.iter()
+        .any(|op| matches!(op, AccessOp::VHostPut { name: n, .. } if n == name))
 }
 
 /// Reopens a queue's log and turns its records into queue entries; returns how many.
@@ -270,7 +357,7 @@ fn compact(
     persistence: &Persistence,
     vhosts: &HashMap<String, Arc<VHost>>,
 ) -> Result<(), StoreError> {
-    let mut records = Vec::new();
+    let mut records = VHost::access_records(persistence);
     for (name, vhost) in vhosts {
         for op in vhost.snapshot_ops() {
             records.push(definitions::encode(name, &op));

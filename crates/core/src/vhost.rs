@@ -6,7 +6,7 @@
 //! change publishes a new `RoutingTable` snapshot that publishers read with one atomic load.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use arc_swap::{ArcSwap, Guard};
@@ -147,6 +147,9 @@ pub struct Persistence {
     /// (`DEFINITIONS_COMPACT_RECORDS_MIN`; tests lower it) and `DEFINITIONS_COMPACT_GROWTH`
     /// times what the last compaction wrote.
     pub compact_records_min: u64,
+    /// The broker's access state (users, vhosts, permissions), written out by compaction
+    /// with the vhosts' definitions. Swapped only under the log's lock (`append_and`).
+    pub access: Arc<ArcSwap<crate::access::AccessState>>,
 }
 
 /// Below this many records the definitions log is not compacted while the broker runs (it
@@ -320,6 +323,11 @@ pub struct VHost {
     pub direct_replies: Arc<DirectReplies>,
     persistence: Option<Arc<Persistence>>,
     me: Weak<VHost>,
+    /// Set (under the definitions lock) when the vhost is deleted: nothing more is declared
+    /// or logged in it, and compaction leaves it out.
+    deleted: AtomicBool,
+    /// The vhost's `max-queues` limit (u64::MAX: none).
+    max_queues: AtomicU64,
 }
 
 impl VHost {
@@ -353,6 +361,8 @@ impl VHost {
                 direct_replies: Arc::new(DirectReplies::default()),
                 persistence,
                 me: me.clone(),
+                deleted: AtomicBool::new(false),
+                max_queues: AtomicU64::new(u64::MAX),
             };
             vhost.publish(&mut vhost.lock());
             vhost
@@ -361,6 +371,74 @@ impl VHost {
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// Applies the vhost's limits (those the vhost itself enforces: `max-queues`).
+    pub fn set_limits(&self, limits: crate::access::VHostLimits) {
+        self.max_queues
+            .store(limits.max_queues.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Whether the vhost was deleted (connections still holding it get 320 soon).
+    pub fn is_deleted(&self) -> bool {
+        self.deleted.load(Ordering::Acquire)
+    }
+
+    fn check_live(&self) -> Result<(), ProtocolError> {
+        match self.is_deleted() {
+            true => Err(ProtocolError::connection_forced(format!(
+                "vhost '{}' is deleted",
+                self.name
+            ))),
+            false => Ok(()),
+        }
+    }
+
+    /// Deletes the vhost's definitions: marks it deleted, appends `record` (the broker's
+    /// record of the deletion) and runs `publish` under the log's lock, so compaction sees
+    /// either the vhost or its deletion, never both or neither. Returns its queues, for the
+    /// caller to stop (which deletes their files). Durable after `sync_persistence`.
+    pub(crate) fn retire(
+        &self,
+        record: &[u8],
+        publish: impl FnOnce(),
+    ) -> Result<Vec<QueueHandle>, ProtocolError> {
+        let mut defs = self.lock();
+        match &self.persistence {
+            Some(p) => Self::append_and(p, record, publish)?,
+            None => publish(),
+        }
+        self.deleted.store(true, Ordering::Release);
+        let queues = defs.queues.values().map(|q| q.handle.clone()).collect();
+        *defs = Definitions::default();
+        self.publish(&mut defs);
+        Ok(queues)
+    }
+
+    /// Appends a broker-level record (access state) and runs `publish` while holding the
+    /// log's lock. Not yet fsynced: follow with `sync_persistence`.
+    pub(crate) fn append_and(
+        p: &Persistence,
+        record: &[u8],
+        publish: impl FnOnce(),
+    ) -> Result<(), ProtocolError> {
+        let mut log = p.definitions.lock().unwrap_or_else(|e| e.into_inner());
+        log.append_unsynced(record).map_err(|e| {
+            tracing::error!(error = %e, "cannot write the definitions log");
+            ProtocolError::internal_error(format!("cannot store the definition: {e}"))
+        })?;
+        publish();
+        Ok(())
+    }
+
+    /// Makes everything appended to the definitions log durable (group commit), then
+    /// compacts it if due.
+    pub(crate) fn sync_persistence(p: &Persistence) -> Result<(), ProtocolError> {
+        let synced = Self::sync_log(p);
+        if synced.is_ok() {
+            Self::compact_if_due(p);
+        }
+        synced
     }
 
     /// The current routing snapshot (lock-free).
@@ -408,6 +486,7 @@ impl VHost {
         let Some(p) = &self.persistence else {
             return Ok(());
         };
+        self.check_live()?;
         let record = def_records::encode(&self.name, &op);
         let mut log = p.definitions.lock().unwrap_or_else(|e| e.into_inner());
         log.append_unsynced(&record).map(|_| ()).map_err(|e| {
@@ -424,11 +503,7 @@ impl VHost {
         let Some(p) = &self.persistence else {
             return Ok(());
         };
-        let synced = Self::sync_log(p);
-        if synced.is_ok() {
-            Self::compact_if_due(p);
-        }
-        synced
+        Self::sync_persistence(p)
     }
 
     fn sync_log(p: &Persistence) -> Result<(), ProtocolError> {
@@ -475,15 +550,19 @@ impl VHost {
             .filter_map(Weak::upgrade)
             .collect();
         let guards: Vec<MutexGuard<'_, Definitions>> = vhosts.iter().map(|v| v.lock()).collect();
-        let mut records = Vec::new();
-        for (vhost, defs) in vhosts.iter().zip(&guards) {
-            for op in Self::ops_of(defs) {
-                records.push(def_records::encode(&vhost.name, &op));
-            }
-        }
         let mut log = log();
         if !due(log.records()) {
             return; // another change compacted it meanwhile
+        }
+        // Under the log's lock: access changes publish their state under it too.
+        let mut records = Self::access_records(p);
+        for (vhost, defs) in vhosts.iter().zip(&guards) {
+            if vhost.is_deleted() {
+                continue;
+            }
+            for op in Self::ops_of(defs) {
+                records.push(def_records::encode(&vhost.name, &op));
+            }
         }
         match log.compact(&records) {
             Ok(()) => {
@@ -493,6 +572,15 @@ impl VHost {
             }
             Err(e) => tracing::warn!(error = %e, "cannot compact the definitions log"),
         }
+    }
+
+    /// The records of the broker's access state (first in a compacted log: vhosts' own
+    /// records replay after the vhost's).
+    pub(crate) fn access_records(p: &Persistence) -> Vec<bytes::Bytes> {
+        crate::durable::access::AccessOp::snapshot(&p.access.load())
+            .iter()
+            .map(crate::durable::access::encode)
+            .collect()
     }
 
     /// Runs a change of definitions, then makes what it logged durable.
@@ -666,6 +754,14 @@ impl VHost {
                 &what,
             )?;
             return Ok(existing.handle.clone());
+        }
+        self.check_live()?;
+        let max_queues = self.max_queues.load(Ordering::Relaxed);
+        if defs.queues.len() as u64 >= max_queues {
+            return Err(ProtocolError::precondition_failed(format!(
+                "cannot declare queue '{name}': queue limit in vhost '{}' ({max_queues}) is reached",
+                self.name
+            )));
         }
         let settings = QueueSettings::from_arguments(&def.arguments, &self.queue_what(&name))?;
         // Server-named and exclusive queues never survive a restart.
@@ -1236,6 +1332,7 @@ mod tests {
             vhosts: Mutex::new(Vec::new()),
             live_records: AtomicU64::new(0),
             compact_records_min: COMPACT_MIN,
+            access: Default::default(),
         });
         let vhost = VHost::new("/", QueueDefaults::default(), Some(persistence.clone()));
         let durable = |name: &str| QueueDef {

@@ -7,10 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use warren_core::auth::Users;
+use warren_core::broker::BrokerSettings;
 use warren_core::durable::definitions::{self, DefinitionOp};
 use warren_core::durable::record;
-use warren_core::queue::settings::QueueDefaults;
 use warren_core::queue::store::StoreContext;
 use warren_core::queue::{QueueCommand, QueueDef};
 use warren_core::recovery::{self, DEFINITIONS_FILE};
@@ -76,13 +75,7 @@ fn write_data_dir(dir: &Path, io: &Arc<dyn Io>) {
 
 fn open(dir: &Path, io: &Arc<FaultyIo>) -> Result<Arc<Broker>, warren_store::StoreError> {
     let io: Arc<dyn Io> = io.clone();
-    recovery::open(
-        dir,
-        io,
-        SyncMode::Always,
-        Users::new([]),
-        QueueDefaults::default(),
-    )
+    recovery::open(dir, io, SyncMode::Always, BrokerSettings::default())
 }
 
 /// Pins issue 9: a broker could not start while its disk was full (start-up compacted the

@@ -23,9 +23,11 @@ use crate::channel::{Channel, Mode, TxOp, Unacked};
 
 /// The longest a publisher is held by a queue's flow control before it may publish again.
 pub const FLOW_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+use crate::access::Resource;
 use crate::connection::Connection;
 use crate::definitions::generated_name;
 use crate::reply_to::check_expiration;
+use warren_core::access::permission::Access;
 use warren_core::direct_reply::REPLY_TO;
 use warren_core::queue::settings::consumer_priority;
 
@@ -177,6 +179,7 @@ impl Connection {
             return self.consume_reply_to(ch, m);
         }
         let queue = self.lookup_queue(ch, &m.queue)?;
+        self.check_access(Access::Read, Resource::Queue, queue.name().as_str())?;
         let priority = consumer_priority(
             &m.arguments,
             &format!(
@@ -242,6 +245,7 @@ impl Connection {
 
     async fn get(&mut self, ch: u16, m: basic::Get) -> Result<(), ProtocolError> {
         let queue = self.lookup_queue(ch, &m.queue)?;
+        self.check_access(Access::Read, Resource::Queue, queue.name().as_str())?;
         let c = self.channel(ch)?;
         let channel_key = c.key;
         c.touch(&queue);
@@ -440,9 +444,15 @@ impl Connection {
         self.publisher = true;
         let vhost = self.vhost();
         let routing = vhost.routing();
-        VHost::check_publish_target(&routing, vhost.name(), method.exchange.as_str())?;
+        self.check_publish(
+            ch,
+            &routing,
+            vhost.name(),
+            &method.exchange,
+            method.routing_key.as_str(),
+        )?;
         if let Some(user_id) = header.properties.user_id() {
-            if user_id.as_str() != self.user {
+            if user_id.as_str() != self.user && !self.may_impersonate() {
                 return Err(ProtocolError::precondition_failed(format!(
                     "user_id property set to '{}' but authenticated user was '{}'",
                     user_id.as_str(),
@@ -625,6 +635,10 @@ impl Connection {
                         )),
                     );
                 }
+            }
+            ClientEvent::Close(err) => {
+                tracing::warn!(connection = self.id, error = %err.reply_text(), "the broker closes the connection");
+                self.forced_close.get_or_insert(err);
             }
             ClientEvent::ConsumerCancelled {
                 channel_key,

@@ -75,6 +75,9 @@ pub(crate) struct Channel {
     pub reply_consumer: Option<Registration>,
     /// The last queue declared on this channel (an empty queue name means it).
     pub last_queue: Option<ShortString>,
+    /// The last exchange this channel was allowed to publish to, and the access generation
+    /// that allowed it (`access.rs`).
+    pub publish_grant: Option<(u64, ShortString)>,
 }
 
 impl Channel {
@@ -95,6 +98,7 @@ impl Channel {
             unacked: BTreeMap::new(),
             last_queue: None,
             reply_consumer: None,
+            publish_grant: None,
         }
     }
 
@@ -234,6 +238,11 @@ impl Connection {
                         "number of channels opened ({open}) has reached the negotiated channel_max ({max})"
                     )));
                 }
+                let user_max = self.ctx.broker.user_max_channels(&self.user);
+                self.ctx
+                    .broker
+                    .connections
+                    .channel_opened(self.id, user_max)?;
                 self.channels.insert(id, Channel::new(id));
                 self.send_method(
                     id,
@@ -257,10 +266,10 @@ impl Connection {
         }
         match decode_method(&frame.payload).map(|m| m.class) {
             Ok(AMQPClass::Channel(channel::AMQPMethod::CloseOk(_))) => {
-                self.channels.remove(&frame.channel);
+                self.remove_channel(frame.channel);
             }
             Ok(AMQPClass::Channel(channel::AMQPMethod::Close(_))) => {
-                self.channels.remove(&frame.channel);
+                self.remove_channel(frame.channel);
                 self.send_method(
                     frame.channel,
                     AMQPClass::Channel(channel::AMQPMethod::CloseOk(channel::CloseOk {})),
@@ -269,6 +278,13 @@ impl Connection {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Forgets a channel, and gives its place back to the user's channel count.
+    pub(crate) fn remove_channel(&mut self, id: u16) -> Option<Channel> {
+        let channel = self.channels.remove(&id)?;
+        self.ctx.broker.connections.channel_closed(self.id);
+        Some(channel)
     }
 
     /// A soft error: close the channel with `err`, release its resources.
@@ -308,7 +324,7 @@ impl Connection {
                 Err(ProtocolError::channel_error("second 'channel.open' seen"))
             }
             channel::AMQPMethod::Close(_) => {
-                if let Some(mut ch) = self.channels.remove(&id) {
+                if let Some(mut ch) = self.remove_channel(id) {
                     ch.release();
                 }
                 self.send_method(

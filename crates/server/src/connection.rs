@@ -85,6 +85,14 @@ pub(crate) struct Connection {
     heartbeat_secs: u16,
     pub(crate) user: String,
     pub(crate) vhost: Option<Arc<VHost>>,
+    /// The user's rights in the vhost, for the current access generation (`access.rs`).
+    pub(crate) grants: crate::access::Grants,
+    /// The client's `client_id` property (topic permissions may name it).
+    pub(crate) client_id: String,
+    /// Registered in the broker's connection registry (deregistered on drop).
+    registered: bool,
+    /// The broker asked to close this connection (`ClientEvent::Close`).
+    pub(crate) forced_close: Option<ProtocolError>,
     pub(crate) channels: HashMap<u16, Channel>,
     pub(crate) events_tx: mpsc::UnboundedSender<ClientEvent>,
     events_rx: mpsc::UnboundedReceiver<ClientEvent>,
@@ -146,6 +154,10 @@ pub(crate) async fn serve(
         write_failed: false,
         user: String::new(),
         vhost: None,
+        grants: crate::access::Grants::empty(),
+        client_id: String::new(),
+        registered: false,
+        forced_close: None,
         channels: HashMap::new(),
         events_tx,
         events_rx,
@@ -385,15 +397,22 @@ impl Connection {
         self.blocked_notify = client_has(&start_ok.client_properties, "connection.blocked");
         self.auth_failure_close =
             client_has(&start_ok.client_properties, "authentication_failure_close");
+        self.client_id = start_ok
+            .client_properties
+            .inner()
+            .get("client_id")
+            .and_then(warren_core::args::as_str)
+            .map(|s| s.to_string())
+            .unwrap_or_default();
         let (user, password) =
             sasl::credentials(start_ok.mechanism.as_str(), start_ok.response.as_bytes())
                 .map_err(|e| Some(self.refuse(e.on(10, 11))))?;
-        if let Err(e) = self
-            .ctx
-            .broker
-            .users
-            .authenticate(&user, &password, self.peer.ip())
-        {
+        if let Err(e) = self.ctx.broker.authenticate(
+            start_ok.mechanism.as_str(),
+            &user,
+            Some(&password),
+            self.peer.ip(),
+        ) {
             return Err(Some(self.refuse(e.on(10, 11))));
         }
         self.user = user;
@@ -435,10 +454,26 @@ impl Connection {
         self.count_connection()
             .map_err(|e| Some(self.send_close(e.on(10, 40))))?;
         let vhost_name = open.virtual_host.as_str();
-        let Some(vhost) = self.ctx.broker.vhost(vhost_name) else {
-            let e = ProtocolError::not_allowed(format!("vhost {vhost_name} not found")).on(10, 40);
-            return Err(Some(self.send_close(e)));
+        let vhost = match self.ctx.broker.open_vhost(&self.user, vhost_name) {
+            Ok(v) => v,
+            Err(e) => return Err(Some(self.send_close(e.on(10, 40)))),
         };
+        let limits = self.ctx.broker.connection_limits(&self.user, vhost_name);
+        let info = warren_core::connections::ConnectionInfo {
+            id: self.id,
+            user: self.user.clone(),
+            vhost: vhost_name.to_owned(),
+            peer: self.peer,
+        };
+        if let Err(e) = self
+            .ctx
+            .broker
+            .connections
+            .register(info, self.events_tx.clone(), limits)
+        {
+            return Err(Some(self.send_close(e.on(10, 40))));
+        }
+        self.registered = true;
         self.vhost = Some(vhost);
         self.send_method(
             0,
@@ -584,6 +619,9 @@ impl Connection {
                     );
                     return self.close_with(err).await;
                 }
+            }
+            if let Some(err) = self.forced_close.take() {
+                return self.close_with(err).await;
             }
             self.flush_confirms();
             self.flush();
@@ -815,6 +853,9 @@ impl Drop for Connection {
     /// its channels (their unacked messages go back to their queues) and its exclusive queues
     /// here, so nothing stays stranded until a restart.
     fn drop(&mut self) {
+        if self.registered {
+            self.ctx.broker.connections.deregister(self.id);
+        }
         if self.counted {
             self.ctx
                 .open_connections

@@ -9,7 +9,9 @@ use warren_core::routing::Destination;
 use warren_core::QueueHandle;
 use warren_protocol::{exchange, queue, AMQPClass, ProtocolError, ShortString};
 
+use crate::access::Resource;
 use crate::connection::Connection;
+use warren_core::access::permission::Access;
 
 /// Length of the random part of server-generated names (RabbitMQ uses 22 base64 characters).
 pub const GENERATED_NAME_CHARS: usize = 22;
@@ -111,9 +113,22 @@ impl Connection {
                     (Err(_), true) => ExchangeKind::Direct,
                     (Err(e), false) => return Err(e),
                 };
+                let name = strip_cr_lf(m.exchange);
+                if !m.passive && !name.as_str().is_empty() {
+                    self.check_access(Access::Configure, Resource::Exchange, name.as_str())?;
+                    if let Some(ae) = m
+                        .arguments
+                        .inner()
+                        .get("alternate-exchange")
+                        .and_then(warren_core::args::as_str)
+                    {
+                        self.check_access(Access::Read, Resource::Exchange, name.as_str())?;
+                        self.check_access(Access::Write, Resource::Exchange, &ae)?;
+                    }
+                }
                 vhost.declare_exchange(
                     ExchangeDef {
-                        name: strip_cr_lf(m.exchange),
+                        name,
                         kind,
                         durable: m.durable,
                         auto_delete: m.auto_delete,
@@ -132,7 +147,11 @@ impl Connection {
                 }
             }
             exchange::AMQPMethod::Delete(m) => {
-                vhost.delete_exchange(strip_cr_lf(m.exchange).as_str(), m.if_unused)?;
+                let name = strip_cr_lf(m.exchange);
+                if !name.as_str().is_empty() {
+                    self.check_access(Access::Configure, Resource::Exchange, name.as_str())?;
+                }
+                vhost.delete_exchange(name.as_str(), m.if_unused)?;
                 if !m.nowait {
                     self.send_method(
                         ch,
@@ -141,9 +160,16 @@ impl Connection {
                 }
             }
             exchange::AMQPMethod::Bind(m) => {
+                let (source, destination) = (strip_cr_lf(m.source), strip_cr_lf(m.destination));
+                self.check_binding(
+                    source.as_str(),
+                    Resource::Exchange,
+                    destination.as_str(),
+                    m.routing_key.as_str(),
+                )?;
                 vhost.bind(
-                    strip_cr_lf(m.source).as_str(),
-                    Destination::Exchange(strip_cr_lf(m.destination)),
+                    source.as_str(),
+                    Destination::Exchange(destination),
                     m.routing_key,
                     m.arguments,
                     self.id,
@@ -156,9 +182,16 @@ impl Connection {
                 }
             }
             exchange::AMQPMethod::Unbind(m) => {
+                let (source, destination) = (strip_cr_lf(m.source), strip_cr_lf(m.destination));
+                self.check_binding(
+                    source.as_str(),
+                    Resource::Exchange,
+                    destination.as_str(),
+                    m.routing_key.as_str(),
+                )?;
                 vhost.unbind(
-                    strip_cr_lf(m.source).as_str(),
-                    Destination::Exchange(strip_cr_lf(m.destination)),
+                    source.as_str(),
+                    Destination::Exchange(destination),
                     m.routing_key.as_str(),
                     &m.arguments,
                     self.id,
@@ -207,6 +240,19 @@ impl Connection {
                     } else {
                         m.queue
                     };
+                    self.check_access(Access::Configure, Resource::Queue, name.as_str())?;
+                    if let Some(dlx) = m
+                        .arguments
+                        .inner()
+                        .get("x-dead-letter-exchange")
+                        .and_then(warren_core::args::as_str)
+                    {
+                        // Checked for a new queue only, as RabbitMQ does.
+                        if vhost.queue(name.as_str(), self.id).is_err() {
+                            self.check_access(Access::Read, Resource::Queue, name.as_str())?;
+                            self.check_access(Access::Write, Resource::Exchange, &dlx)?;
+                        }
+                    }
                     let declared = vhost.declare_queue(
                         QueueDef {
                             name: name.clone(),
@@ -237,8 +283,15 @@ impl Connection {
             queue::AMQPMethod::Bind(m) => {
                 let name = strip_cr_lf(self.resolve_queue_name(ch, &m.queue)?);
                 let routing_key = self.resolve_binding_key(ch, &m.queue, m.routing_key)?;
+                let source = strip_cr_lf(m.exchange);
+                self.check_binding(
+                    source.as_str(),
+                    Resource::Queue,
+                    name.as_str(),
+                    routing_key.as_str(),
+                )?;
                 vhost.bind(
-                    strip_cr_lf(m.exchange).as_str(),
+                    source.as_str(),
                     Destination::Queue(name),
                     routing_key,
                     m.arguments,
@@ -254,8 +307,15 @@ impl Connection {
             queue::AMQPMethod::Unbind(m) => {
                 let name = strip_cr_lf(self.resolve_queue_name(ch, &m.queue)?);
                 let routing_key = self.resolve_binding_key(ch, &m.queue, m.routing_key)?;
+                let source = strip_cr_lf(m.exchange);
+                self.check_binding(
+                    source.as_str(),
+                    Resource::Queue,
+                    name.as_str(),
+                    routing_key.as_str(),
+                )?;
                 vhost.unbind(
-                    strip_cr_lf(m.exchange).as_str(),
+                    source.as_str(),
                     Destination::Queue(name),
                     routing_key.as_str(),
                     &m.arguments,
@@ -267,6 +327,8 @@ impl Connection {
                 );
             }
             queue::AMQPMethod::Purge(m) => {
+                let name = self.resolve_queue_name(ch, &m.queue)?;
+                self.check_access(Access::Read, Resource::Queue, name.as_str())?;
                 let handle = self.lookup_queue(ch, &m.queue)?;
                 let message_count = handle.ask(QueueCommand::Purge).await?;
                 if !m.nowait {
@@ -280,6 +342,7 @@ impl Connection {
             }
             queue::AMQPMethod::Delete(m) => {
                 let name = strip_cr_lf(self.resolve_queue_name(ch, &m.queue)?);
+                self.check_access(Access::Configure, Resource::Queue, name.as_str())?;
                 let message_count = vhost
                     .delete_queue(name.as_str(), self.id, m.if_unused, m.if_empty)
                     .await?;

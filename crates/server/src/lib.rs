@@ -2,6 +2,7 @@
 //! It owns sockets, connection and channel state; broker state (vhosts, exchanges, queues)
 //! belongs to `warren-core` and is reached only through its handles and snapshots.
 
+mod access;
 pub mod alarm;
 mod basic;
 mod channel;
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
-use warren_core::auth::{User, Users};
+use warren_core::broker::{BrokerSettings, DefaultUser};
 use warren_core::queue::settings::QueueDefaults;
 use warren_core::Broker;
 
@@ -77,22 +78,29 @@ impl ServerHandle {
 
 /// Binds every listener in `config.listen` and starts serving in the background.
 pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
-    let users = Users::new(
-        config
-            .users
-            .iter()
-            .map(|u| User::new(&u.name, &u.password, u.loopback_only)),
-    );
-    let broker = Broker::open(
-        &config.data_dir,
-        config.sync,
-        users,
-        QueueDefaults {
+    let settings = BrokerSettings {
+        queue_defaults: QueueDefaults {
             consumer_timeout_ms: config.consumer_timeout_ms,
             consumer_timeout_action: config.consumer_timeout_action,
         },
-    )
-    .map_err(|e| std::io::Error::other(format!("cannot open the data directory: {e}")))?;
+        default_users: config
+            .users
+            .iter()
+            .map(|u| DefaultUser {
+                name: u.name.clone(),
+                password: u.password.clone(),
+                tags: vec!["administrator".into()],
+            })
+            .collect(),
+        loopback_users: config
+            .users
+            .iter()
+            .filter(|u| u.loopback_only)
+            .map(|u| u.name.clone())
+            .collect(),
+    };
+    let broker = Broker::open(&config.data_dir, config.sync, settings)
+        .map_err(|e| std::io::Error::other(format!("cannot open the data directory: {e}")))?;
     let mut listeners = Vec::new();
     for addr in &config.listen {
         let listener = bind(*addr)?;

@@ -3,6 +3,7 @@
 //! (one record per change to a durable exchange, queue or binding). The store (`warren-store`)
 //! knows nothing of these layouts; this module knows nothing of files.
 
+pub mod access;
 pub mod definitions;
 #[doc(hidden)]
 pub mod fuzz_support;

@@ -1,0 +1,231 @@
+//! The registry of open AMQP connections: who is connected as whom to which vhost, how many
+//! channels each user has open, and a way to close connections from outside their task
+//! (a vhost or user deleted, the management API). It also enforces the connection and
+//! channel limits of vhosts and users, counting under one lock so that two connections
+//! racing for the last place cannot both get it.
+//!
+//! It owns only these counts and the senders to reach connection tasks; it never touches a
+//! connection's state (the task does that when its `ClientEvent::Close` arrives).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use warren_protocol::ProtocolError;
+
+use crate::consumer::{ClientEvent, ClientSender};
+
+/// What the registry knows of one connection.
+#[derive(Clone, Debug)]
+pub struct ConnectionInfo {
+    pub id: u64,
+    pub user: String,
+    pub vhost: String,
+    pub peer: SocketAddr,
+}
+
+struct Entry {
+    info: Arc<ConnectionInfo>,
+    events: ClientSender,
+    channels: u64,
+}
+
+#[derive(Default)]
+struct Inner {
+    by_id: HashMap<u64, Entry>,
+    per_vhost: HashMap<String, u64>,
+    /// Per user: (connections, channels).
+    per_user: HashMap<String, (u64, u64)>,
+}
+
+#[derive(Default)]
+pub struct Connections {
+    inner: Mutex<Inner>,
+}
+
+/// The limits that apply to a new connection.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConnectionLimits {
+    pub vhost_max_connections: Option<u64>,
+    pub user_max_connections: Option<u64>,
+}
+
+impl Connections {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers an opening connection, or refuses it (530) when its vhost or user is at
+    /// its connection limit.
+    pub fn register(
+        &self,
+        info: ConnectionInfo,
+        events: ClientSender,
+        limits: ConnectionLimits,
+    ) -> Result<(), ProtocolError> {
+        let mut inner = self.lock();
+        let in_vhost = inner.per_vhost.get(&info.vhost).copied().unwrap_or(0);
+        let refused = |what: String| {
+            ProtocolError::not_allowed(format!(
+                "access to vhost '{}' refused for user '{}': {what}",
+                info.vhost, info.user
+            ))
+        };
+        if let Some(max) = limits.vhost_max_connections {
+            if in_vhost >= max {
+                return Err(refused(format!("connection limit ({max}) is reached")));
+            }
+        }
+        let of_user = inner.per_user.get(&info.user).map(|c| c.0).unwrap_or(0);
+        if let Some(max) = limits.user_max_connections {
+            if of_user >= max {
+                return Err(refused(format!("user connection limit ({max}) is reached")));
+            }
+        }
+        *inner.per_vhost.entry(info.vhost.clone()).or_insert(0) += 1;
+        inner.per_user.entry(info.user.clone()).or_insert((0, 0)).0 += 1;
+        inner.by_id.insert(
+            info.id,
+            Entry {
+                info: Arc::new(info),
+                events,
+                channels: 0,
+            },
+        );
+        Ok(())
+    }
+
+    /// Forgets a closed connection (and its channels).
+    pub fn deregister(&self, id: u64) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.by_id.remove(&id) else {
+            return;
+        };
+        if let Some(n) = inner.per_vhost.get_mut(&entry.info.vhost) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                inner.per_vhost.remove(&entry.info.vhost);
+            }
+        }
+        if let Some(c) = inner.per_user.get_mut(&entry.info.user) {
+            c.0 = c.0.saturating_sub(1);
+            c.1 = c.1.saturating_sub(entry.channels);
+            if c.0 == 0 {
+                inner.per_user.remove(&entry.info.user);
+            }
+        }
+    }
+
+    /// Counts a channel opening on connection `id`, or refuses it (530) when the user is at
+    /// its channel limit (counted over all its connections, as RabbitMQ does).
+    pub fn channel_opened(
+        &self,
+        id: u64,
+        user_max_channels: Option<u64>,
+    ) -> Result<(), ProtocolError> {
+        let mut inner = self.lock();
+        let Some(user) = inner.by_id.get(&id).map(|e| e.info.user.clone()) else {
+            return Ok(());
+        };
+        let counts = inner.per_user.entry(user.clone()).or_insert((0, 0));
+        if let Some(max) = user_max_channels {
+            if counts.1 >= max {
+                return Err(ProtocolError::not_allowed(format!(
+                    "number of channels opened for user '{user}' has reached the maximum allowed user limit ({max})"
+                )));
+            }
+        }
+        counts.1 += 1;
+        if let Some(e) = inner.by_id.get_mut(&id) {
+            e.channels += 1;
+        }
+        Ok(())
+    }
+
+    /// A channel of connection `id` closed.
+    pub fn channel_closed(&self, id: u64) {
+        let mut inner = self.lock();
+        let Some(entry) = inner.by_id.get_mut(&id) else {
+            return;
+        };
+        if entry.channels == 0 {
+            return;
+        }
+        entry.channels -= 1;
+        let user = entry.info.user.clone();
+        if let Some(c) = inner.per_user.get_mut(&user) {
+            c.1 = c.1.saturating_sub(1);
+        }
+    }
+
+    /// Asks every connection that `matches` to close with `err`; returns how many were asked.
+    pub fn close_where(
+        &self,
+        matches: impl Fn(&ConnectionInfo) -> bool,
+        err: &ProtocolError,
+    ) -> usize {
+        let inner = self.lock();
+        let mut n = 0;
+        for entry in inner.by_id.values().filter(|e| matches(&e.info)) {
+            n += 1;
+            let _ = entry.events.send(ClientEvent::Close(err.clone()));
+        }
+        n
+    }
+
+    /// Every open connection.
+    pub fn list(&self) -> Vec<Arc<ConnectionInfo>> {
+        self.lock().by_id.values().map(|e| e.info.clone()).collect()
+    }
+
+    /// Open connections in `vhost`.
+    pub fn count_in_vhost(&self, vhost: &str) -> u64 {
+        self.lock().per_vhost.get(vhost).copied().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: u64, user: &str, vhost: &str) -> ConnectionInfo {
+        ConnectionInfo {
+            id,
+            user: user.into(),
+            vhost: vhost.into(),
+            peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+        }
+    }
+
+    #[test]
+    fn limits_count_connections_and_channels() {
+        let c = Connections::default();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let vhost_one = ConnectionLimits {
+            vhost_max_connections: Some(1),
+            user_max_connections: None,
+        };
+        c.register(info(1, "a", "v"), tx.clone(), vhost_one)
+            .unwrap();
+        let e = c
+            .register(info(2, "b", "v"), tx.clone(), vhost_one)
+            .unwrap_err();
+        assert_eq!(e.code.code(), 530);
+        c.register(info(3, "a", "w"), tx.clone(), ConnectionLimits::default())
+            .unwrap();
+        let user_two = ConnectionLimits {
+            vhost_max_connections: None,
+            user_max_connections: Some(2),
+        };
+        assert!(c.register(info(4, "a", "x"), tx.clone(), user_two).is_err());
+        c.channel_opened(1, Some(2)).unwrap();
+        c.channel_opened(3, Some(2)).unwrap();
+        assert!(c.channel_opened(3, Some(2)).is_err());
+        c.deregister(1);
+        c.channel_opened(3, Some(2)).unwrap();
+        c.register(info(2, "b", "v"), tx, vhost_one).unwrap();
+        let err = ProtocolError::connection_forced("bye");
+        assert_eq!(c.close_where(|i| i.vhost == "v", &err), 1);
+        assert!(matches!(rx.try_recv(), Ok(ClientEvent::Close(_))));
+    }
+}
