@@ -12,6 +12,7 @@ pub mod broker;
 pub mod confirm;
 pub mod connections;
 pub mod consumer;
+pub mod definitions_json;
 pub mod direct_reply;
 pub mod durable;
 pub mod exchange;
