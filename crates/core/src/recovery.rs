@@ -23,6 +23,7 @@ use crate::durable::access::{self as access_records, AccessOp};
 use crate::durable::definitions::{self, DefinitionOp};
 use crate::durable::record;
 use crate::exchange::ExchangeDef;
+use crate::policy::{Policy, PolicyKind};
 use crate::queue::ready::Entry;
 use crate::queue::store::{QueueStore, StoreContext};
 use crate::queue::QueueDef;
@@ -45,6 +46,7 @@ struct VHostState {
     /// O(n²) otherwise).
     from: HashMap<ShortString, HashSet<BindingId>>,
     to: HashMap<Destination, HashSet<BindingId>>,
+    policies: BTreeMap<(PolicyKind, String), Policy>,
 }
 
 type BindingId = (ShortString, Destination, ShortString, Vec<u8>);
@@ -118,6 +120,13 @@ impl VHostState {
                     arguments,
                 };
                 self.unbind(&binding_id(&source, &b));
+            }
+            DefinitionOp::PolicySet(policy) => {
+                self.policies
+                    .insert((policy.kind, policy.name.clone()), policy);
+            }
+            DefinitionOp::PolicyCleared { kind, name } => {
+                self.policies.remove(&(kind, name));
             }
         }
     }
@@ -227,6 +236,10 @@ pub fn open(
     let mut messages = 0usize;
     for (name, state) in states {
         let vhost = VHost::new(&name, queue_defaults.clone(), Some(persistence.clone()));
+        // First: exchanges and queues come back with their policies applied.
+        for policy in state.policies.into_values() {
+            vhost.restore_policy(policy);
+        }
         for def in state.exchanges.into_values() {
             vhost.restore_exchange(def);
         }

@@ -4,6 +4,12 @@
 //! Definitions change rarely (declare, bind, delete) and are kept under a mutex that is held
 //! only for in-memory updates, never across an await and never on the publish path; every
 //! change publishes a new `RoutingTable` snapshot that publishers read with one atomic load.
+//!
+//! Policies are kept with the definitions and applied to them in `vhost/policies.rs`.
+
+mod policies;
+
+pub use policies::PolicyNames;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -43,6 +49,7 @@ struct ExchangeEntry {
     /// holds the part while any of them is bound.
     shared: HashMap<(Destination, ShortString), u32>,
     route: Arc<ExchangeRoute>,
+    policies: policies::AppliedPolicies,
 }
 
 impl ExchangeEntry {
@@ -57,6 +64,7 @@ impl ExchangeEntry {
             bindings: HashMap::new(),
             shared: HashMap::new(),
             route,
+            policies: policies::AppliedPolicies::default(),
         }
     }
 
@@ -131,6 +139,9 @@ struct QueueEntry {
     handle: QueueHandle,
     /// Its definition is in the definitions log and its persistent messages in a log.
     persisted: bool,
+    policies: policies::AppliedPolicies,
+    /// The settings its actor was last given (arguments resolved against `policies`).
+    settings: QueueSettings,
 }
 
 /// What a vhost needs to keep durable things durable.
@@ -177,6 +188,7 @@ struct Definitions {
     bindings_to: HashMap<Destination, HashSet<BindingFrom>>,
     /// Exclusive queues by owning connection, for `connection_closed`.
     exclusive: HashMap<u64, HashSet<ShortString>>,
+    policies: policies::Policies,
     /// The routing snapshot being built: persistent maps, so publishing a copy is O(1).
     table: RoutingTable,
     /// Entries visited by changes so far: every loop in a change counts what it visits, so
@@ -186,7 +198,8 @@ struct Definitions {
 
 impl Definitions {
     fn insert_exchange(&mut self, def: ExchangeDef) {
-        let entry = ExchangeEntry::new(def);
+        let mut entry = ExchangeEntry::new(def);
+        self.apply_exchange_policies(&mut entry);
         self.table
             .exchanges
             .insert(entry.def.name.clone(), entry.route.clone());
@@ -763,7 +776,7 @@ impl VHost {
                 self.name
             )));
         }
-        let settings = QueueSettings::from_arguments(&def.arguments, &self.queue_what(&name))?;
+        let (settings, policies) = defs.resolve_queue(&def, &self.queue_what(&name))?;
         // Server-named and exclusive queues never survive a restart.
         let persisted = def.durable && def.exclusive_owner.is_none() && !server_named;
         let startup = self.startup_for(&def, persisted)?;
@@ -772,7 +785,7 @@ impl VHost {
         }
         let handle = QueueHandle::spawn(
             def.clone(),
-            settings,
+            settings.clone(),
             &self.queue_defaults,
             self.me.clone(),
             startup,
@@ -781,6 +794,8 @@ impl VHost {
             def,
             handle: handle.clone(),
             persisted,
+            policies,
+            settings,
         });
         self.publish(&mut defs);
         Ok(handle)
@@ -1094,8 +1109,8 @@ impl VHost {
         store: QueueStore,
         recovered: Vec<crate::queue::ready::Entry>,
     ) -> Result<(), ProtocolError> {
-        let settings =
-            QueueSettings::from_arguments(&def.arguments, &self.queue_what(def.name.as_str()))?;
+        let mut defs = self.lock();
+        let (settings, policies) = defs.resolve_queue(&def, &self.queue_what(def.name.as_str()))?;
         let startup = Startup {
             store: Some(store),
             store_context: self.persistence.as_ref().map(|p| p.store.clone()),
@@ -1103,15 +1118,17 @@ impl VHost {
         };
         let handle = QueueHandle::spawn(
             def.clone(),
-            settings,
+            settings.clone(),
             &self.queue_defaults,
             self.me.clone(),
             startup,
         );
-        self.lock().insert_queue(QueueEntry {
+        defs.insert_queue(QueueEntry {
             def,
             handle,
             persisted: true,
+            policies,
+            settings,
         });
         Ok(())
     }
@@ -1141,7 +1158,7 @@ impl VHost {
     }
 
     fn ops_of(defs: &Definitions) -> Vec<DefinitionOp> {
-        let mut ops = Vec::new();
+        let mut ops: Vec<DefinitionOp> = defs.policies.ops().collect();
         for e in defs.exchanges.values() {
             if e.def.durable && !e.def.name.as_str().starts_with("amq.") {
                 ops.push(DefinitionOp::ExchangeDeclared(e.def.clone()));

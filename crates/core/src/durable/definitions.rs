@@ -1,4 +1,4 @@
-//! Definition records: one per change to a durable exchange, queue or binding, replayed in
+//! Definition records: one per change to a durable exchange, queue, binding or policy, replayed in
 //! order at start-up. Each record is an AMQP field table (the codec Warren already has), so
 //! it is self-describing and new keys can be added without a format change.
 
@@ -9,6 +9,7 @@ use warren_protocol::{AMQPValue, FieldTable, LongString, ShortString};
 
 use crate::args::as_str;
 use crate::exchange::{ExchangeDef, ExchangeKind};
+use crate::policy::{Policy, PolicyKind};
 use crate::queue::QueueDef;
 use crate::routing::Destination;
 
@@ -30,6 +31,12 @@ pub enum DefinitionOp {
         destination: Destination,
         routing_key: ShortString,
         arguments: FieldTable,
+    },
+    /// A policy or operator policy set (or replaced: same kind and name).
+    PolicySet(Policy),
+    PolicyCleared {
+        kind: PolicyKind,
+        name: String,
     },
 }
 
@@ -103,6 +110,18 @@ pub fn encode(vhost: &str, op: &DefinitionOp) -> Bytes {
                 "unbound"
             }
         }
+        DefinitionOp::PolicySet(policy) => {
+            t.insert("kind".into(), long(policy.kind.component()));
+            t.insert("name".into(), long(&policy.name));
+            // The entry as a definitions export holds it: validated again when replayed.
+            t.insert("json".into(), long(&policy.to_json(None).to_string()));
+            "policy.set"
+        }
+        DefinitionOp::PolicyCleared { kind, name } => {
+            t.insert("kind".into(), long(kind.component()));
+            t.insert("name".into(), long(name));
+            "policy.cleared"
+        }
     };
     t.insert("op".into(), long(kind));
     match cookie_factory::gen_simple(gen_field_table(&t), Vec::new()) {
@@ -142,6 +161,11 @@ pub fn decode(record: &[u8]) -> Result<(String, DefinitionOp), String> {
             other => Err(format!("unknown destination kind '{other}'")),
         }
     };
+    let policy_kind = || -> Result<PolicyKind, String> {
+        let kind = text("kind")?;
+        PolicyKind::from_component(kind.as_str())
+            .ok_or_else(|| format!("unknown policy kind '{}'", kind.as_str()))
+    };
     let vhost = text("vhost")?.as_str().to_owned();
     let op = match text("op")?.as_str() {
         "exchange.declared" => DefinitionOp::ExchangeDeclared(ExchangeDef {
@@ -172,6 +196,18 @@ pub fn decode(record: &[u8]) -> Result<(String, DefinitionOp), String> {
             destination: destination()?,
             routing_key: text("routing_key")?,
             arguments: table("arguments"),
+        },
+        "policy.set" => {
+            let json = get("json").and_then(as_str).ok_or("missing 'json'")?;
+            let entry: serde_json::Value =
+                serde_json::from_str(&json).map_err(|e| format!("'json': {e}"))?;
+            DefinitionOp::PolicySet(
+                Policy::from_json(policy_kind()?, &entry).map_err(|e| e.to_string())?,
+            )
+        }
+        "policy.cleared" => DefinitionOp::PolicyCleared {
+            kind: policy_kind()?,
+            name: get("name").and_then(as_str).ok_or("missing 'name'")?,
         },
         other => return Err(format!("unknown op '{other}'")),
     };
@@ -217,6 +253,20 @@ mod tests {
                 arguments: FieldTable::default(),
             },
         ];
+        let mut ops = ops;
+        for kind in [PolicyKind::Regular, PolicyKind::Operator] {
+            let entry = serde_json::json!({
+                "name": "limits", "pattern": "^q\\.", "apply-to": "queues", "priority": -3,
+                "definition": {"max-length": 10, "message-ttl": 500}
+            });
+            ops.push(DefinitionOp::PolicySet(
+                Policy::from_json(kind, &entry).expect("valid policy"),
+            ));
+            ops.push(DefinitionOp::PolicyCleared {
+                kind,
+                name: "limits".into(),
+            });
+        }
         for op in ops {
             let (vhost, back) = decode(&encode("/v", &op)).unwrap();
             assert_eq!(vhost, "/v");

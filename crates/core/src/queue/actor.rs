@@ -48,7 +48,11 @@ impl Consumer {
 pub(super) struct QueueActor {
     def: QueueDef,
     settings: QueueSettings,
+    /// The policy version `settings` came with (`QueueCommand::ApplySettings`).
+    settings_version: u64,
     consumer_timeout_ms: Option<u64>,
+    /// The broker's consumer timeout, for a queue that sets none.
+    default_consumer_timeout_ms: Option<u64>,
     timeout_action: ConsumerTimeoutAction,
     handle: QueueHandle,
     vhost: Weak<VHost>,
@@ -101,6 +105,8 @@ impl QueueActor {
             consumer_timeout_ms: settings
                 .consumer_timeout_ms
                 .or(defaults.consumer_timeout_ms),
+            default_consumer_timeout_ms: defaults.consumer_timeout_ms,
+            settings_version: 0,
             timeout_action: defaults.consumer_timeout_action,
             def,
             settings,
@@ -252,8 +258,38 @@ impl QueueActor {
                 if_empty,
                 reply,
             } => return self.delete(if_unused, if_empty, reply),
+            QueueCommand::ApplySettings { settings, version } => {
+                if version > self.settings_version {
+                    self.settings_version = version;
+                    self.apply_settings(*settings);
+                }
+            }
         }
         Flow::Continue
+    }
+
+    /// A policy changed the queue's settings; they apply at once, as in RabbitMQ: a lower
+    /// length limit drops (dead-letters) the excess from the head (with `drop-head`), a
+    /// new `expires` restarts its timer, a new message TTL applies to messages enqueued from
+    /// now on (those already queued keep their deadline), a new dead-letter exchange to
+    /// later dead-letterings, a new consumer timeout to later deliveries.
+    fn apply_settings(&mut self, settings: QueueSettings) {
+        let expires_changed = settings.expires_ms != self.settings.expires_ms;
+        // Priorities are fixed at declare (the ready queue is built for them).
+        let max_priority = self.settings.max_priority;
+        self.settings = QueueSettings {
+            max_priority,
+            ..settings
+        };
+        self.consumer_timeout_ms = self
+            .settings
+            .consumer_timeout_ms
+            .or(self.default_consumer_timeout_ms);
+        if expires_changed {
+            self.last_used_ms = now_ms();
+        }
+        self.drop_head_over_limit();
+        self.expire(now_ms());
     }
 
     fn delete(

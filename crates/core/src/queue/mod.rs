@@ -85,6 +85,12 @@ pub enum QueueCommand {
     },
     /// A sync job of the queue's log finished (from the blocking thread that ran it).
     Synced(Result<(), String>),
+    /// New settings after a policy change (the vhost's policy version: older ones are
+    /// ignored). Boxed: the enum stays as small as a publish.
+    ApplySettings {
+        settings: Box<settings::QueueSettings>,
+        version: u64,
+    },
 }
 
 struct QueueInner {
