@@ -79,7 +79,10 @@ impl Connections {
         let of_user = inner.per_user.get(&info.user).map(|c| c.0).unwrap_or(0);
         if let Some(max) = limits.user_max_connections {
             if of_user >= max {
-                return Err(refused(format!("user connection limit ({max}) is reached")));
+                return Err(ProtocolError::not_allowed(format!(
+                    "connection refused for user '{}': user connection limit ({max}) is reached",
+                    info.user
+                )));
             }
         }
         *inner.per_vhost.entry(info.vhost.clone()).or_insert(0) += 1;
@@ -131,7 +134,7 @@ impl Connections {
         if let Some(max) = user_max_channels {
             if counts.1 >= max {
                 return Err(ProtocolError::not_allowed(format!(
-                    "number of channels opened for user '{user}' has reached the maximum allowed user limit ({max})"
+                    "number of channels opened for user '{user}' has reached the maximum allowed user limit of ({max})"
                 )));
             }
         }

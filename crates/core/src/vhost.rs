@@ -400,7 +400,7 @@ impl VHost {
     fn check_live(&self) -> Result<(), ProtocolError> {
         match self.is_deleted() {
             true => Err(ProtocolError::connection_forced(format!(
-                "vhost '{}' is deleted",
+                "vhost '{}' is down",
                 self.name
             ))),
             false => Ok(()),
@@ -1155,6 +1155,38 @@ impl VHost {
     /// The durable definitions as a minimal list of operations (to compact the log).
     pub(crate) fn snapshot_ops(&self) -> Vec<DefinitionOp> {
         Self::ops_of(&self.lock())
+    }
+
+    /// What a definitions export lists: exchanges other than the standard ones, queues that
+    /// are not exclusive, and bindings from a named exchange (as RabbitMQ exports them).
+    pub fn exportable(&self) -> (Vec<ExchangeDef>, Vec<QueueDef>, Vec<(ShortString, Binding)>) {
+        let defs = self.lock();
+        let exchanges = defs
+            .exchanges
+            .values()
+            .filter(|e| !e.def.name.as_str().is_empty() && !e.def.name.as_str().starts_with("amq."))
+            .map(|e| e.def.clone())
+            .collect();
+        let queues = defs
+            .queues
+            .values()
+            .filter(|q| q.def.exclusive_owner.is_none())
+            .map(|q| q.def.clone())
+            .collect();
+        let mut bindings = Vec::new();
+        for (name, e) in &defs.exchanges {
+            if name.as_str().is_empty() {
+                continue;
+            }
+            for b in e.bindings.values() {
+                let exclusive = matches!(&b.destination, Destination::Queue(q)
+                    if defs.queues.get(q.as_str()).is_some_and(|q| q.def.exclusive_owner.is_some()));
+                if !exclusive {
+                    bindings.push((name.clone(), b.clone()));
+                }
+            }
+        }
+        (exchanges, queues, bindings)
     }
 
     fn ops_of(defs: &Definitions) -> Vec<DefinitionOp> {

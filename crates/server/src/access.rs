@@ -110,9 +110,9 @@ impl Connection {
             return Ok(());
         }
         let shown = if name.is_empty() { "amq.default" } else { name };
+        // RabbitMQ 3.10's text: which permission was missing is not said.
         Err(ProtocolError::access_refused(format!(
-            "{} access to {} '{shown}' in vhost '{}' refused for user '{}'",
-            access.as_str(),
+            "access to {} '{shown}' in vhost '{}' refused for user '{}'",
             resource.as_str(),
             self.vhost_name(),
             self.user
@@ -143,8 +143,7 @@ impl Connection {
             return Ok(());
         }
         Err(ProtocolError::access_refused(format!(
-            "{} access to topic '{routing_key}' in exchange '{exchange}' in vhost '{}' refused for user '{}'",
-            access.as_str(),
+            "access to topic '{routing_key}' in exchange '{exchange}' in vhost '{}' refused for user '{}'",
             self.vhost_name(),
             self.user
         )))

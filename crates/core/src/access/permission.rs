@@ -169,6 +169,13 @@ impl TopicPermission {
             Access::Write => &self.write,
             _ => &self.read,
         };
+        // RabbitMQ: an empty topic expression matches only the empty routing key.
+        if source.is_empty() {
+            return Pattern::new("^$", access.as_str()).unwrap_or(Pattern {
+                source: String::new(),
+                regex: None,
+            });
+        }
         // Validated at creation; an expansion that fails to compile grants nothing.
         Pattern::new(&expand(source, ctx), access.as_str()).unwrap_or(Pattern {
             source: String::new(),

@@ -7,6 +7,8 @@
 
 use std::fmt;
 
+pub mod definitions;
+
 /// Why an administrative operation was refused. Each variant maps to one HTTP status in the
 /// management API (404, 400, 409, 500).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,7 +149,7 @@ pub struct UserSpec {
 }
 
 impl Broker {
-    fn admin_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub(crate) fn admin_lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.admin.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -213,7 +215,7 @@ impl Broker {
             self.commit_access(vec![AccessOp::UserDeleted { name: name.into() }])?;
         }
         let err =
-            warren_protocol::ProtocolError::connection_forced(format!("user '{name}' was deleted"));
+            warren_protocol::ProtocolError::connection_forced(format!("user '{name}' is deleted"));
         self.connections.close_where(|c| c.user == name, &err);
         Ok(())
     }
@@ -247,17 +249,7 @@ impl Broker {
         }
         // The record comes first: the vhost's own records must replay after it.
         self.commit_access(vec![AccessOp::vhost_put(&info)])?;
-        let vhost = VHost::new(
-            &info.name,
-            self.queue_defaults.clone(),
-            self.persistence.clone(),
-        );
-        vhost.set_limits(info.limits);
-        self.vhosts.rcu(|map| {
-            let mut map = (**map).clone();
-            map.insert(info.name.clone(), vhost.clone());
-            map
-        });
+        self.attach_vhost(&info);
         Ok(())
     }
 
@@ -291,7 +283,7 @@ impl Broker {
             (vhost, queues)
         };
         let err =
-            warren_protocol::ProtocolError::connection_forced(format!("vhost '{name}' is deleted"));
+            warren_protocol::ProtocolError::connection_forced(format!("vhost '{name}' is down"));
         self.connections.close_where(|c| c.vhost == name, &err);
         for queue in queues {
             let _ = queue
