@@ -27,11 +27,13 @@
 
 use std::collections::BTreeMap;
 
-use serde::{de, Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::access::password::{HashingAlgorithm, PasswordHash};
 use crate::admin::AdminError;
+
+mod read;
 
 /// Fields of an entry that the model does not name, kept as read.
 pub type Extra = BTreeMap<String, Value>;
@@ -102,9 +104,9 @@ pub struct User {
     /// RabbitMQ's module name; missing in exports older than 3.6.1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hashing_algorithm: Option<String>,
-    #[serde(default, deserialize_with = "tags")]
+    #[serde(default, deserialize_with = "read::tags")]
     pub tags: Vec<String>,
-    #[serde(default, deserialize_with = "limits")]
+    #[serde(default, deserialize_with = "read::limits")]
     pub limits: Limits,
     #[serde(skip)]
     pub extra: Extra,
@@ -162,7 +164,7 @@ struct VHostRepr {
     description: Option<String>,
     #[serde(
         default,
-        deserialize_with = "optional_tags",
+        deserialize_with = "read::optional_tags",
         skip_serializing_if = "Option::is_none"
     )]
     tags: Option<Vec<String>>,
@@ -172,7 +174,7 @@ struct VHostRepr {
     metadata: Option<VHostMetadata>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tracing: Option<bool>,
-    #[serde(default, deserialize_with = "limits")]
+    #[serde(default, deserialize_with = "read::limits")]
     limits: Limits,
 }
 
@@ -182,7 +184,7 @@ struct VHostMetadata {
     description: Option<String>,
     #[serde(
         default,
-        deserialize_with = "optional_tags",
+        deserialize_with = "read::optional_tags",
         skip_serializing_if = "Option::is_none"
     )]
     tags: Option<Vec<String>>,
@@ -292,7 +294,7 @@ impl Parameter {
 
     /// The limits of a `vhost-limits` parameter.
     pub fn as_vhost_limits(&self) -> Result<Limits, String> {
-        limits(&self.value).map_err(|e| e.to_string())
+        read::limits(&self.value).map_err(|e| e.to_string())
     }
 
     /// The policy of an `operator_policy` parameter (its definition may be an object or
@@ -305,11 +307,11 @@ impl Parameter {
             apply_to: ApplyTo,
             #[serde(default)]
             priority: i64,
-            #[serde(deserialize_with = "table")]
+            #[serde(deserialize_with = "read::table")]
             definition: Table,
         }
         let v = serde_path_to_error::deserialize::<_, OperatorPolicyValue>(&self.value)
-            .map_err(|e| at_path(e.path(), e.inner()))?;
+            .map_err(|e| read::at_path(e.path(), e.inner()))?;
         Ok(Policy {
             vhost: self.vhost.clone(),
             name: self.name.clone(),
@@ -366,7 +368,7 @@ pub struct Policy {
     #[serde(default)]
     pub priority: i64,
     /// Keys as RabbitMQ names them (`message-ttl`, `max-length`, ...), values untyped.
-    #[serde(deserialize_with = "table")]
+    #[serde(deserialize_with = "read::table")]
     pub definition: Table,
     #[serde(skip)]
     pub extra: Extra,
@@ -376,11 +378,11 @@ pub struct Policy {
 pub struct Queue {
     pub name: String,
     pub vhost: String,
-    #[serde(default = "yes")]
+    #[serde(default = "read::yes")]
     pub durable: bool,
     #[serde(default)]
     pub auto_delete: bool,
-    #[serde(default, deserialize_with = "table")]
+    #[serde(default, deserialize_with = "read::table")]
     pub arguments: Table,
     /// `classic`, `quorum` or `stream` (3.9+; older exports only have `x-queue-type`, if any).
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
@@ -395,14 +397,14 @@ pub struct Exchange {
     pub vhost: String,
     #[serde(rename = "type")]
     pub exchange_type: String,
-    #[serde(default = "yes")]
+    #[serde(default = "read::yes")]
     pub durable: bool,
     #[serde(default)]
     pub auto_delete: bool,
     /// Written by the management API; `rabbitmqctl` leaves it out (it skips internal ones).
     #[serde(default)]
     pub internal: bool,
-    #[serde(default, deserialize_with = "table")]
+    #[serde(default, deserialize_with = "read::table")]
     pub arguments: Table,
     #[serde(skip)]
     pub extra: Extra,
@@ -423,7 +425,7 @@ pub struct Binding {
     pub destination_type: DestinationType,
     #[serde(default)]
     pub routing_key: String,
-    #[serde(default, deserialize_with = "table")]
+    #[serde(default, deserialize_with = "read::table")]
     pub arguments: Table,
     #[serde(skip)]
     pub extra: Extra,
@@ -491,7 +493,7 @@ pub fn parse(text: &str) -> Result<Definitions, AdminError> {
         ));
     }
     let mut defs: Definitions = serde_path_to_error::deserialize(&raw)
-        .map_err(|e| AdminError::bad_request(describe_error(&raw, e.path(), e.inner())))?;
+        .map_err(|e| AdminError::bad_request(read::describe_error(&raw, e.path(), e.inner())))?;
     defs.collect_extras(&raw);
     for p in &mut defs.parameters {
         if p.component == COMPONENT_OPERATOR_POLICY {
@@ -679,146 +681,4 @@ fn unknown_fields(map: &Map<String, Value>, known: &[&str]) -> Extra {
         .filter(|(k, _)| !known.contains(&k.as_str()))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
-}
-
-// ---- lenient field readers ------------------------------------------------------------------
-
-fn yes() -> bool {
-    true
-}
-
-/// Tags: a list, or (before 3.9) one comma-separated string; `null` is none.
-fn tags<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    Ok(optional_tags(d)?.unwrap_or_default())
-}
-
-fn optional_tags<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    struct TagsVisitor;
-    impl<'de> de::Visitor<'de> for TagsVisitor {
-        type Value = Option<Vec<String>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("a list of tags or a comma-separated string")
-        }
-        fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-            let tags = s.split(',').map(str::trim).filter(|t| !t.is_empty());
-            Ok(Some(tags.map(str::to_owned).collect()))
-        }
-        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut tags = Vec::new();
-            while let Some(t) = seq.next_element::<String>()? {
-                tags.push(t);
-            }
-            Ok(Some(tags))
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(None)
-        }
-    }
-    d.deserialize_any(TagsVisitor)
-}
-
-/// An object, or the list of `[key, value]` pairs RabbitMQ writes for an Erlang proplist
-/// (`[]` for an empty one); `null` is empty.
-fn pairs<'de, D: Deserializer<'de>, V: Deserialize<'de>>(
-    d: D,
-) -> Result<Vec<(String, V)>, D::Error> {
-    struct PairsVisitor<V>(std::marker::PhantomData<V>);
-    impl<'de, V: Deserialize<'de>> de::Visitor<'de> for PairsVisitor<V> {
-        type Value = Vec<(String, V)>;
-        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-            f.write_str("an object or a list of [key, value] pairs")
-        }
-        fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(entry) = map.next_entry::<String, V>()? {
-                out.push(entry);
-            }
-            Ok(out)
-        }
-        fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-            let mut out = Vec::new();
-            while let Some(entry) = seq.next_element::<(String, V)>()? {
-                out.push(entry);
-            }
-            Ok(out)
-        }
-        fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-        fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-            Ok(Vec::new())
-        }
-    }
-    d.deserialize_any(PairsVisitor(std::marker::PhantomData))
-}
-
-fn table<'de, D: Deserializer<'de>>(d: D) -> Result<Table, D::Error> {
-    Ok(pairs::<D, Value>(d)?.into_iter().collect())
-}
-
-fn limits<'de, D: Deserializer<'de>>(d: D) -> Result<Limits, D::Error> {
-    Ok(pairs::<D, i64>(d)?.into_iter().collect())
-}
-
-// ---- error texts ----------------------------------------------------------------------------
-
-/// `users[2] ("bob").tags: invalid type ...`: the category and index, the entry's name (read
-/// from the document, when it has one) and the rest of the path.
-fn describe_error(raw: &Value, path: &serde_path_to_error::Path, e: &serde_json::Error) -> String {
-    use serde_path_to_error::Segment;
-    let segments: Vec<&Segment> = path.iter().collect();
-    match segments.as_slice() {
-        [Segment::Map { key }, Segment::Seq { index }, rest @ ..] => format!(
-            "{key}[{index}]{}{}: {e}",
-            entry_label(&raw[key.as_str()][*index]),
-            render_path(rest)
-        ),
-        [] => format!("definitions: {e}"),
-        all => format!("{}: {e}", render_path(all).trim_start_matches('.')),
-    }
-}
-
-fn entry_label(entry: &Value) -> String {
-    let field = |k: &str| entry.get(k).and_then(Value::as_str);
-    let main = if let Some(name) = field("name") {
-        format!("\"{name}\"")
-    } else if let Some(user) = field("user") {
-        format!("user \"{user}\"")
-    } else if let (Some(s), Some(d)) = (field("source"), field("destination")) {
-        format!("\"{s}\" -> \"{d}\"")
-    } else {
-        String::new()
-    };
-    let vhost = field("vhost").map(|v| format!("in vhost \"{v}\""));
-    match (main.is_empty(), vhost) {
-        (true, None) => String::new(),
-        (true, Some(v)) => format!(" ({v})"),
-        (false, None) => format!(" ({main})"),
-        (false, Some(v)) => format!(" ({main} {v})"),
-    }
-}
-
-fn render_path(segments: &[&serde_path_to_error::Segment]) -> String {
-    use serde_path_to_error::Segment;
-    segments
-        .iter()
-        .map(|s| match s {
-            Segment::Seq { index } => format!("[{index}]"),
-            Segment::Map { key } => format!(".{key}"),
-            Segment::Enum { variant } => format!(".{variant}"),
-            Segment::Unknown => ".?".to_owned(),
-        })
-        .collect()
-}
-
-fn at_path(path: &serde_path_to_error::Path, e: &serde_json::Error) -> String {
-    let segments: Vec<_> = path.iter().collect();
-    if segments.is_empty() {
-        e.to_string()
-    } else {
-        format!("value{}: {e}", render_path(&segments))
-    }
 }

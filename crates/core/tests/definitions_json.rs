@@ -411,6 +411,6 @@ fn a_policy_written_by_warren_reads_back() {
         ..Definitions::default()
     };
     let back = parse(&to_json(&d)).unwrap();
-    assert_eq!(back.policies, [policy.clone()]);
+    assert_eq!(back.policies, std::slice::from_ref(&policy));
     assert_eq!(back.operator_policies().unwrap(), [policy]);
 }
