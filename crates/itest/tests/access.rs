@@ -252,10 +252,7 @@ async fn configure_permission_guards_declare_and_delete() {
     // A server-named queue is checked under its generated name.
     let ch = open_channel(&conn).await;
     let text = expect_code(try_declare(&ch, "", FieldTable::default()).await, 403);
-    assert!(
-        text.contains("access to queue 'amq.gen-"),
-        "{text}"
-    );
+    assert!(text.contains("access to queue 'amq.gen-"), "{text}");
     // Passive declare needs no permission.
     let admin = b.connect().await;
     declare_queue(&open_channel(&admin).await, "other-q").await;
@@ -282,10 +279,7 @@ async fn configure_permission_guards_declare_and_delete() {
         .await,
         403,
     );
-    assert!(
-        text.contains("access to queue 'other-q'"),
-        "{text}"
-    );
+    assert!(text.contains("access to queue 'other-q'"), "{text}");
     // Exchanges too.
     let ch = open_channel(&conn).await;
     let text = expect_code(
@@ -301,10 +295,7 @@ async fn configure_permission_guards_declare_and_delete() {
         .await,
         403,
     );
-    assert!(
-        text.contains("access to exchange 'x-other'"),
-        "{text}"
-    );
+    assert!(text.contains("access to exchange 'x-other'"), "{text}");
     // A dead-letter exchange needs write on it (and read on the queue).
     let ch = open_channel(&conn).await;
     let mut args = FieldTable::default();
@@ -313,10 +304,7 @@ async fn configure_permission_guards_declare_and_delete() {
         AMQPValue::LongString("amq.fanout".into()),
     );
     let text = expect_code(try_declare(&ch, "cfg-dl", args).await, 403);
-    assert!(
-        text.contains("access to exchange 'amq.fanout'"),
-        "{text}"
-    );
+    assert!(text.contains("access to exchange 'amq.fanout'"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,9 +336,7 @@ async fn write_and_read_permissions_guard_publish_bind_consume_get_and_purge() {
     .unwrap();
     let text = expect_error_event(&mut ev, 403).await;
     assert!(
-        text.contains(
-            "access to exchange 'amq.default' in vhost '/' refused for user 'carol'"
-        ),
+        text.contains("access to exchange 'amq.default' in vhost '/' refused for user 'carol'"),
         "{text}"
     );
 
@@ -417,10 +403,7 @@ async fn write_and_read_permissions_guard_publish_bind_consume_get_and_purge() {
     let text = expect_code(bind("r-q", "amq.direct").await, 403);
     assert!(text.contains("access to queue 'r-q'"), "{text}");
     let text = expect_code(bind("w-q", "amq.direct").await, 403);
-    assert!(
-        text.contains("access to exchange 'amq.direct'"),
-        "{text}"
-    );
+    assert!(text.contains("access to exchange 'amq.direct'"), "{text}");
     declare_exchange(&admin_ch, "r-x", ExchangeKind::Direct).await;
     bind("w-q", "r-x").await.unwrap();
 }

@@ -21,14 +21,21 @@ async fn a_rabbitmq_export_loads_and_its_users_log_in_with_their_passwords() {
     };
     let broker = b.broker().unwrap();
     let defs = definitions_json::parse(RABBITMQ_EXPORT).unwrap();
-    let report = within("import", broker.import_definitions(&defs)).await.unwrap();
+    let report = within("import", broker.import_definitions(&defs))
+        .await
+        .unwrap();
     assert!(
-        report.skipped.iter().any(|s| s.contains("federation-upstream")),
+        report
+            .skipped
+            .iter()
+            .any(|s| s.contains("federation-upstream")),
         "{:?}",
         report.skipped
     );
     // Idempotent: the same document again changes nothing and does not fail.
-    within("import again", broker.import_definitions(&defs)).await.unwrap();
+    within("import again", broker.import_definitions(&defs))
+        .await
+        .unwrap();
 
     // Old passwords, in every hashing the export used (UTF-8 one percent-encoded).
     connect(&url(&b, "admin", "admin-pw-1", "prod")).await;
@@ -38,14 +45,22 @@ async fn a_rabbitmq_export_loads_and_its_users_log_in_with_their_passwords() {
         403,
     );
     expect_code(
-        try_connect(&url(&b, "nopass", "temporary-pw", "prod"), Default::default()).await,
+        try_connect(
+            &url(&b, "nopass", "temporary-pw", "prod"),
+            Default::default(),
+        )
+        .await,
         403,
     );
     // The app's permissions: configure only on ^app\..*.
     let ch = app.create_channel().await.unwrap();
     let refused = within(
         "queue.declare",
-        ch.queue_declare("other".into(), QueueDeclareOptions::default(), FieldTable::default()),
+        ch.queue_declare(
+            "other".into(),
+            QueueDeclareOptions::default(),
+            FieldTable::default(),
+        ),
     )
     .await;
     expect_code(refused, 403);
@@ -66,7 +81,11 @@ async fn a_rabbitmq_export_loads_and_its_users_log_in_with_their_passwords() {
     .await
     .unwrap();
     // The vhost limit from the export: max-connections 10 in prod.
-    let info = broker.vhosts().into_iter().find(|v| v.name == "prod").unwrap();
+    let info = broker
+        .vhosts()
+        .into_iter()
+        .find(|v| v.name == "prod")
+        .unwrap();
     assert_eq!(info.limits.max_connections, Some(10));
     assert_eq!(info.limits.max_queues, Some(5));
     let app_user = broker.user("app").unwrap();
@@ -79,9 +98,12 @@ async fn a_rabbitmq_export_loads_and_its_users_log_in_with_their_passwords() {
     let Some(b2) = start_broker_with(|_| {}).await else {
         return;
     };
-    within("import export", b2.broker().unwrap().import_definitions(&again))
-        .await
-        .unwrap();
+    within(
+        "import export",
+        b2.broker().unwrap().import_definitions(&again),
+    )
+    .await
+    .unwrap();
     connect(&url(&b2, "monitor", "monitor-pw-2", "prod")).await;
     let exported_again = b2.broker().unwrap().export_definitions();
     assert_eq!(exported_again.users.len(), again.users.len());
@@ -133,7 +155,10 @@ async fn a_bad_entry_is_named_and_nothing_is_applied() {
         assert_eq!(err.http_status(), 400, "{err}");
         assert!(err.text().contains(named), "{named} not in: {err}");
         assert!(broker.user("ok").is_none(), "half applied: {doc}");
-        assert!(!broker.vhosts().iter().any(|v| v.name == "v"), "half applied: {doc}");
+        assert!(
+            !broker.vhosts().iter().any(|v| v.name == "v"),
+            "half applied: {doc}"
+        );
     }
     let err = definitions_json::parse("{\"users\": [").unwrap_err();
     assert!(err.text().contains("line"), "{err}");

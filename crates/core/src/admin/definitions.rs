@@ -18,7 +18,9 @@ use serde_json::{Map, Number, Value};
 use warren_protocol::{AMQPValue, FieldArray, FieldTable, LongString, ShortString};
 
 use super::{check_name, AdminError};
-use crate::access::{AccessState, Permission, TopicPermission, User, UserLimits, VHostInfo, VHostLimits};
+use crate::access::{
+    AccessState, Permission, TopicPermission, User, UserLimits, VHostInfo, VHostLimits,
+};
 use crate::broker::Broker;
 use crate::definitions_json::{self as json, Definitions};
 use crate::durable::access::AccessOp;
@@ -54,7 +56,10 @@ const VHOST_LIMIT_KEYS: &[&str] = &["max-connections", "max-queues"];
 
 fn check_limit_keys(map: &json::Limits, known: &[&str], what: &str) -> Result<(), String> {
     match map.keys().find(|k| !known.contains(&k.as_str())) {
-        Some(k) => Err(format!("unknown {what} limit '{k}' (known: {})", known.join(", "))),
+        Some(k) => Err(format!(
+            "unknown {what} limit '{k}' (known: {})",
+            known.join(", ")
+        )),
         None => Ok(()),
     }
 }
@@ -71,7 +76,10 @@ pub fn json_to_amqp(value: &Value) -> Result<AMQPValue, String> {
         },
         Value::String(s) => AMQPValue::LongString(LongString::from(s.as_bytes().to_vec())),
         Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(
-            items.iter().map(json_to_amqp).collect::<Result<Vec<_>, _>>()?,
+            items
+                .iter()
+                .map(json_to_amqp)
+                .collect::<Result<Vec<_>, _>>()?,
         )),
         Value::Object(map) => AMQPValue::FieldTable(json_to_table(map)?),
     })
@@ -80,7 +88,8 @@ pub fn json_to_amqp(value: &Value) -> Result<AMQPValue, String> {
 pub fn json_to_table(map: &Map<String, Value>) -> Result<FieldTable, String> {
     let mut table = FieldTable::default();
     for (k, v) in map {
-        let key = ShortString::try_new(k.as_str()).map_err(|_| format!("key '{k}' is longer than 255 bytes"))?;
+        let key = ShortString::try_new(k.as_str())
+            .map_err(|_| format!("key '{k}' is longer than 255 bytes"))?;
         table.insert(key, json_to_amqp(v).map_err(|e| format!("'{k}': {e}"))?);
     }
     Ok(table)
@@ -90,12 +99,18 @@ pub fn json_to_table(map: &Map<String, Value>) -> Result<FieldTable, String> {
 pub fn amqp_to_json(value: &AMQPValue) -> Value {
     match value {
         AMQPValue::Boolean(b) => Value::Bool(*b),
-        AMQPValue::Float(f) => Number::from_f64(f64::from(*f)).map(Value::Number).unwrap_or(Value::Null),
-        AMQPValue::Double(f) => Number::from_f64(*f).map(Value::Number).unwrap_or(Value::Null),
+        AMQPValue::Float(f) => Number::from_f64(f64::from(*f))
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        AMQPValue::Double(f) => Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
         AMQPValue::FieldArray(a) => Value::Array(a.as_slice().iter().map(amqp_to_json).collect()),
         AMQPValue::FieldTable(t) => Value::Object(table_to_json(t)),
         AMQPValue::Void => Value::Null,
-        AMQPValue::ByteArray(b) => Value::String(String::from_utf8_lossy(b.as_slice()).into_owned()),
+        AMQPValue::ByteArray(b) => {
+            Value::String(String::from_utf8_lossy(b.as_slice()).into_owned())
+        }
         AMQPValue::DecimalValue(d) => {
             Number::from_f64(f64::from(d.value) / 10f64.powi(i32::from(d.scale)))
                 .map(Value::Number)
@@ -117,9 +132,17 @@ pub fn table_to_json(table: &FieldTable) -> Map<String, Value> {
         .collect()
 }
 
-fn entry<T>(list: &str, index: usize, name: &str, vhost: Option<&str>, r: Result<T, String>) -> Result<T, AdminError> {
+fn entry<T>(
+    list: &str,
+    index: usize,
+    name: &str,
+    vhost: Option<&str>,
+    r: Result<T, String>,
+) -> Result<T, AdminError> {
     r.map_err(|e| {
-        let vhost = vhost.map(|v| format!(" in vhost \"{v}\"")).unwrap_or_default();
+        let vhost = vhost
+            .map(|v| format!(" in vhost \"{v}\""))
+            .unwrap_or_default();
         AdminError::bad_request(format!("{list}[{index}] (\"{name}\"{vhost}): {e}"))
     })
 }
@@ -166,8 +189,13 @@ impl Broker {
             self.vhost_or_404(&vhost)?.declare_queue(def, false)?;
         }
         for (vhost, source, b) in plan.bindings {
-            self.vhost_or_404(&vhost)?
-                .bind(&source, b.destination, b.routing_key, b.arguments, 0)?;
+            self.vhost_or_404(&vhost)?.bind(
+                &source,
+                b.destination,
+                b.routing_key,
+                b.arguments,
+                0,
+            )?;
         }
         for skipped in &report.skipped {
             tracing::warn!(entry = %skipped, "definitions import skipped an entry");
@@ -180,7 +208,11 @@ impl Broker {
             .ok_or_else(|| AdminError::not_found(format!("vhost '{name}'")))
     }
 
-    fn plan_import(&self, defs: &Definitions, report: &mut ImportReport) -> Result<Plan, AdminError> {
+    fn plan_import(
+        &self,
+        defs: &Definitions,
+        report: &mut ImportReport,
+    ) -> Result<Plan, AdminError> {
         let mut state: AccessState = (**self.access()).clone();
         let mut ops = Vec::new();
         let version = defs.version();
@@ -210,7 +242,11 @@ impl Broker {
         for (i, v) in defs.vhosts.iter().enumerate() {
             let r = (|| {
                 check_name(&v.name, "vhost").map_err(|e| e.text().to_owned())?;
-                let limits = state.vhosts.get(&v.name).map(|o| o.limits).unwrap_or_default();
+                let limits = state
+                    .vhosts
+                    .get(&v.name)
+                    .map(|o| o.limits)
+                    .unwrap_or_default();
                 let info = VHostInfo {
                     name: v.name.clone(),
                     description: v.description.clone(),
@@ -256,7 +292,8 @@ impl Broker {
         for (i, p) in defs.permissions.iter().enumerate() {
             let r = (|| {
                 known(&state, &p.user, &p.vhost)?;
-                Permission::new(&p.configure, &p.write, &p.read).map_err(|e| e.text().to_owned())?;
+                Permission::new(&p.configure, &p.write, &p.read)
+                    .map_err(|e| e.text().to_owned())?;
                 apply(
                     AccessOp::PermissionSet {
                         user: p.user.clone(),
@@ -273,7 +310,8 @@ impl Broker {
         for (i, p) in defs.topic_permissions.iter().enumerate() {
             let r = (|| {
                 known(&state, &p.user, &p.vhost)?;
-                TopicPermission::new(&p.exchange, &p.write, &p.read).map_err(|e| e.text().to_owned())?;
+                TopicPermission::new(&p.exchange, &p.write, &p.read)
+                    .map_err(|e| e.text().to_owned())?;
                 apply(
                     AccessOp::TopicPermissionSet {
                         user: p.user.clone(),
@@ -371,7 +409,8 @@ impl Broker {
             }
             let r = (|| {
                 vhost_exists(&x.vhost)?;
-                let name = ShortString::try_new(x.name.as_str()).map_err(|_| "name longer than 255 bytes".to_owned())?;
+                let name = ShortString::try_new(x.name.as_str())
+                    .map_err(|_| "name longer than 255 bytes".to_owned())?;
                 let kind = ExchangeKind::parse(&x.exchange_type).map_err(|e| e.text)?;
                 let arguments = json_to_table(&x.arguments)?;
                 Ok(ExchangeDef {
@@ -394,15 +433,22 @@ impl Broker {
                 if q.name.starts_with("amq.") {
                     return Err("queue names starting with 'amq.' are reserved".to_owned());
                 }
-                let name = ShortString::try_new(q.name.as_str()).map_err(|_| "name longer than 255 bytes".to_owned())?;
+                let name = ShortString::try_new(q.name.as_str())
+                    .map_err(|_| "name longer than 255 bytes".to_owned())?;
                 let mut arguments = json_to_table(&q.arguments)?;
                 if let Some(t) = &q.queue_type {
                     if !arguments.inner().contains_key("x-queue-type") {
-                        arguments.insert("x-queue-type".into(), json_to_amqp(&Value::String(t.clone()))?);
+                        arguments.insert(
+                            "x-queue-type".into(),
+                            json_to_amqp(&Value::String(t.clone()))?,
+                        );
                     }
                 }
-                QueueSettings::from_arguments(&arguments, &format!("queue '{}' in vhost '{}'", q.name, q.vhost))
-                    .map_err(|e| e.text)?;
+                QueueSettings::from_arguments(
+                    &arguments,
+                    &format!("queue '{}' in vhost '{}'", q.name, q.vhost),
+                )
+                .map_err(|e| e.text)?;
                 Ok(QueueDef {
                     name,
                     durable: q.durable,
@@ -413,7 +459,11 @@ impl Broker {
             })();
             let def = entry("queues", i, &q.name, Some(&q.vhost), r)?;
             let key = (q.vhost.clone(), q.name.clone());
-            if queues_after.contains(&key) && self.vhost(&q.vhost).is_some_and(|v| v.queue(&q.name, 0).is_ok()) {
+            if queues_after.contains(&key)
+                && self
+                    .vhost(&q.vhost)
+                    .is_some_and(|v| v.queue(&q.name, 0).is_ok())
+            {
                 continue; // exists: left as it is
             }
             queues_after.insert(key);
@@ -436,13 +486,19 @@ impl Broker {
                 let destination = match b.destination_type {
                     json::DestinationType::Queue => {
                         if !queues_after.contains(&(b.vhost.clone(), b.destination.clone())) {
-                            return Err(format!("destination queue '{}' does not exist", b.destination));
+                            return Err(format!(
+                                "destination queue '{}' does not exist",
+                                b.destination
+                            ));
                         }
                         Destination::Queue(destination)
                     }
                     json::DestinationType::Exchange => {
                         if !exchanges_after.contains(&(b.vhost.clone(), b.destination.clone())) {
-                            return Err(format!("destination exchange '{}' does not exist", b.destination));
+                            return Err(format!(
+                                "destination exchange '{}' does not exist",
+                                b.destination
+                            ));
                         }
                         Destination::Exchange(destination)
                     }
@@ -479,7 +535,11 @@ impl Broker {
         for u in access.users.values() {
             defs.users.push(json::User {
                 name: u.name.clone(),
-                password_hash: u.password.as_ref().map(|p| p.to_base64()).unwrap_or_default(),
+                password_hash: u
+                    .password
+                    .as_ref()
+                    .map(|p| p.to_base64())
+                    .unwrap_or_default(),
                 hashing_algorithm: Some(
                     u.password
                         .as_ref()
@@ -509,7 +569,8 @@ impl Broker {
                 ("max-queues", v.limits.max_queues),
             ]);
             if !limits.is_empty() {
-                defs.parameters.push(json::Parameter::vhost_limits(&v.name, &limits));
+                defs.parameters
+                    .push(json::Parameter::vhost_limits(&v.name, &limits));
             }
         }
         for ((user, vhost), p) in &access.permissions {
@@ -544,12 +605,15 @@ impl Broker {
         use crate::policy::PolicyKind;
         for kind in [PolicyKind::Regular, PolicyKind::Operator] {
             for p in vhost.policies(kind) {
-                let Ok(model) = serde_json::from_value::<json::Policy>(p.to_json(Some(name))) else {
+                let Ok(model) = serde_json::from_value::<json::Policy>(p.to_json(Some(name)))
+                else {
                     continue;
                 };
                 match kind {
                     PolicyKind::Regular => defs.policies.push(model),
-                    PolicyKind::Operator => defs.parameters.push(json::Parameter::operator_policy(&model)),
+                    PolicyKind::Operator => defs
+                        .parameters
+                        .push(json::Parameter::operator_policy(&model)),
                 }
             }
         }
@@ -599,7 +663,11 @@ impl Broker {
         if self.vhost(&info.name).is_some() {
             return;
         }
-        let vhost = VHost::new(&info.name, self.queue_defaults.clone(), self.persistence.clone());
+        let vhost = VHost::new(
+            &info.name,
+            self.queue_defaults.clone(),
+            self.persistence.clone(),
+        );
         vhost.set_limits(info.limits);
         self.vhosts.rcu(|map| {
             let mut map = (**map).clone();

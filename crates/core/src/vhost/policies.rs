@@ -326,18 +326,15 @@ mod tests {
     use warren_protocol::FieldTable;
 
     use super::*;
-    use crate::auth::Users;
     use crate::broker::{Broker, DEFAULT_VHOST};
     use crate::exchange::{ExchangeDef, ExchangeKind};
-    use crate::queue::settings::QueueDefaults;
 
     fn open(dir: &std::path::Path) -> Arc<Broker> {
         crate::recovery::open(
             dir,
             warren_store::RealIo::shared(),
             warren_store::SyncMode::None,
-            Users::default(),
-            QueueDefaults::default(),
+            crate::broker::BrokerSettings::default(),
         )
         .expect("open")
     }
@@ -443,7 +440,7 @@ mod tests {
     /// and the next-best policy takes over when the best one goes.
     #[tokio::test]
     async fn the_best_match_applies_and_the_next_takes_over() {
-        let vhost = VHost::new("/", QueueDefaults::default(), None);
+        let vhost = VHost::new("/", Default::default(), None);
         for name in ["orders", "invoices"] {
             let mut def = durable_queue(name);
             def.durable = false;
