@@ -65,6 +65,12 @@ pub struct Config {
     pub connection_max: Option<usize>,
     /// Most consumers on one channel (RabbitMQ's `consumer_max_per_channel`; None: no limit).
     pub consumer_max_per_channel: Option<usize>,
+    /// Users who may connect only from loopback addresses (RabbitMQ's `loopback_users`),
+    /// besides those in `users` marked `loopback_only`.
+    pub loopback_users: Vec<String>,
+    /// A definitions file (RabbitMQ's JSON) imported at every start, as RabbitMQ's
+    /// `load_definitions`: idempotent; a bad entry stops the start.
+    pub definitions_file: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -91,6 +97,8 @@ impl Default for Config {
             disk_free_limit_bytes: DEFAULT_DISK_FREE_LIMIT_BYTES,
             connection_max: None,
             consumer_max_per_channel: None,
+            loopback_users: Vec::new(),
+            definitions_file: None,
         }
     }
 }

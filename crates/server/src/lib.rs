@@ -97,10 +97,14 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
             .iter()
             .filter(|u| u.loopback_only)
             .map(|u| u.name.clone())
+            .chain(config.loopback_users.iter().cloned())
             .collect(),
     };
     let broker = Broker::open(&config.data_dir, config.sync, settings)
         .map_err(|e| std::io::Error::other(format!("cannot open the data directory: {e}")))?;
+    if let Some(path) = &config.definitions_file {
+        load_definitions(&broker, path).await?;
+    }
     let mut listeners = Vec::new();
     for addr in &config.listen {
         let listener = bind(*addr)?;
@@ -143,6 +147,29 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
         alarms,
         broker,
     })
+}
+
+/// Imports a definitions file at start (RabbitMQ's `load_definitions`); any error stops the
+/// start, naming the file and the entry.
+async fn load_definitions(broker: &Arc<Broker>, path: &std::path::Path) -> std::io::Result<()> {
+    let fail =
+        |e: String| std::io::Error::other(format!("definitions file {}: {e}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+    let defs =
+        warren_core::definitions_json::parse(&text).map_err(|e| fail(e.text().to_owned()))?;
+    let report = broker
+        .import_definitions(&defs)
+        .await
+        .map_err(|e| fail(e.text().to_owned()))?;
+    info!(
+        file = %path.display(),
+        users = defs.users.len(),
+        vhosts = defs.vhosts.len(),
+        queues = defs.queues.len(),
+        skipped = report.skipped.len(),
+        "definitions loaded"
+    );
+    Ok(())
 }
 
 /// Binds with SO_REUSEADDR so a restarted broker gets its port back at once. The IPv6

@@ -28,7 +28,8 @@ pub struct Args {
     /// TOML file with settings (keys: port, bind, data_dir, default_user, default_pass,
     /// default_user_remote, frame_max, channel_max, heartbeat, max_message_size,
     /// consumer_timeout, consumer_timeout_action, sync, busy_poll, worker_threads, log_level,
-    /// memory_high_watermark, disk_free_limit, connection_max, consumer_max_per_channel).
+    /// memory_high_watermark, disk_free_limit, connection_max, consumer_max_per_channel,
+    /// loopback_users, definitions).
     #[arg(long, env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// AMQP port [default: 5672]
@@ -102,6 +103,15 @@ pub struct Args {
     /// Most consumers on one channel; more are refused with 530 [default: no limit]
     #[arg(long, env = "WARREN_CONSUMER_MAX_PER_CHANNEL")]
     pub consumer_max_per_channel: Option<usize>,
+    /// Users who may connect only from loopback addresses, comma-separated (RabbitMQ's
+    /// `loopback_users`); empty for none [default: guest]
+    #[arg(long, env = "WARREN_LOOPBACK_USERS")]
+    pub loopback_users: Option<String>,
+    /// A definitions file in RabbitMQ's JSON format (`rabbitmqctl export_definitions`)
+    /// imported at every start, as RabbitMQ's `load_definitions`: what exists is kept, and a
+    /// bad entry stops the start [default: none]
+    #[arg(long, env = "WARREN_DEFINITIONS")]
+    pub definitions: Option<PathBuf>,
 }
 
 /// The TOML file: the same settings as the flags.
@@ -128,6 +138,8 @@ struct FileSettings {
     disk_free_limit: Option<toml::Value>,
     connection_max: Option<usize>,
     consumer_max_per_channel: Option<usize>,
+    loopback_users: Option<String>,
+    definitions: Option<PathBuf>,
 }
 
 /// A TOML value written as a number or a string (`0.4`, `"2GB"`), as text.
@@ -197,6 +209,17 @@ impl Settings {
             .default_user_remote
             .or(file.default_user_remote)
             .unwrap_or(false);
+        // RabbitMQ's default `loopback_users` is guest; --default-user-remote lifts it.
+        let loopback_users: Vec<String> = match args.loopback_users.or(file.loopback_users) {
+            Some(list) => list
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None if remote => Vec::new(),
+            None => vec!["guest".to_owned()],
+        };
         let consumer_timeout_ms = match args
             .consumer_timeout
             .or(file.consumer_timeout)
@@ -260,10 +283,12 @@ impl Settings {
                 .or(file.data_dir)
                 .unwrap_or_else(|| PathBuf::from("./data")),
             users: vec![UserConfig {
-                loopback_only: user == "guest" && !remote,
+                loopback_only: false,
                 name: user,
                 password,
             }],
+            loopback_users,
+            definitions_file: args.definitions.or(file.definitions),
             frame_max,
             channel_max: args
                 .channel_max
@@ -308,7 +333,19 @@ mod tests {
         let s = Settings::resolve(Args::default()).unwrap();
         assert_eq!(s.config.listen[0].port(), 5672);
         assert_eq!(s.config.data_dir, PathBuf::from("./data"));
-        assert!(s.config.users[0].loopback_only);
+        assert_eq!(s.config.loopback_users, ["guest"]);
+        let remote = Settings::resolve(Args {
+            default_user_remote: Some(true),
+            ..Args::default()
+        })
+        .unwrap();
+        assert!(remote.config.loopback_users.is_empty());
+        let listed = Settings::resolve(Args {
+            loopback_users: Some("a, b".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(listed.config.loopback_users, ["a", "b"]);
 
         let dir = std::env::temp_dir().join(format!("warren-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
