@@ -190,6 +190,11 @@ impl TestBroker {
         self.handle.as_ref()
     }
 
+    /// The in-process broker's data directory (None for an external broker).
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.data_dir.as_deref()
+    }
+
     /// The in-process broker's core, to drive its admin interface (users, vhosts, policies)
     /// as the management API will; None for an external broker.
     pub fn broker(&self) -> Option<&std::sync::Arc<warren_core::Broker>> {

@@ -205,9 +205,19 @@ async fn deleting_a_vhost_closes_its_connections_and_deletes_only_its_queues() {
     declare_queue(&other_ch, "kept-nowhere").await;
     publish(&other_ch, "", "kept-nowhere", b"stays").await;
 
+    let queue_dirs = || {
+        std::fs::read_dir(b.data_dir().unwrap().join("queues"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(queue_dirs(), 1, "the durable queue's log");
     within("delete vhost", broker(&b).delete_vhost("tmp"))
         .await
         .unwrap();
+    eventually("the deleted vhost's queue files are removed", || async {
+        queue_dirs() == 0
+    })
+    .await;
     let text = expect_error_event(&mut ev, 320).await;
     assert!(text.contains("vhost 'tmp' is down"), "{text}");
     expect_code(try_connect_as(&b, "guest", "guest", "tmp").await, 530);
