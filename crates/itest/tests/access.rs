@@ -69,6 +69,28 @@ async fn try_connect_as(
     .await
 }
 
+/// A publish without confirm: its refusal comes back as a channel error event.
+async fn send(
+    ch: &warren_itest::lapin::Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) {
+    within(
+        "publish",
+        ch.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        ),
+    )
+    .await
+    .expect("basic.publish sent");
+}
+
 async fn open_channel(conn: &warren_itest::lapin::Connection) -> warren_itest::lapin::Channel {
     within("channel.open-ok", conn.create_channel())
         .await
@@ -332,18 +354,7 @@ async fn write_and_read_permissions_guard_publish_bind_consume_get_and_purge() {
     // Publish to the default exchange is a write on amq.default.
     let ch = open_channel(&conn).await;
     let mut ev = events(&conn);
-    within(
-        "publish",
-        ch.basic_publish(
-            "".into(),
-            "r-q".into(),
-            BasicPublishOptions::default(),
-            b"x",
-            BasicProperties::default(),
-        ),
-    )
-    .await
-    .unwrap();
+    send(&ch, "", "r-q", b"x", BasicProperties::default()).await;
     let text = expect_error_event(&mut ev, 403).await;
     assert!(
         text.contains("access to exchange 'amq.default' in vhost '/' refused for user 'carol'"),
@@ -434,18 +445,7 @@ async fn a_permission_change_applies_to_connected_clients_next_operation() {
         .set_permissions("dave", "/", ".*", "^nothing$", ".*")
         .unwrap();
     let mut ev = events(&conn);
-    within(
-        "publish",
-        ch.basic_publish(
-            "".into(),
-            q.as_str().into(),
-            BasicPublishOptions::default(),
-            b"two",
-            BasicProperties::default(),
-        ),
-    )
-    .await
-    .unwrap();
+    send(&ch, "", &q, b"two", BasicProperties::default()).await;
     expect_error_event(&mut ev, 403).await;
     let ch = open_channel(&conn).await;
     assert_eq!(get_body(&ch, &q).await.as_deref(), Some(&b"one"[..]));
@@ -505,18 +505,14 @@ async fn topic_permissions_guard_routing_keys_with_variables() {
     )
     .await;
     let mut ev = events(&conn);
-    within(
-        "publish",
-        ch.basic_publish(
-            "amq.topic".into(),
-            "public.news".into(),
-            BasicPublishOptions::default(),
-            b"not mine",
-            BasicProperties::default(),
-        ),
+    send(
+        &ch,
+        "amq.topic",
+        "public.news",
+        b"not mine",
+        BasicProperties::default(),
     )
-    .await
-    .unwrap();
+    .await;
     let text = expect_error_event(&mut ev, 403).await;
     assert!(
         text.contains("access to topic 'public.news' in exchange 'amq.topic' in vhost '/' refused for user 'erin'"),
@@ -545,18 +541,7 @@ async fn the_impersonator_tag_lifts_the_user_id_check() {
     let ch = confirm_channel(&conn).await;
     let q = declare_temp_queue(&ch).await;
     let mut ev = events(&conn);
-    within(
-        "publish",
-        ch.basic_publish(
-            "".into(),
-            q.as_str().into(),
-            BasicPublishOptions::default(),
-            b"x",
-            props.clone(),
-        ),
-    )
-    .await
-    .unwrap();
+    send(&ch, "", &q, b"x", props.clone()).await;
     expect_error_event(&mut ev, 406).await;
     broker(&b)
         .put_user(UserSpec {
