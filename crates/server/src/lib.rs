@@ -83,7 +83,7 @@ impl ServerHandle {
         &self.addrs
     }
 
-    /// `amqp://guest:guest@<addr>/%2f` for the first listener.
+    /// `amqp://guest:guest@<addr>/%2f` for the first plain listener (panics when it is off).
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.local_addr())
     }
