@@ -405,6 +405,43 @@ async fn external_for_a_certificate_naming_an_unknown_user_is_refused_with_403()
 }
 
 #[tokio::test]
+async fn a_user_without_a_password_logs_in_by_certificate_only() {
+    let pki = Pki::new();
+    let Some(broker) = tls_broker(&pki, true, true).await else {
+        return;
+    };
+    let core = broker.broker().expect("in-process broker");
+    core.put_user(warren_core::admin::UserSpec {
+        name: "certonly".into(),
+        password: None,
+        tags: Vec::new(),
+    })
+    .expect("put user");
+    core.set_permissions("certonly", "/", ".*", ".*", ".*")
+        .expect("permissions");
+    let addr = tls_addr(&broker);
+    let certonly = pki.client("certonly");
+    let url = format!("amqps://certonly:@{addr}/%2f?auth_mechanism=external");
+    let conn = lapin_tls(&url, &pki, Some(&certonly))
+        .await
+        .expect("EXTERNAL login of a password-less user");
+    let ch = within("channel.open-ok", conn.create_channel())
+        .await
+        .expect("channel");
+    declare_temp_queue(&ch).await;
+
+    let (mut raw, _) = raw_tls_start(addr, &pki, Some(&certonly)).await;
+    raw.send_start_ok_with(
+        auth_failure_close(),
+        "PLAIN",
+        plain_response("certonly", ""),
+    )
+    .await;
+    raw.expect_connection_close(403).await;
+    broker.stop().await;
+}
+
+#[tokio::test]
 async fn expired_self_signed_and_foreign_client_certificates_are_refused() {
     let pki = Pki::new();
     let Some(broker) = tls_broker(&pki, true, true).await else {
