@@ -139,9 +139,13 @@ async fn start_warren(config: Config) -> TestBroker {
             panic!("Warren did not start: {e}")
         }
     };
-    let addr = handle.local_addr();
+    // With the plain listener off (amqps only), `addr` and `url` name the TLS listener.
+    let addr = match handle.local_addrs().first() {
+        Some(addr) => *addr,
+        None => handle.tls_local_addr().expect("a listener"),
+    };
     TestBroker {
-        url: handle.amqp_url(),
+        url: format!("amqp://guest:guest@{addr}/%2f"),
         addr,
         handle: Some(handle),
         external: false,

@@ -9,7 +9,7 @@ use amq_protocol::frame::{gen_frame, parse_frame, AMQPContentHeader, AMQPFrame, 
 use amq_protocol::protocol::{basic, channel, connection, AMQPClass};
 use amq_protocol::types::{AMQPValue, FieldTable, LongString};
 use lapin::BasicProperties;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::within;
@@ -115,10 +115,15 @@ pub fn amqplain_response(user: &str, password: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // Raw connections
 
-/// A raw AMQP client over TCP: writes exactly the bytes a test gives it and parses what the
-/// broker sends. Every read has a deadline ([`WAIT`](crate::WAIT)) whose expiry fails the test.
+/// What a [`RawConn`] runs over: a TCP socket, or a TLS stream ([`RawConn::over`]).
+pub trait RawStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> RawStream for T {}
+
+/// A raw AMQP client over TCP (or TLS): writes exactly the bytes a test gives it and parses
+/// what the broker sends. Every read has a deadline ([`WAIT`](crate::WAIT)) whose expiry
+/// fails the test.
 pub struct RawConn {
-    stream: TcpStream,
+    stream: Box<dyn RawStream>,
     buf: Vec<u8>,
     /// Filled in by the handshake helpers.
     pub server_properties: FieldTable,
@@ -133,8 +138,13 @@ impl RawConn {
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
         let _ = stream.set_nodelay(true);
+        RawConn::over(stream)
+    }
+
+    /// A raw connection over an already connected stream (e.g. a client TLS stream).
+    pub fn over(stream: impl RawStream + 'static) -> RawConn {
         RawConn {
-            stream,
+            stream: Box::new(stream),
             buf: Vec::new(),
             server_properties: FieldTable::default(),
             mechanisms: String::new(),
@@ -155,13 +165,7 @@ impl RawConn {
             .await
             .unwrap_or_else(|e| panic!("cannot connect to {addr}: {e}"));
         let _ = stream.set_nodelay(true);
-        RawConn {
-            stream,
-            buf: Vec::new(),
-            server_properties: FieldTable::default(),
-            mechanisms: String::new(),
-            tune: None,
-        }
+        RawConn::over(stream)
     }
 
     /// Writes bytes; fails the test if the socket refuses them.

@@ -13,6 +13,8 @@ pub use crate::alarm::{MemoryWatermark, DEFAULT_DISK_FREE_LIMIT_BYTES};
 
 /// AMQP's IANA port.
 pub const DEFAULT_PORT: u16 = 5672;
+/// amqps' IANA port (AMQP over TLS).
+pub const DEFAULT_TLS_PORT: u16 = 5671;
 /// Largest frame we offer in connection.tune (RabbitMQ's default).
 pub const DEFAULT_FRAME_MAX: u32 = 131_072;
 /// The smallest frame_max a client may ask for (the spec's minimum frame size).
@@ -35,11 +37,33 @@ pub struct UserConfig {
     pub loopback_only: bool,
 }
 
+/// The amqps listener: where it listens and the files it serves (RabbitMQ's `listeners.ssl`
+/// and `ssl_options`).
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    /// Addresses to listen on for amqps. Port 0 picks a free port (tests).
+    pub listen: Vec<SocketAddr>,
+    /// The server's certificate chain, PEM, leaf first (`ssl_options.certfile`).
+    pub cert_chain: PathBuf,
+    /// The server's private key, PEM: PKCS#8, RSA or SEC1 (`ssl_options.keyfile`).
+    pub key: PathBuf,
+    /// CA bundle, PEM, that verifies client certificates (`ssl_options.cacertfile`).
+    pub ca: Option<PathBuf>,
+    /// Ask for and verify client certificates (`ssl_options.verify = verify_peer`).
+    pub verify_peer: bool,
+    /// With `verify_peer`: refuse a client that sends no certificate
+    /// (`ssl_options.fail_if_no_peer_cert`).
+    pub fail_if_no_peer_cert: bool,
+}
+
 /// Everything the server needs to run.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Addresses to listen on for AMQP. Port 0 picks a free port (tests).
+    /// Addresses to listen on for plain AMQP. Port 0 picks a free port (tests). Empty: no
+    /// plain listener (RabbitMQ's `listeners.tcp = none`), only amqps.
     pub listen: Vec<SocketAddr>,
+    /// The amqps listener; None: off.
+    pub tls: Option<TlsConfig>,
     pub data_dir: PathBuf,
     pub users: Vec<UserConfig>,
     pub frame_max: u32,
@@ -78,6 +102,7 @@ impl Default for Config {
         Config {
             // The IPv6 wildcard is dual-stack: every interface, IPv4 and IPv6.
             listen: vec![SocketAddr::from(([0u16; 8], DEFAULT_PORT))],
+            tls: None,
             data_dir: PathBuf::from("./data"),
             users: vec![UserConfig {
                 name: "guest".into(),

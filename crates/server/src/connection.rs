@@ -1,6 +1,7 @@
 //! One task per client connection: the handshake, then a loop that reads frames, runs the
 //! methods of its channels, turns queue events into deliveries, and keeps heartbeats. The
-//! task owns all connection and channel state and both halves of the socket. Output is
+//! task owns all connection and channel state and both halves of the socket (TCP, or for
+//! amqps the Unix socket pair whose other end the TLS pump serves: `transport.rs`). Output is
 //! gathered in one buffer per loop iteration and written with non-blocking writes; only when
 //! the socket is full does the loop wait for it to become writable (no writer task: a hop
 //! between tasks per delivery would cost latency).
@@ -11,9 +12,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 use tracing::{info, warn};
@@ -28,6 +26,8 @@ use crate::channel::Channel;
 use crate::config::{Config, FRAME_MIN_SIZE};
 use crate::properties::{client_has, server_properties};
 use crate::sasl;
+use crate::tls::TlsPeer;
+use crate::transport::{ReadHalf, Stream, WriteHalf};
 
 /// How long we wait for close-ok after sending connection.close.
 pub const CLOSE_OK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -72,12 +72,15 @@ enum End {
 
 pub(crate) struct Connection {
     pub(crate) id: u64,
+    /// The client's TCP address (for amqps too: the pump is in between, not a proxy).
     peer: SocketAddr,
     pub(crate) ctx: Arc<ServerContext>,
-    reader: OwnedReadHalf,
+    reader: ReadHalf,
     inbuf: BytesMut,
     pub(crate) out: BytesMut,
-    writer: OwnedWriteHalf,
+    writer: WriteHalf,
+    /// amqps: what the TLS handshake learned (None: plain AMQP).
+    tls: Option<TlsPeer>,
     /// The socket refused a write: the connection is over.
     write_failed: bool,
     pub(crate) frame_max: u32,
@@ -127,16 +130,17 @@ pub(crate) struct Connection {
     read_chunk: usize,
 }
 
-/// Serves one accepted socket until it closes.
+/// Serves one accepted socket until it closes. `tls` is Some for amqps (`stream` is then the
+/// connection's end of the pump's socket pair).
 pub(crate) async fn serve(
-    socket: TcpStream,
+    stream: Stream,
     peer: SocketAddr,
     id: u64,
     ctx: Arc<ServerContext>,
     shutdown: watch::Receiver<bool>,
+    tls: Option<TlsPeer>,
 ) {
-    let _ = socket.set_nodelay(true);
-    let (reader, writer) = socket.into_split();
+    let (reader, writer) = stream.into_split();
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     let now = Instant::now();
     let mut conn = Connection {
@@ -151,6 +155,7 @@ pub(crate) async fn serve(
         inbuf: BytesMut::with_capacity(HANDSHAKE_BUFFER_BYTES),
         out: BytesMut::with_capacity(HANDSHAKE_BUFFER_BYTES),
         writer,
+        tls,
         write_failed: false,
         user: String::new(),
         vhost: None,
@@ -186,6 +191,7 @@ pub(crate) async fn serve(
                 peer = %peer,
                 user = %conn.user,
                 vhost = conn.vhost.as_ref().map(|v| v.name()).unwrap_or(""),
+                tls = conn.tls.is_some(),
                 "connection opened"
             );
             let end = conn.run(shutdown).await;
@@ -376,7 +382,10 @@ impl Connection {
                 version_major: 0,
                 version_minor: 9,
                 server_properties: server_properties("warren"),
-                mechanisms: sasl::MECHANISMS.as_bytes().to_vec().into(),
+                mechanisms: sasl::mechanisms(self.external_offered())
+                    .as_bytes()
+                    .to_vec()
+                    .into(),
                 locales: b"en_US".to_vec().into(),
             })),
         );
@@ -404,18 +413,15 @@ impl Connection {
             .and_then(warren_core::args::as_str)
             .map(|s| s.to_string())
             .unwrap_or_default();
-        let (user, password) =
-            sasl::credentials(start_ok.mechanism.as_str(), start_ok.response.as_bytes())
-                .map_err(|e| Some(self.refuse(e.on(10, 11))))?;
-        if let Err(e) = self.ctx.broker.authenticate(
+        let login = sasl::login(
             start_ok.mechanism.as_str(),
-            &user,
-            Some(&password),
-            self.peer.ip(),
-        ) {
-            return Err(Some(self.refuse(e.on(10, 11))));
-        }
-        self.user = user;
+            start_ok.response.as_bytes(),
+            self.external_offered(),
+        )
+        .map_err(|e| Some(self.refuse(e.on(10, 11))))?;
+        self.user = self
+            .authenticate(start_ok.mechanism.as_str(), login)
+            .map_err(|e| Some(self.refuse(e.on(10, 11))))?;
 
         self.send_method(
             0,
@@ -481,6 +487,33 @@ impl Connection {
         );
         self.flush_all().await;
         Ok(())
+    }
+
+    /// SASL EXTERNAL is offered only to an amqps client that presented a certificate the CA
+    /// bundle verified (so only with peer verification on).
+    fn external_offered(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.client_certificate)
+    }
+
+    /// Checks a login; the user name, or the 403 to send.
+    fn authenticate(&self, mechanism: &str, login: sasl::Login) -> Result<String, ProtocolError> {
+        let broker = &self.ctx.broker;
+        match login {
+            sasl::Login::Password { user, password } => {
+                broker.authenticate(mechanism, &user, Some(&password), self.peer.ip())?;
+                Ok(user)
+            }
+            sasl::Login::External => {
+                let name = self.tls.as_ref().and_then(|t| t.common_name.clone());
+                let Some(name) = name else {
+                    warn!(connection = self.id, peer = %self.peer, "EXTERNAL login: the client certificate has no subject common name");
+                    return Err(sasl::refused("EXTERNAL"));
+                };
+                // No password: the certificate, verified by the TLS layer, is the credential.
+                broker.authenticate("EXTERNAL", &name, None, self.peer.ip())?;
+                Ok(name)
+            }
+        }
     }
 
     /// Takes a place among the open connections, or refuses as RabbitMQ does when

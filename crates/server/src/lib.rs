@@ -1,4 +1,5 @@
-//! Warren's AMQP server: accepts TCP connections and runs one task per connection.
+//! Warren's AMQP server: accepts TCP connections (plain AMQP, and amqps through `tls`) and runs
+//! one task per connection.
 //! It owns sockets, connection and channel state; broker state (vhosts, exchanges, queues)
 //! belongs to `warren-core` and is reached only through its handles and snapshots.
 
@@ -15,25 +16,30 @@ pub mod fuzz_support;
 mod properties;
 mod reply_to;
 mod sasl;
+pub mod tls;
+mod transport;
 
-pub use config::{Config, SyncMode, UserConfig};
+pub use config::{Config, SyncMode, TlsConfig, UserConfig};
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio::sync::{mpsc, watch};
-use tracing::{error, info};
+use tokio_rustls::TlsAcceptor;
+use tracing::{error, info, warn};
 use warren_core::broker::{BrokerSettings, DefaultUser};
 use warren_core::queue::settings::QueueDefaults;
 use warren_core::Broker;
 
-use crate::connection::ServerContext;
+use crate::connection::{ServerContext, CLOSE_OK_TIMEOUT};
+use crate::transport::Stream;
 
 /// A running broker. Dropping it does not stop the broker; call [`ServerHandle::shutdown`].
 pub struct ServerHandle {
     addrs: Vec<SocketAddr>,
+    tls_addrs: Vec<SocketAddr>,
     shutdown: watch::Sender<bool>,
     /// Closes (recv returns None) when the listeners and every connection task have ended.
     finished: mpsc::Receiver<()>,
@@ -48,9 +54,23 @@ impl ServerHandle {
         &self.broker
     }
 
-    /// The address of the first listener (with the real port when the config asked for 0).
+    /// The address of the first plain AMQP listener (with the real port when the config
+    /// asked for 0). Panics when the plain listener is off (`Config::listen` empty).
     pub fn local_addr(&self) -> SocketAddr {
-        self.addrs[0]
+        *self
+            .addrs
+            .first()
+            .expect("the plain AMQP listener is off: use tls_local_addr")
+    }
+
+    /// The address of the first amqps listener; None when TLS is off.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls_addrs.first().copied()
+    }
+
+    /// All amqps listening addresses.
+    pub fn tls_local_addrs(&self) -> &[SocketAddr] {
+        &self.tls_addrs
     }
 
     /// The memory and disk alarms (thresholds can be changed while running).
@@ -58,12 +78,12 @@ impl ServerHandle {
         &self.alarms
     }
 
-    /// All listening addresses.
+    /// All plain AMQP listening addresses.
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
     }
 
-    /// `amqp://guest:guest@<addr>/%2f` for the first listener.
+    /// `amqp://guest:guest@<addr>/%2f` for the first plain listener (panics when it is off).
     pub fn amqp_url(&self) -> String {
         format!("amqp://guest:guest@{}/%2f", self.local_addr())
     }
@@ -76,8 +96,24 @@ impl ServerHandle {
     }
 }
 
-/// Binds every listener in `config.listen` and starts serving in the background.
+/// Binds every listener in `config.listen` (and `config.tls.listen`) and starts serving in
+/// the background. Bad TLS files are an error naming the file, before anything is opened.
 pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
+    let tls_acceptor = match &config.tls {
+        Some(tls) => Some(TlsAcceptor::from(tls::server_config(tls)?)),
+        None => None,
+    };
+    let tls_listen = config
+        .tls
+        .as_ref()
+        .map(|t| t.listen.clone())
+        .unwrap_or_default();
+    if config.listen.is_empty() && tls_listen.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "no listener: the plain AMQP listener is off and TLS is not configured",
+        ));
+    }
     let settings = BrokerSettings {
         queue_defaults: QueueDefaults {
             consumer_timeout_ms: config.consumer_timeout_ms,
@@ -115,6 +151,16 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
         .iter()
         .map(|l| l.local_addr())
         .collect::<std::io::Result<Vec<_>>>()?;
+    let mut tls_listeners = Vec::new();
+    for addr in &tls_listen {
+        let listener = bind(*addr)?;
+        info!(address = %listener.local_addr()?, "listening for AMQP 0-9-1 over TLS");
+        tls_listeners.push(listener);
+    }
+    let tls_addrs = tls_listeners
+        .iter()
+        .map(|l| l.local_addr())
+        .collect::<std::io::Result<Vec<_>>>()?;
     let alarms = Arc::new(alarm::Alarms::new(
         config.memory_high_watermark,
         config.disk_free_limit_bytes,
@@ -131,9 +177,14 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
     tokio::spawn(alarm::monitor(alarms.clone(), shutdown_rx.clone()));
     let (done_tx, finished) = mpsc::channel(1);
     let next_id = Arc::new(AtomicU64::new(1));
-    for listener in listeners {
+    let tagged = listeners
+        .into_iter()
+        .map(|l| (l, None))
+        .chain(tls_listeners.into_iter().map(|l| (l, tls_acceptor.clone())));
+    for (listener, tls) in tagged {
         tokio::spawn(accept_loop(
             listener,
+            tls,
             ctx.clone(),
             shutdown_rx.clone(),
             done_tx.clone(),
@@ -142,6 +193,7 @@ pub async fn start(config: Config) -> std::io::Result<ServerHandle> {
     }
     Ok(ServerHandle {
         addrs,
+        tls_addrs,
         shutdown,
         finished,
         alarms,
@@ -195,8 +247,11 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(1024)
 }
 
+/// Accepts on one listener; `tls` is Some on an amqps listener. The TLS handshake runs in
+/// the connection's task, never here.
 async fn accept_loop(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     ctx: Arc<ServerContext>,
     mut shutdown: watch::Receiver<bool>,
     done: mpsc::Sender<()>,
@@ -206,12 +261,22 @@ async fn accept_loop(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((socket, peer)) => {
+                    let _ = socket.set_nodelay(true);
                     let id = next_id.fetch_add(1, Ordering::Relaxed);
                     let ctx = ctx.clone();
                     let shutdown = shutdown.clone();
                     let done = done.clone();
+                    let tls = tls.clone();
                     tokio::spawn(async move {
-                        connection::serve(socket, peer, id, ctx, shutdown).await;
+                        match tls {
+                            None => {
+                                let stream = Stream::Tcp(socket);
+                                connection::serve(stream, peer, id, ctx, shutdown, None).await;
+                            }
+                            Some(acceptor) => {
+                                serve_tls(acceptor, socket, peer, id, ctx, shutdown).await;
+                            }
+                        }
                         drop(done);
                     });
                 }
@@ -223,5 +288,46 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => return,
         }
+    }
+}
+
+/// One amqps connection: the TLS handshake (bounded by the handshake timeout; a broker
+/// shutdown ends it too), then the pump in a task of its own and the ordinary connection over
+/// a Unix socket pair (see `tls.rs`). Returns once both have ended.
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    socket: TcpStream,
+    peer: SocketAddr,
+    id: u64,
+    ctx: Arc<ServerContext>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limit = ctx.config.handshake_timeout;
+    let handshake = tokio::select! {
+        result = tls::handshake(&acceptor, socket, limit) => result,
+        _ = shutdown.changed() => return,
+    };
+    let (stream, tls_peer) = match handshake {
+        Ok(done) => done,
+        Err(e) => {
+            warn!(connection = id, peer = %peer, error = %e, "TLS handshake failed");
+            return;
+        }
+    };
+    let (pump_end, connection_end) = match UnixStream::pair() {
+        Ok(pair) => pair,
+        Err(e) => {
+            error!(connection = id, peer = %peer, error = %e, "cannot create the TLS socket pair");
+            return;
+        }
+    };
+    let pump = tokio::spawn(tls::pump(stream, pump_end, peer));
+    let stream = Stream::Unix(connection_end);
+    connection::serve(stream, peer, id, ctx, shutdown, Some(tls_peer)).await;
+    // The connection has shut its end: the pump delivers what is left and close_notify, but a
+    // client that stopped reading does not keep it.
+    let abort = pump.abort_handle();
+    if tokio::time::timeout(CLOSE_OK_TIMEOUT, pump).await.is_err() {
+        abort.abort();
     }
 }

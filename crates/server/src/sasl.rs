@@ -1,11 +1,42 @@
-//! SASL mechanisms offered in connection.start: PLAIN (RFC 4616) and AMQPLAIN (a field table
-//! without its length prefix, holding LOGIN and PASSWORD).
+//! SASL mechanisms offered in connection.start: PLAIN (RFC 4616), AMQPLAIN (a field table
+//! without its length prefix, holding LOGIN and PASSWORD) and, on an amqps connection whose
+//! client presented a verified certificate, EXTERNAL (RFC 4422 appendix A: the identity is
+//! the certificate's, RabbitMQ's `rabbitmq_auth_mechanism_ssl`; the response is ignored).
 
 use amq_protocol::types::parsing::parse_field_table;
 use warren_protocol::{AMQPValue, ProtocolError};
 
 /// The mechanisms we offer, space-separated as connection.start wants them.
 pub const MECHANISMS: &str = "PLAIN AMQPLAIN";
+/// The mechanisms offered to a client that presented a verified certificate.
+pub const MECHANISMS_WITH_EXTERNAL: &str = "PLAIN AMQPLAIN EXTERNAL";
+
+/// The mechanisms for connection.start.
+pub fn mechanisms(external: bool) -> &'static str {
+    if external {
+        MECHANISMS_WITH_EXTERNAL
+    } else {
+        MECHANISMS
+    }
+}
+
+/// What a start-ok asks for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Login {
+    /// PLAIN or AMQPLAIN.
+    Password { user: String, password: String },
+    /// EXTERNAL: the user is named by the client certificate.
+    External,
+}
+
+/// Reads a start-ok's mechanism and response. EXTERNAL is known only where it was offered.
+pub fn login(mechanism: &str, response: &[u8], external: bool) -> Result<Login, ProtocolError> {
+    match mechanism {
+        "EXTERNAL" if external => Ok(Login::External),
+        _ => credentials(mechanism, response)
+            .map(|(user, password)| Login::Password { user, password }),
+    }
+}
 
 /// Extracts (user, password) from a start-ok response.
 pub fn credentials(mechanism: &str, response: &[u8]) -> Result<(String, String), ProtocolError> {
@@ -18,7 +49,8 @@ pub fn credentials(mechanism: &str, response: &[u8]) -> Result<(String, String),
     }
 }
 
-fn refused(mechanism: &str) -> ProtocolError {
+/// The 403 for a failed login, in RabbitMQ's words.
+pub fn refused(mechanism: &str) -> ProtocolError {
     ProtocolError::access_refused(format!(
         "Login was refused using authentication mechanism {mechanism}. For details see the broker logfile."
     ))
@@ -88,5 +120,22 @@ mod tests {
             ("guest".into(), "pw".into())
         );
         assert_eq!(credentials("SCRAM", b"").unwrap_err().code.code(), 503);
+    }
+
+    #[test]
+    fn external_only_where_offered() {
+        assert_eq!(mechanisms(false), "PLAIN AMQPLAIN");
+        assert!(mechanisms(true).split(' ').any(|m| m == "EXTERNAL"));
+        assert_eq!(login("EXTERNAL", b"", true).unwrap(), Login::External);
+        // The response (an authorization identity some clients send) is not read.
+        assert_eq!(login("EXTERNAL", b"bob", true).unwrap(), Login::External);
+        assert_eq!(login("EXTERNAL", b"", false).unwrap_err().code.code(), 503);
+        assert_eq!(
+            login("PLAIN", b"\0guest\0guest", true).unwrap(),
+            Login::Password {
+                user: "guest".into(),
+                password: "guest".into()
+            }
+        );
     }
 }

@@ -13,10 +13,11 @@ use warren_runtime::{RuntimeConfig, BUSY_POLL_MAX};
 use warren_server::alarm::{parse_memory_watermark, parse_size};
 use warren_server::config::{
     ConsumerTimeoutAction, DEFAULT_CHANNEL_MAX, DEFAULT_CONSUMER_TIMEOUT_MS, DEFAULT_FRAME_MAX,
-    DEFAULT_HEARTBEAT_SECS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PORT, FRAME_MIN_SIZE,
+    DEFAULT_HEARTBEAT_SECS, DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_PORT, DEFAULT_TLS_PORT,
+    FRAME_MIN_SIZE,
 };
 use warren_server::config::{MemoryWatermark, DEFAULT_DISK_FREE_LIMIT_BYTES};
-use warren_server::{Config, SyncMode, UserConfig};
+use warren_server::{Config, SyncMode, TlsConfig, UserConfig};
 
 /// Warren: an AMQP 0-9-1 message broker that RabbitMQ clients use unchanged.
 ///
@@ -29,15 +30,45 @@ pub struct Args {
     /// default_user_remote, frame_max, channel_max, heartbeat, max_message_size,
     /// consumer_timeout, consumer_timeout_action, sync, busy_poll, worker_threads, log_level,
     /// memory_high_watermark, disk_free_limit, connection_max, consumer_max_per_channel,
-    /// loopback_users, definitions).
+    /// loopback_users, definitions, plain_listener, tls_port, tls_cert, tls_key, tls_ca,
+    /// tls_verify_peer, tls_fail_if_no_peer_cert).
     #[arg(long, env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// AMQP port [default: 5672]
     #[arg(long, env = "WARREN_PORT")]
     pub port: Option<u16>,
-    /// Addresses to listen on, comma-separated [default: all interfaces, IPv4 and IPv6]
+    /// Addresses to listen on, comma-separated; the amqps listener uses the same ones
+    /// [default: all interfaces, IPv4 and IPv6]
     #[arg(long, env = "WARREN_BIND")]
     pub bind: Option<String>,
+    /// Listen for plain (unencrypted) AMQP on --port; `false` leaves only the amqps listener
+    /// (RabbitMQ's `listeners.tcp = none`) [default: true]
+    #[arg(long, env = "WARREN_PLAIN_LISTENER")]
+    pub plain_listener: Option<bool>,
+    /// amqps (AMQP over TLS) port; the TLS listener is on only when --tls-cert is given
+    /// [default: 5671]
+    #[arg(long, env = "WARREN_TLS_PORT")]
+    pub tls_port: Option<u16>,
+    /// The server's certificate chain, PEM, leaf first; turns the amqps listener on
+    /// (RabbitMQ's `ssl_options.certfile`)
+    #[arg(long, env = "WARREN_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// The server's private key, PEM: PKCS#8, RSA or SEC1, unencrypted
+    /// (`ssl_options.keyfile`)
+    #[arg(long, env = "WARREN_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle, PEM, that verifies client certificates (`ssl_options.cacertfile`); needed
+    /// by --tls-verify-peer
+    #[arg(long, env = "WARREN_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// Ask clients for a certificate and verify it against --tls-ca; a verified certificate
+    /// also allows SASL EXTERNAL login (`ssl_options.verify = verify_peer`) [default: false]
+    #[arg(long, env = "WARREN_TLS_VERIFY_PEER")]
+    pub tls_verify_peer: Option<bool>,
+    /// With --tls-verify-peer: refuse clients that send no certificate
+    /// (`ssl_options.fail_if_no_peer_cert`) [default: true]
+    #[arg(long, env = "WARREN_TLS_FAIL_IF_NO_PEER_CERT")]
+    pub tls_fail_if_no_peer_cert: Option<bool>,
     /// Where the broker keeps its data [default: ./data]
     #[arg(long, env = "WARREN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -120,6 +151,13 @@ pub struct Args {
 struct FileSettings {
     port: Option<u16>,
     bind: Option<String>,
+    plain_listener: Option<bool>,
+    tls_port: Option<u16>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    tls_ca: Option<PathBuf>,
+    tls_verify_peer: Option<bool>,
+    tls_fail_if_no_peer_cert: Option<bool>,
     data_dir: Option<PathBuf>,
     default_user: Option<String>,
     default_pass: Option<String>,
@@ -169,12 +207,8 @@ impl Settings {
         };
         let port = args.port.or(file.port).unwrap_or(DEFAULT_PORT);
         let bind = args.bind.or(file.bind);
-        let listen = match bind {
-            None => Config::default()
-                .listen
-                .into_iter()
-                .map(|a| SocketAddr::new(a.ip(), port))
-                .collect(),
+        let ips: Vec<IpAddr> = match bind {
+            None => Config::default().listen.iter().map(|a| a.ip()).collect(),
             Some(list) => list
                 .split(',')
                 .map(|s| s.trim())
@@ -182,13 +216,43 @@ impl Settings {
                 .map(|s| {
                     s.trim_matches(|c| c == '[' || c == ']')
                         .parse::<IpAddr>()
-                        .map(|ip| SocketAddr::new(ip, port))
                         .with_context(|| format!("invalid --bind address '{s}'"))
                 })
                 .collect::<anyhow::Result<Vec<_>>>()?,
         };
-        if listen.is_empty() {
+        if ips.is_empty() {
             bail!("--bind names no address");
+        }
+        let listen_on = |port: u16| -> Vec<SocketAddr> {
+            ips.iter().map(|ip| SocketAddr::new(*ip, port)).collect()
+        };
+        let plain_listener = args.plain_listener.or(file.plain_listener).unwrap_or(true);
+        let listen = if plain_listener {
+            listen_on(port)
+        } else {
+            Vec::new()
+        };
+        let tls = resolve_tls(
+            TlsArgs {
+                port: args.tls_port.or(file.tls_port),
+                cert: args.tls_cert.or(file.tls_cert),
+                key: args.tls_key.or(file.tls_key),
+                ca: args.tls_ca.or(file.tls_ca),
+                verify_peer: args.tls_verify_peer.or(file.tls_verify_peer),
+                fail_if_no_peer_cert: args
+                    .tls_fail_if_no_peer_cert
+                    .or(file.tls_fail_if_no_peer_cert),
+            },
+            listen_on,
+        )?;
+        match &tls {
+            None if !plain_listener => {
+                bail!("--plain-listener false needs the amqps listener (--tls-cert and --tls-key)")
+            }
+            Some(t) if plain_listener && t.listen[0].port() == port && port != 0 => {
+                bail!("--tls-port and --port are both {port}")
+            }
+            _ => {}
         }
         let frame_max = args
             .frame_max
@@ -278,6 +342,7 @@ impl Settings {
             consumer_timeout_ms,
             consumer_timeout_action,
             listen,
+            tls,
             data_dir: args
                 .data_dir
                 .or(file.data_dir)
@@ -322,6 +387,59 @@ impl Settings {
                 .unwrap_or_else(|| "info".into()),
         })
     }
+}
+
+/// The TLS settings as given (flag, environment or file), before defaults.
+struct TlsArgs {
+    port: Option<u16>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    ca: Option<PathBuf>,
+    verify_peer: Option<bool>,
+    fail_if_no_peer_cert: Option<bool>,
+}
+
+/// The amqps listener: on when a certificate is given (with its key); the other TLS settings
+/// without a certificate are a mistake worth stopping for. The files are read by the server
+/// at start, which names any it cannot use.
+fn resolve_tls(
+    args: TlsArgs,
+    listen_on: impl Fn(u16) -> Vec<SocketAddr>,
+) -> anyhow::Result<Option<TlsConfig>> {
+    let (cert_chain, key) = match (args.cert, args.key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => bail!("--tls-cert needs --tls-key (the certificate's private key)"),
+        (None, Some(_)) => bail!("--tls-key needs --tls-cert"),
+        (None, None) => {
+            let given = [
+                ("--tls-port", args.port.is_some()),
+                ("--tls-ca", args.ca.is_some()),
+                ("--tls-verify-peer", args.verify_peer.is_some()),
+                (
+                    "--tls-fail-if-no-peer-cert",
+                    args.fail_if_no_peer_cert.is_some(),
+                ),
+            ];
+            if let Some((name, _)) = given.iter().find(|(_, set)| *set) {
+                bail!("{name} is set but the amqps listener is off: give --tls-cert and --tls-key");
+            }
+            return Ok(None);
+        }
+    };
+    let verify_peer = args.verify_peer.unwrap_or(false);
+    if verify_peer && args.ca.is_none() {
+        bail!("--tls-verify-peer needs --tls-ca (the CA bundle that verifies client certificates)");
+    }
+    Ok(Some(TlsConfig {
+        listen: listen_on(args.port.unwrap_or(DEFAULT_TLS_PORT)),
+        cert_chain,
+        key,
+        ca: args.ca,
+        verify_peer,
+        // Erlang/OTP 26 and later (what RabbitMQ runs on) default it to true once
+        // verify_peer is set: a client without a certificate is refused.
+        fail_if_no_peer_cert: args.fail_if_no_peer_cert.unwrap_or(true),
+    }))
 }
 
 #[cfg(test)]
@@ -384,6 +502,87 @@ mod tests {
             s_busy(Some(1_000_000)).is_err(),
             "longer than BUSY_POLL_MAX"
         );
+    }
+
+    #[test]
+    fn tls_is_on_with_a_certificate_and_listens_where_plain_does() {
+        let s = Settings::resolve(Args::default()).unwrap();
+        assert!(s.config.tls.is_none(), "off without a certificate");
+
+        let s = Settings::resolve(Args {
+            bind: Some("127.0.0.1,::1".into()),
+            tls_cert: Some("cert.pem".into()),
+            tls_key: Some("key.pem".into()),
+            ..Args::default()
+        })
+        .unwrap();
+        let tls = s.config.tls.expect("on");
+        assert_eq!(
+            tls.listen,
+            vec![
+                "127.0.0.1:5671".parse().unwrap(),
+                "[::1]:5671".parse().unwrap()
+            ]
+        );
+        assert!(!tls.verify_peer, "verify_none, as RabbitMQ");
+        assert!(tls.fail_if_no_peer_cert, "Erlang/OTP 26's default");
+        assert_eq!(s.config.listen.len(), 2, "the plain listener stays on");
+
+        let dir = std::env::temp_dir().join(format!("warren-settings-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("warren.toml");
+        std::fs::write(
+            &file,
+            "plain_listener = false\ntls_port = 5999\ntls_cert = \"c.pem\"\ntls_key = \"k.pem\"\n\
+             tls_ca = \"ca.pem\"\ntls_verify_peer = true\ntls_fail_if_no_peer_cert = false\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(Args {
+            config: Some(file.clone()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert!(s.config.listen.is_empty(), "plain listener off");
+        let tls = s.config.tls.unwrap();
+        assert_eq!(tls.listen[0].port(), 5999);
+        assert_eq!(tls.ca, Some(PathBuf::from("ca.pem")));
+        assert!(tls.verify_peer && !tls.fail_if_no_peer_cert);
+        let _ = std::fs::remove_dir_all(dir);
+
+        let refused = |args: Args| Settings::resolve(args).err().map(|e| e.to_string());
+        assert!(refused(Args {
+            plain_listener: Some(false),
+            ..Args::default()
+        })
+        .unwrap()
+        .contains("--plain-listener"));
+        assert!(refused(Args {
+            tls_cert: Some("c.pem".into()),
+            ..Args::default()
+        })
+        .unwrap()
+        .contains("--tls-key"));
+        assert!(refused(Args {
+            tls_ca: Some("ca.pem".into()),
+            ..Args::default()
+        })
+        .unwrap()
+        .contains("--tls-ca"));
+        assert!(refused(Args {
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            tls_verify_peer: Some(true),
+            ..Args::default()
+        })
+        .unwrap()
+        .contains("--tls-ca"));
+        assert!(refused(Args {
+            port: Some(5671),
+            tls_cert: Some("c.pem".into()),
+            tls_key: Some("k.pem".into()),
+            ..Args::default()
+        })
+        .is_some());
     }
 
     fn s_busy(us: Option<u64>) -> anyhow::Result<Duration> {
