@@ -277,7 +277,7 @@ impl Parameter {
     pub fn operator_policy(policy: &Policy) -> Parameter {
         let mut value = Map::new();
         value.insert("pattern".into(), policy.pattern.clone().into());
-        value.insert("apply-to".into(), policy.apply_to.name().into());
+        value.insert("apply-to".into(), policy.apply_to.as_str().into());
         value.insert("priority".into(), policy.priority.into());
         value.insert(
             "definition".into(),
@@ -332,31 +332,9 @@ pub struct GlobalParameter {
     pub extra: Extra,
 }
 
-/// What a policy applies to (`classic_queues`, `quorum_queues` and `streams` are 3.12's).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ApplyTo {
-    #[default]
-    All,
-    Queues,
-    Exchanges,
-    ClassicQueues,
-    QuorumQueues,
-    Streams,
-}
-
-impl ApplyTo {
-    pub fn name(self) -> &'static str {
-        match self {
-            ApplyTo::All => "all",
-            ApplyTo::Queues => "queues",
-            ApplyTo::Exchanges => "exchanges",
-            ApplyTo::ClassicQueues => "classic_queues",
-            ApplyTo::QuorumQueues => "quorum_queues",
-            ApplyTo::Streams => "streams",
-        }
-    }
-}
+/// What a policy applies to: the policy module's type (`classic_queues`, `quorum_queues` and
+/// `streams` are 3.12's).
+pub use crate::policy::ApplyTo;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Policy {

@@ -57,8 +57,10 @@ impl PolicyKind {
 }
 
 /// What a policy applies to (`apply-to`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum ApplyTo {
+    #[default]
     All,
     Exchanges,
     Queues,
