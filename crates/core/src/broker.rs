@@ -235,3 +235,55 @@ fn is_loopback(ip: IpAddr) -> bool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker() -> Arc<Broker> {
+        Broker::in_memory(BrokerSettings {
+            default_users: vec![DefaultUser {
+                name: "guest".into(),
+                password: "guest".into(),
+                tags: vec!["administrator".into()],
+            }],
+            loopback_users: vec!["guest".into()],
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn loopback_users_only_from_loopback() {
+        let b = broker();
+        for peer in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+            assert!(b
+                .authenticate("PLAIN", "guest", Some("guest"), peer.parse().unwrap())
+                .is_ok());
+        }
+        let err = b
+            .authenticate("PLAIN", "guest", Some("guest"), "10.0.0.1".parse().unwrap())
+            .unwrap_err();
+        assert_eq!(err.code.code(), 403);
+        assert!(err.text.contains("can only connect via localhost"), "{err}");
+    }
+
+    #[test]
+    fn failed_logins_do_not_say_why() {
+        let b = broker();
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let wrong = b
+            .authenticate("PLAIN", "guest", Some("x"), local)
+            .unwrap_err();
+        let unknown = b
+            .authenticate("PLAIN", "nobody", Some("guest"), local)
+            .unwrap_err();
+        assert_eq!(wrong.text, unknown.text);
+        // EXTERNAL (no password) needs only an existing user.
+        assert!(b.authenticate("EXTERNAL", "guest", None, local).is_ok());
+        assert!(b.authenticate("EXTERNAL", "nobody", None, local).is_err());
+        // The default user has full permissions on the default vhost.
+        assert!(b.open_vhost("guest", DEFAULT_VHOST).is_ok());
+        let missing = b.open_vhost("guest", "nope").err().map(|e| e.code.code());
+        assert_eq!(missing, Some(530));
+    }
+}
