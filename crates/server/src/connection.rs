@@ -480,6 +480,12 @@ impl Connection {
             return Err(Some(self.send_close(e.on(10, 40))));
         }
         self.registered = true;
+        // Deleted between the lookup and the registration: its connections were closed
+        // before this one was registered.
+        if vhost.is_deleted() {
+            let e = ProtocolError::connection_forced(format!("vhost '{vhost_name}' is down"));
+            return Err(Some(self.send_close(e.on(10, 40))));
+        }
         self.vhost = Some(vhost);
         self.send_method(
             0,
