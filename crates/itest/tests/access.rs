@@ -690,3 +690,24 @@ async fn users_vhosts_permissions_and_limits_survive_a_restart() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_closes_a_connection_by_its_id() {
+    let Some(b) = start_broker_with(|_| {}).await else {
+        return;
+    };
+    add_user(&b, "kim", "pw", "/", (".*", ".*", ".*"));
+    let conn = connect_as(&b, "kim", "pw", "/").await;
+    let mut ev = events(&conn);
+    let listed = broker(&b).connections.list();
+    let mine = listed.iter().find(|c| c.user == "kim").expect("listed");
+    assert_eq!(mine.vhost, "/");
+    assert!(mine.peer.ip().is_loopback());
+    broker(&b)
+        .close_connection(mine.id, "closed by an operator")
+        .unwrap();
+    let text = expect_error_event(&mut ev, 320).await;
+    assert!(text.contains("closed by an operator"), "{text}");
+    assert!(broker(&b).close_connection(u64::MAX, "x").is_err());
+    assert_broker_healthy(&b).await;
+}

@@ -315,6 +315,18 @@ impl Broker {
         Ok(())
     }
 
+    // ---- connections ----
+
+    /// Closes an open connection with `320 CONNECTION_FORCED - <reason>` (what RabbitMQ's
+    /// management API does on `DELETE /api/connections/<name>`).
+    pub fn close_connection(&self, id: u64, reason: &str) -> Result<(), AdminError> {
+        let err = warren_protocol::ProtocolError::connection_forced(reason.to_owned());
+        match self.connections.close_where(|c| c.id == id, &err) {
+            0 => Err(AdminError::not_found(format!("connection {id}"))),
+            _ => Ok(()),
+        }
+    }
+
     // ---- permissions ----
 
     fn check_user_and_vhost(&self, user: &str, vhost: &str) -> Result<(), AdminError> {
