@@ -9,19 +9,98 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use warren_protocol::ProtocolError;
+use warren_protocol::{FieldTable, ProtocolError};
 
 use crate::consumer::{ClientEvent, ClientSender};
 
-/// What the registry knows of one connection.
+/// What the registry knows of one connection (fixed once it is open; the counters change
+/// behind `metrics`).
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo {
     pub id: u64,
     pub user: String,
     pub vhost: String,
     pub peer: SocketAddr,
+    /// The client's `client_properties` from connection.start-ok (product, version,
+    /// platform, capabilities, connection_name, ...).
+    pub client_properties: FieldTable,
+    /// Unix milliseconds.
+    pub connected_at_ms: u64,
+    pub frame_max: u32,
+    pub channel_max: u16,
+    pub heartbeat_secs: u16,
+    /// `PROTOCOL_AMQP_0_9_1`.
+    pub protocol: &'static str,
+    pub tls: bool,
+    pub auth_mechanism: String,
+    pub metrics: Arc<ConnectionMetrics>,
+}
+
+/// RabbitMQ's name for the protocol (the management API's `protocol` field).
+pub const PROTOCOL_AMQP_0_9_1: &str = "AMQP 0-9-1";
+
+/// A connection's socket counters. The connection task is the only writer and counts once
+/// per read or write system call (not per frame or message), with a relaxed load and store
+/// (no read-modify-write: there is one writer); readers load them.
+#[derive(Debug, Default)]
+pub struct ConnectionMetrics {
+    recv_oct: AtomicU64,
+    recv_cnt: AtomicU64,
+    send_oct: AtomicU64,
+    send_cnt: AtomicU64,
+}
+
+impl ConnectionMetrics {
+    /// One read of `bytes` from the socket (called by the connection task only).
+    pub fn received(&self, bytes: usize) {
+        add(&self.recv_oct, bytes as u64);
+        add(&self.recv_cnt, 1);
+    }
+
+    /// One write of `bytes` to the socket (called by the connection task only).
+    pub fn sent(&self, bytes: usize) {
+        add(&self.send_oct, bytes as u64);
+        add(&self.send_cnt, 1);
+    }
+
+    pub fn snapshot(&self) -> ConnectionMetricsSnapshot {
+        ConnectionMetricsSnapshot {
+            recv_oct: self.recv_oct.load(Relaxed),
+            recv_cnt: self.recv_cnt.load(Relaxed),
+            send_oct: self.send_oct.load(Relaxed),
+            send_cnt: self.send_cnt.load(Relaxed),
+        }
+    }
+}
+
+/// Single writer: a load and a store, not a locked add.
+fn add(cell: &AtomicU64, n: u64) {
+    cell.store(cell.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// One reading of a connection's counters (RabbitMQ's names).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionMetricsSnapshot {
+    /// Bytes received.
+    pub recv_oct: u64,
+    /// Socket reads.
+    pub recv_cnt: u64,
+    /// Bytes sent.
+    pub send_oct: u64,
+    /// Socket writes.
+    pub send_cnt: u64,
+}
+
+/// One connection as the management API lists it.
+#[derive(Clone, Debug)]
+pub struct ConnectionStats {
+    pub info: Arc<ConnectionInfo>,
+    /// Open channels.
+    pub channels: u64,
+    pub metrics: ConnectionMetricsSnapshot,
 }
 
 struct Entry {
@@ -181,6 +260,49 @@ impl Connections {
         self.lock().by_id.values().map(|e| e.info.clone()).collect()
     }
 
+    /// Every open connection with its channel count and counters, sorted by id. The lock
+    /// is held to copy the entries only; the counters are read after.
+    pub fn stats(&self) -> Vec<ConnectionStats> {
+        let mut entries: Vec<(Arc<ConnectionInfo>, u64)> = {
+            let inner = self.lock();
+            inner
+                .by_id
+                .values()
+                .map(|e| (e.info.clone(), e.channels))
+                .collect()
+        };
+        entries.sort_unstable_by_key(|(info, _)| info.id);
+        entries
+            .into_iter()
+            .map(|(info, channels)| ConnectionStats {
+                metrics: info.metrics.snapshot(),
+                info,
+                channels,
+            })
+            .collect()
+    }
+
+    /// One connection's statistics (None: not open).
+    pub fn connection_stats(&self, id: u64) -> Option<ConnectionStats> {
+        let (info, channels) = {
+            let inner = self.lock();
+            let e = inner.by_id.get(&id)?;
+            (e.info.clone(), e.channels)
+        };
+        Some(ConnectionStats {
+            metrics: info.metrics.snapshot(),
+            info,
+            channels,
+        })
+    }
+
+    /// (open connections, open channels) over the whole broker.
+    pub fn totals(&self) -> (u64, u64) {
+        let inner = self.lock();
+        let channels = inner.by_id.values().map(|e| e.channels).sum();
+        (inner.by_id.len() as u64, channels)
+    }
+
     /// Open connections in `vhost`.
     pub fn count_in_vhost(&self, vhost: &str) -> u64 {
         self.lock().per_vhost.get(vhost).copied().unwrap_or(0)
@@ -197,6 +319,15 @@ mod tests {
             user: user.into(),
             vhost: vhost.into(),
             peer: SocketAddr::from(([127, 0, 0, 1], 1)),
+            client_properties: FieldTable::default(),
+            connected_at_ms: 0,
+            frame_max: 4096,
+            channel_max: 2047,
+            heartbeat_secs: 60,
+            protocol: PROTOCOL_AMQP_0_9_1,
+            tls: false,
+            auth_mechanism: "PLAIN".into(),
+            metrics: Arc::default(),
         }
     }
 
@@ -230,5 +361,41 @@ mod tests {
         let err = ProtocolError::connection_forced("bye");
         assert_eq!(c.close_where(|i| i.vhost == "v", &err), 1);
         assert!(matches!(rx.try_recv(), Ok(ClientEvent::Close(_))));
+    }
+
+    #[test]
+    fn stats_list_channels_and_counters() {
+        let c = Connections::default();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        for id in [2, 1] {
+            c.register(
+                info(id, "guest", "/"),
+                tx.clone(),
+                ConnectionLimits::default(),
+            )
+            .unwrap();
+        }
+        c.channel_opened(2, None).unwrap();
+        c.channel_opened(2, None).unwrap();
+        let stats = c.stats();
+        assert_eq!(stats.iter().map(|s| s.info.id).collect::<Vec<_>>(), [1, 2]);
+        stats[1].info.metrics.received(100);
+        stats[1].info.metrics.received(20);
+        stats[1].info.metrics.sent(7);
+        let two = c.connection_stats(2).unwrap();
+        assert_eq!(two.channels, 2);
+        assert_eq!(
+            two.metrics,
+            ConnectionMetricsSnapshot {
+                recv_oct: 120,
+                recv_cnt: 2,
+                send_oct: 7,
+                send_cnt: 1
+            }
+        );
+        assert_eq!(c.totals(), (2, 2));
+        c.deregister(2);
+        assert!(c.connection_stats(2).is_none());
+        assert_eq!(c.totals(), (1, 0));
     }
 }

@@ -17,6 +17,7 @@ pub mod direct_reply;
 pub mod durable;
 pub mod exchange;
 pub mod message;
+pub mod overview;
 pub mod policy;
 pub mod queue;
 pub mod recovery;

@@ -7,8 +7,10 @@
 //!
 //! Policies are kept with the definitions and applied to them in `vhost/policies.rs`.
 
+mod listing;
 mod policies;
 
+pub use listing::{properties_key, BindingInfo, ExchangeInfo, QueueInfo, QueuePage};
 pub use policies::PolicyNames;
 
 use std::collections::{HashMap, HashSet};

@@ -15,6 +15,7 @@ use bytes::{Buf, BytesMut};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 use tracing::{info, warn};
+use warren_core::connections::{ConnectionMetrics, PROTOCOL_AMQP_0_9_1};
 use warren_core::consumer::{ClientEvent, OutputGauge};
 use warren_core::{Broker, VHost};
 use warren_protocol::frame::{decode_frame, Frame, FrameKind};
@@ -128,6 +129,12 @@ pub(crate) struct Connection {
     counted: bool,
     /// Read room to keep after the handshake (see `READ_BUFFER_MIN_BYTES`).
     read_chunk: usize,
+    /// Socket counters for the management API: one update per read or write call.
+    metrics: Arc<ConnectionMetrics>,
+    /// From connection.start-ok, for the registry.
+    client_properties: warren_protocol::FieldTable,
+    auth_mechanism: String,
+    connected_at_ms: u64,
 }
 
 /// Serves one accepted socket until it closes. `tls` is Some for amqps (`stream` is then the
@@ -182,6 +189,10 @@ pub(crate) async fn serve(
         cleaned_up: false,
         counted: false,
         read_chunk: READ_BUFFER_MIN_BYTES,
+        metrics: Arc::default(),
+        client_properties: Default::default(),
+        auth_mechanism: String::new(),
+        connected_at_ms: warren_core::message::now_ms(),
     };
     let handshake_timeout = conn.ctx.config.handshake_timeout;
     match timeout(handshake_timeout, conn.handshake()).await {
@@ -225,6 +236,7 @@ impl Connection {
             match self.writer.try_write(&self.out) {
                 Ok(0) => self.write_failed = true,
                 Ok(n) => {
+                    self.metrics.sent(n);
                     self.out.advance(n);
                     self.last_write = Instant::now();
                 }
@@ -319,7 +331,10 @@ impl Connection {
             self.reserve_read();
             match self.reader.read_buf(&mut self.inbuf).await {
                 Ok(0) | Err(_) => return Ok(None),
-                Ok(_) => self.last_read = Instant::now(),
+                Ok(n) => {
+                    self.metrics.received(n);
+                    self.last_read = Instant::now();
+                }
             }
         }
     }
@@ -367,7 +382,7 @@ impl Connection {
             self.reserve_read();
             match self.reader.read_buf(&mut self.inbuf).await {
                 Ok(0) | Err(_) => return Err(None),
-                Ok(_) => {}
+                Ok(n) => self.metrics.received(n),
             }
         }
         if &self.inbuf[..PROTOCOL_HEADER.len()] != PROTOCOL_HEADER {
@@ -413,6 +428,8 @@ impl Connection {
             .and_then(warren_core::args::as_str)
             .map(|s| s.to_string())
             .unwrap_or_default();
+        self.client_properties = start_ok.client_properties.clone();
+        self.auth_mechanism = start_ok.mechanism.as_str().to_owned();
         let login = sasl::login(
             start_ok.mechanism.as_str(),
             start_ok.response.as_bytes(),
@@ -470,6 +487,15 @@ impl Connection {
             user: self.user.clone(),
             vhost: vhost_name.to_owned(),
             peer: self.peer,
+            client_properties: std::mem::take(&mut self.client_properties),
+            connected_at_ms: self.connected_at_ms,
+            frame_max: self.frame_max,
+            channel_max: self.channel_max,
+            heartbeat_secs: self.heartbeat_secs,
+            protocol: PROTOCOL_AMQP_0_9_1,
+            tls: self.tls.is_some(),
+            auth_mechanism: std::mem::take(&mut self.auth_mechanism),
+            metrics: self.metrics.clone(),
         };
         if let Err(e) = self
             .ctx
@@ -611,6 +637,7 @@ impl Connection {
                     match read {
                         Ok(0) | Err(_) => return End::SocketClosed,
                         Ok(n) => {
+                            self.metrics.received(n);
                             self.last_read = Instant::now();
                             if n >= self.read_chunk / 2 && self.read_chunk < READ_BUFFER_BYTES {
                                 self.read_chunk *= 2;

@@ -15,6 +15,7 @@ use tracing::debug;
 use warren_protocol::{AMQPValue, ProtocolError};
 
 use super::dead_letter::{dead_lettered, is_cycle, Reason};
+use super::metrics::QueueCounters;
 use super::ready::{Entry, ReadyQueue};
 use super::settings::{ConsumerTimeoutAction, Overflow, QueueDefaults, QueueSettings};
 use super::store::{QueueStore, StoreContext, RESIDENT_BYTES_MAX, RESIDENT_MESSAGES_MAX};
@@ -59,6 +60,10 @@ pub(super) struct QueueActor {
     next_id: u64,
     ready: ReadyQueue,
     unacked: HashMap<u64, Unacked>,
+    /// Body bytes of `unacked`.
+    unacked_bytes: u64,
+    /// Statistics, published to the handle's `QueueMetrics` once per batch.
+    counters: QueueCounters,
     /// Sorted by priority (highest first); within a priority, the next to serve first.
     consumers: Vec<Consumer>,
     /// Consumer-timeout deadlines of unacked deliveries: (deadline ms, message id).
@@ -114,6 +119,8 @@ impl QueueActor {
             vhost,
             next_id,
             unacked: HashMap::new(),
+            unacked_bytes: 0,
+            counters: QueueCounters::default(),
             consumers: Vec::new(),
             timeouts: BTreeSet::new(),
             had_consumer: false,
@@ -137,6 +144,7 @@ impl QueueActor {
                             self.deliver();
                             self.start_sync();
                             self.update_flow();
+                            self.publish_metrics();
                             continue;
                         }
                     }
@@ -162,6 +170,7 @@ impl QueueActor {
             self.deliver();
             self.start_sync();
             self.update_flow();
+            self.publish_metrics();
         }
         // Publishers must never wait on a queue that is gone.
         self.handle.flow().set(false);
@@ -183,6 +192,25 @@ impl QueueActor {
         } else if backlog > super::FLOW_HIGH_MESSAGES {
             gate.set(true);
         }
+    }
+
+    /// Publishes the statistics for readers (`metrics.rs`): a few relaxed stores per batch
+    /// of commands, none per message.
+    fn publish_metrics(&mut self) {
+        let c = &mut self.counters;
+        c.messages_ready = self.ready.len() as u64;
+        c.message_bytes_ready = self.ready.bytes();
+        c.messages_unacknowledged = self.unacked.len() as u64;
+        c.message_bytes_unacknowledged = self.unacked_bytes;
+        c.consumers = self.consumers.len() as u64;
+        self.handle.metrics_cell().store(c);
+    }
+
+    /// Removes an unsettled delivery (keeping `unacked_bytes` in step).
+    fn take_unacked(&mut self, id: u64) -> Option<Unacked> {
+        let u = self.unacked.remove(&id)?;
+        self.unacked_bytes = self.unacked_bytes.saturating_sub(u.entry.size as u64);
+        Some(u)
     }
 
     fn start_sync(&mut self) {
@@ -217,10 +245,18 @@ impl QueueActor {
                 }
                 while let Some(entry) = self.ready.pop_front() {
                     if let Some(delivery) = self.make_delivery(entry, channel_key, None, no_ack) {
+                        let c = &mut self.counters;
+                        *if no_ack {
+                            &mut c.get_no_ack
+                        } else {
+                            &mut c.get
+                        } += 1;
+                        c.redeliver += delivery.redelivered as u64;
                         got = Some((delivery, self.ready.len() as u32));
                         break;
                     }
                 }
+                self.counters.get_empty += got.is_none() as u64;
                 let _ = reply.send(got);
             }
             QueueCommand::Settle {
@@ -238,6 +274,8 @@ impl QueueActor {
             QueueCommand::Stats(reply) => {
                 // queue.declare asks for these: a redeclare counts as use for x-expires.
                 self.last_used_ms = now_ms();
+                // `QueueHandle::sync_metrics`: everything handled so far is visible.
+                self.publish_metrics();
                 let _ = reply.send(QueueStats {
                     messages: self.ready.len() as u32,
                     consumers: self.consumers.len() as u32,
@@ -352,6 +390,7 @@ impl QueueActor {
         };
         let id = self.next_id;
         self.next_id += 1;
+        self.counters.publish += 1;
         let mut entry = Entry::new(id, message, ttl.map(|t| now.saturating_add(t)));
         let persistent = self.store.as_ref().is_some_and(|s| s.durable)
             && entry.message.as_ref().is_some_and(|m| m.is_persistent());
@@ -496,6 +535,7 @@ impl QueueActor {
             if let Some(d) = deadline_ms {
                 self.timeouts.insert((d, id));
             }
+            self.unacked_bytes += entry.size as u64;
             self.unacked.insert(
                 id,
                 Unacked {
@@ -565,13 +605,14 @@ impl QueueActor {
                 + delivery.message.body.len() as u64
                 + delivery.message.header_raw.len() as u64;
             consumer.spec.output.charge(delivery.output_bytes);
+            let redelivered = delivery.redelivered;
             if let Err(mpsc::error::SendError(ClientEvent::Deliver(d))) =
                 consumer.spec.client.send(ClientEvent::Deliver(delivery))
             {
                 // The connection is gone (its ChannelClosed follows): drop the consumer now
                 // and put the message back as it was.
                 self.consumers.remove(index);
-                if let Some(u) = self.unacked.remove(&d.message_id) {
+                if let Some(u) = self.take_unacked(d.message_id) {
                     if let Some(deadline) = u.deadline_ms {
                         self.timeouts.remove(&(deadline, d.message_id));
                     }
@@ -579,6 +620,13 @@ impl QueueActor {
                 }
                 continue;
             }
+            let c = &mut self.counters;
+            *if no_ack {
+                &mut c.deliver_no_ack
+            } else {
+                &mut c.deliver
+            } += 1;
+            c.redeliver += redelivered as u64;
             if !self.settings.single_active_consumer {
                 self.rotate(index);
             }
@@ -622,13 +670,16 @@ impl QueueActor {
                 // Not this channel's (or already taken back by a timeout): nothing to do.
                 _ => continue,
             }
-            let Some(entry) = self.unacked.remove(&id) else {
+            let Some(entry) = self.take_unacked(id) else {
                 continue;
             };
             self.forget_timeout(&entry, id);
             self.release_credit(entry.channel_key, entry.consumer_tag.as_ref());
             match requeue {
-                None => self.discard(entry.entry),
+                None => {
+                    self.counters.ack += 1;
+                    self.discard(entry.entry)
+                }
                 Some(true) => self.return_to_queue(entry),
                 Some(false) => {
                     self.dead_letter(&entry.entry, Reason::Rejected);
@@ -683,7 +734,7 @@ impl QueueActor {
             .collect();
         ids.sort_unstable();
         for id in ids {
-            if let Some(entry) = self.unacked.remove(&id) {
+            if let Some(entry) = self.take_unacked(id) {
                 self.forget_timeout(&entry, id);
                 self.release_credit(channel_key, entry.consumer_tag.as_ref());
                 self.return_to_queue(entry);
@@ -766,7 +817,7 @@ impl QueueActor {
     }
 
     fn consumer_timed_out(&mut self, id: u64) {
-        let Some(entry) = self.unacked.remove(&id) else {
+        let Some(entry) = self.take_unacked(id) else {
             return;
         };
         let channel_key = entry.channel_key;

@@ -7,6 +7,7 @@ mod actor;
 
 pub(crate) use actor::Startup;
 pub mod dead_letter;
+pub mod metrics;
 pub mod ready;
 pub mod settings;
 pub mod store;
@@ -98,6 +99,8 @@ struct QueueInner {
     name: ShortString,
     tx: mpsc::Sender<QueueCommand>,
     flow: FlowGate,
+    /// Written by the actor, read by anyone (`metrics.rs`); on cache lines of its own.
+    metrics: metrics::QueueMetrics,
 }
 
 /// Ready messages beyond which a queue that has consumers asks publishers to wait: they are
@@ -163,6 +166,22 @@ impl QueueHandle {
         &self.0.flow
     }
 
+    /// The queue's statistics as its actor last published them (no command is sent).
+    pub fn metrics(&self) -> metrics::QueueMetricsSnapshot {
+        self.0.metrics.snapshot()
+    }
+
+    pub(crate) fn metrics_cell(&self) -> &metrics::QueueMetrics {
+        &self.0.metrics
+    }
+
+    /// Waits until the actor has handled every command sent before this one and published
+    /// its metrics (for tests and for a consistent reading of one queue).
+    pub async fn sync_metrics(&self) -> Result<metrics::QueueMetricsSnapshot, ProtocolError> {
+        self.ask(QueueCommand::Stats).await?;
+        Ok(self.metrics())
+    }
+
     pub fn same(&self, other: &QueueHandle) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
     }
@@ -222,6 +241,7 @@ impl QueueHandle {
             name: def.name.clone(),
             tx,
             flow: FlowGate::default(),
+            metrics: metrics::QueueMetrics::default(),
         }));
         let actor = actor::QueueActor::new(def, settings, defaults, handle.clone(), vhost, startup);
         tokio::spawn(actor.run(rx));

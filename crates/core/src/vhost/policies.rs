@@ -109,7 +109,7 @@ impl AppliedPolicies {
         )
     }
 
-    fn names(&self) -> PolicyNames {
+    pub(super) fn names(&self) -> PolicyNames {
         PolicyNames {
             policy: self.policy.as_ref().map(|p| p.name.clone()),
             operator_policy: self.operator.as_ref().map(|p| p.name.clone()),
