@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use warren_protocol::{FieldTable, ProtocolError};
 
@@ -93,6 +94,23 @@ pub struct ConnectionMetricsSnapshot {
     /// Socket writes.
     pub send_cnt: u64,
 }
+
+/// One channel as the management API lists it, as its connection task reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    pub number: u16,
+    /// basic.qos global=false: the prefetch of consumers created from now on.
+    pub prefetch_count: u32,
+    /// basic.qos global=true: the channel's shared limit (0: none).
+    pub global_prefetch_count: u32,
+    pub consumer_count: u64,
+    pub messages_unacknowledged: u64,
+    pub confirm: bool,
+    pub transactional: bool,
+}
+
+/// How long `Connections::channels` waits for a connection task to answer.
+pub const CHANNEL_LIST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One connection as the management API lists it.
 #[derive(Clone, Debug)]
@@ -294,6 +312,23 @@ impl Connections {
             info,
             channels,
         })
+    }
+
+    /// Connection `id`'s open channels, sorted by number, asked of its task (channel state
+    /// has one owner; a listing costs one event per connection, never anything per
+    /// message). None: no such connection, or it did not answer within
+    /// `CHANNEL_LIST_TIMEOUT` (e.g. blocked by an alarm while its socket is full).
+    pub async fn channels(&self, id: u64) -> Option<Vec<ChannelStats>> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        {
+            let inner = self.lock();
+            let entry = inner.by_id.get(&id)?;
+            entry.events.send(ClientEvent::ListChannels(reply)).ok()?;
+        }
+        tokio::time::timeout(CHANNEL_LIST_TIMEOUT, answer)
+            .await
+            .ok()?
+            .ok()
     }
 
     /// (open connections, open channels) over the whole broker.

@@ -66,6 +66,9 @@ pub enum ClientEvent {
     /// The broker closes the connection (its vhost or user was deleted, an operator closed
     /// it): connection.close with this error.
     Close(warren_protocol::ProtocolError),
+    /// The management API lists the connection's channels (`Connections::channels`): one
+    /// event per listing, nothing on the message path.
+    ListChannels(tokio::sync::oneshot::Sender<Vec<crate::connections::ChannelStats>>),
 }
 
 pub type ClientSender = mpsc::UnboundedSender<ClientEvent>;

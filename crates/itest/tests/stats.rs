@@ -140,9 +140,7 @@ async fn connection_figures_show_the_client_and_its_traffic() {
     let ch = within("channel.open-ok", conn.create_channel())
         .await
         .unwrap();
-    within("channel.open-ok", conn.create_channel())
-        .await
-        .unwrap();
+    let confirming = confirm_channel(&conn).await;
     let before = broker.broker().unwrap().connections.stats();
     assert_eq!(before.len(), 1);
     let c = &before[0];
@@ -191,5 +189,44 @@ async fn connection_figures_show_the_client_and_its_traffic() {
     );
     assert!(after.metrics.send_oct > c.metrics.send_oct);
     assert!(after.metrics.send_cnt > c.metrics.send_cnt);
+
+    // Channels are asked of the connection task: what it answers follows what the client
+    // saw (the deliveries below were written before the listing was handled).
+    within("basic.qos-ok", ch.basic_qos(3, BasicQosOptions::default()))
+        .await
+        .unwrap();
+    let mut consumer = within(
+        "basic.consume-ok",
+        ch.basic_consume(
+            "stats.traffic".into(),
+            "c".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        next_delivery(&mut consumer).await;
+    }
+    let connections = &broker.broker().unwrap().connections;
+    let channels = within("the channel list", connections.channels(c.info.id))
+        .await
+        .expect("the connection answers");
+    assert_eq!(channels.len(), 2);
+    let plain = channels.iter().find(|x| x.number == ch.id()).unwrap();
+    assert_eq!((plain.prefetch_count, plain.consumer_count), (3, 1));
+    assert_eq!(plain.messages_unacknowledged, 3);
+    assert!(!plain.confirm && !plain.transactional);
+    let other = channels
+        .iter()
+        .find(|x| x.number == confirming.id())
+        .unwrap();
+    assert!(other.confirm);
+    assert_eq!(
+        (other.consumer_count, other.messages_unacknowledged),
+        (0, 0)
+    );
+    assert!(connections.channels(u64::MAX).await.is_none());
     broker.stop().await;
 }

@@ -636,6 +636,16 @@ impl Connection {
                     );
                 }
             }
+            ClientEvent::ListChannels(reply) => {
+                let mut list: Vec<_> = self
+                    .channels
+                    .iter()
+                    .filter(|(_, c)| !c.closing)
+                    .map(|(number, c)| c.stats(*number))
+                    .collect();
+                list.sort_unstable_by_key(|c| c.number);
+                let _ = reply.send(list);
+            }
             ClientEvent::Close(err) => {
                 tracing::warn!(connection = self.id, error = %err.reply_text(), "the broker closes the connection");
                 self.forced_close.get_or_insert(err);

@@ -102,6 +102,19 @@ impl Channel {
         }
     }
 
+    /// What the management API shows of this channel.
+    pub fn stats(&self, number: u16) -> warren_core::connections::ChannelStats {
+        warren_core::connections::ChannelStats {
+            number,
+            prefetch_count: self.consumer_prefetch,
+            global_prefetch_count: self.limiter.limit(),
+            consumer_count: self.consumers.len() as u64,
+            messages_unacknowledged: self.unacked.len() as u64,
+            confirm: self.mode == Mode::Confirm,
+            transactional: self.mode == Mode::Tx,
+        }
+    }
+
     /// The channel number a key belongs to.
     pub fn number_of(key: ChannelKey) -> u16 {
         (key & 0xFFFF) as u16
