@@ -131,6 +131,8 @@ impl QueueActor {
     }
 
     pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<QueueCommand>) {
+        // Messages recovered at start count before any command arrives.
+        self.publish_metrics();
         loop {
             let cmd = match self.next_deadline_ms() {
                 Some(deadline) => {

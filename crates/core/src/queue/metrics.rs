@@ -171,15 +171,20 @@ pub(crate) mod tests {
         })
     }
 
-    fn queue(vhost: &VHost, name: &str) -> QueueHandle {
-        let def = QueueDef {
+    fn queue_def(name: &str) -> QueueDef {
+        QueueDef {
             name: ShortString::from(name),
             durable: false,
             exclusive_owner: None,
             auto_delete: false,
             arguments: FieldTable::default(),
-        };
-        vhost.declare_queue(def, false).expect("declare")
+        }
+    }
+
+    fn queue(vhost: &VHost, name: &str) -> QueueHandle {
+        vhost
+            .declare_queue(queue_def(name), false)
+            .expect("declare")
     }
 
     async fn delivery(rx: &mut mpsc::UnboundedReceiver<ClientEvent>) -> Delivery {
@@ -279,5 +284,57 @@ pub(crate) mod tests {
         while get(&q, true).await.is_some() {}
         let m = q.sync_metrics().await.unwrap();
         assert_eq!((m.get_empty, m.messages_ready, m.publish), (1, 0, 5));
+    }
+
+    /// A durable queue's recovered messages are counted at start, before any command: the
+    /// listing read zero until something woke the actor.
+    #[tokio::test]
+    async fn recovered_messages_count_without_a_command() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = || {
+            crate::recovery::open(
+                dir.path(),
+                warren_store::RealIo::shared(),
+                warren_store::SyncMode::None,
+                crate::broker::BrokerSettings::default(),
+            )
+            .expect("open")
+        };
+        {
+            let broker = open();
+            let vhost = broker.vhost(crate::broker::DEFAULT_VHOST).unwrap();
+            let def = QueueDef {
+                durable: true,
+                ..queue_def("kept")
+            };
+            let q = vhost.declare_queue(def, false).unwrap();
+            let properties = AMQPProperties::default().with_delivery_mode(2);
+            let persistent = Arc::new(Message {
+                exchange: ShortString::from(""),
+                routing_key: ShortString::from("kept"),
+                header_raw: warren_protocol::encode::header_payload(&properties, 10),
+                properties: Box::new(properties),
+                body: bytes::Bytes::from_static(b"persistent"),
+                properties_bytes: 0,
+            });
+            for _ in 0..3 {
+                q.send(QueueCommand::Publish(persistent.clone(), None))
+                    .await
+                    .unwrap();
+            }
+            assert_eq!(q.sync_metrics().await.unwrap().messages_ready, 3);
+            // Dropped without shutting down, as after a crash.
+        }
+        let broker = open();
+        let vhost = broker.vhost(crate::broker::DEFAULT_VHOST).unwrap();
+        let mut m = vhost.queue_info("kept").expect("recovered").metrics;
+        for _ in 0..500 {
+            if m.messages_ready != 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+            m = vhost.queue_info("kept").unwrap().metrics;
+        }
+        assert_eq!((m.messages_ready, m.message_bytes_ready), (3, 30));
     }
 }
