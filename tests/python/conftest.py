@@ -82,7 +82,8 @@ def amqp_url(tmp_path_factory):
     data_dir.mkdir()
     log_path = tmp / "warren.log"
     port = _free_port()
-    cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)]
+    cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--mgmt-port", "0",
+           "--data-dir", str(data_dir)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)

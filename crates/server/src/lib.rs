@@ -227,7 +227,8 @@ async fn load_definitions(broker: &Arc<Broker>, path: &std::path::Path) -> std::
 /// Binds with SO_REUSEADDR so a restarted broker gets its port back at once. The IPv6
 /// wildcard (the default) is dual-stack on Linux and so also serves IPv4; where the machine
 /// has no IPv6, it falls back to the IPv4 wildcard.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+/// (Public: the `warren` binary binds the management listener the same way.)
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     match bind_one(addr) {
         Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() => {
             tracing::warn!(error = %e, "cannot listen on IPv6, falling back to IPv4 only");

@@ -44,6 +44,7 @@ async fn run(settings: settings::Settings, busy_poll: std::time::Duration) -> an
     let handle = warren_server::start(settings.config.clone())
         .await
         .context("cannot start the AMQP listener")?;
+    let mgmt = start_mgmt(&settings.mgmt_listen, handle.broker()).await?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %settings.config.data_dir.display(),
@@ -55,9 +56,56 @@ async fn run(settings: settings::Settings, busy_poll: std::time::Duration) -> an
     }
     wait_for_signal().await;
     info!("shutting down: closing every connection");
+    mgmt.stop().await;
     handle.shutdown().await;
     info!("stopped");
     Ok(())
+}
+
+/// The management HTTP API's listeners (one per --bind address) and how to stop them.
+struct MgmtListeners {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl MgmtListeners {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// Binds every management address before serving any, so a taken port stops the start.
+async fn start_mgmt(
+    addrs: &[std::net::SocketAddr],
+    broker: &std::sync::Arc<warren_core::Broker>,
+) -> anyhow::Result<MgmtListeners> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let listener = warren_server::bind(*addr)
+            .with_context(|| format!("cannot listen for the management API on {addr}"))?;
+        info!(addr = %listener.local_addr()?, "management API listening");
+        listeners.push(listener);
+    }
+    let tasks = listeners
+        .into_iter()
+        .map(|listener| {
+            let mut stopped = stopped.clone();
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                if let Err(e) = warren_mgmt::serve(listener, broker, shutdown).await {
+                    tracing::error!(error = %e, "management API stopped");
+                }
+            })
+        })
+        .collect();
+    Ok(MgmtListeners { stop, tasks })
 }
 
 async fn wait_for_signal() {

@@ -31,7 +31,7 @@ pub struct Args {
     /// consumer_timeout, consumer_timeout_action, sync, busy_poll, worker_threads, log_level,
     /// memory_high_watermark, disk_free_limit, connection_max, consumer_max_per_channel,
     /// loopback_users, definitions, plain_listener, tls_port, tls_cert, tls_key, tls_ca,
-    /// tls_verify_peer, tls_fail_if_no_peer_cert).
+    /// tls_verify_peer, tls_fail_if_no_peer_cert, mgmt_port, mgmt_listener).
     #[arg(long, env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// AMQP port [default: 5672]
@@ -45,6 +45,13 @@ pub struct Args {
     /// (RabbitMQ's `listeners.tcp = none`) [default: true]
     #[arg(long, env = "WARREN_PLAIN_LISTENER")]
     pub plain_listener: Option<bool>,
+    /// Management HTTP API port (RabbitMQ's `management.tcp.port`), on the --bind addresses
+    /// [default: 15672]
+    #[arg(long, env = "WARREN_MGMT_PORT")]
+    pub mgmt_port: Option<u16>,
+    /// Serve the management HTTP API on --mgmt-port; `false` turns it off [default: true]
+    #[arg(long, env = "WARREN_MGMT_LISTENER")]
+    pub mgmt_listener: Option<bool>,
     /// amqps (AMQP over TLS) port; the TLS listener is on only when --tls-cert is given
     /// [default: 5671]
     #[arg(long, env = "WARREN_TLS_PORT")]
@@ -152,6 +159,8 @@ struct FileSettings {
     port: Option<u16>,
     bind: Option<String>,
     plain_listener: Option<bool>,
+    mgmt_port: Option<u16>,
+    mgmt_listener: Option<bool>,
     tls_port: Option<u16>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -188,8 +197,13 @@ fn toml_text(value: toml::Value) -> String {
     }
 }
 
+/// The management HTTP API's port (RabbitMQ's).
+pub const DEFAULT_MGMT_PORT: u16 = 15672;
+
 pub struct Settings {
     pub config: Config,
+    /// Where the management HTTP API listens (empty: off).
+    pub mgmt_listen: Vec<SocketAddr>,
     pub runtime: RuntimeConfig,
     pub log_level: String,
 }
@@ -232,6 +246,17 @@ impl Settings {
         } else {
             Vec::new()
         };
+        let mgmt_port = args
+            .mgmt_port
+            .or(file.mgmt_port)
+            .unwrap_or(DEFAULT_MGMT_PORT);
+        let mgmt_listen = match args.mgmt_listener.or(file.mgmt_listener).unwrap_or(true) {
+            true => listen_on(mgmt_port),
+            false => Vec::new(),
+        };
+        if plain_listener && mgmt_port == port && port != 0 && !mgmt_listen.is_empty() {
+            bail!("--mgmt-port and --port are both {port}");
+        }
         let tls = resolve_tls(
             TlsArgs {
                 port: args.tls_port.or(file.tls_port),
@@ -377,6 +402,7 @@ impl Settings {
         };
         Ok(Settings {
             config,
+            mgmt_listen,
             runtime: RuntimeConfig {
                 worker_threads,
                 busy_poll,
@@ -445,6 +471,41 @@ fn resolve_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mgmt_listener_port_and_off_switch() {
+        let s = Settings::resolve(Args::default()).unwrap();
+        assert!(s.mgmt_listen.iter().all(|a| a.port() == DEFAULT_MGMT_PORT));
+        assert_eq!(
+            s.mgmt_listen.len(),
+            s.config.listen.len(),
+            "the --bind addresses"
+        );
+        let dir = std::env::temp_dir().join(format!("warren-mgmt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("warren.toml");
+        std::fs::write(&file, "mgmt_port = 15999\nbind = \"127.0.0.1\"\n").unwrap();
+        let s = Settings::resolve(Args {
+            config: Some(file.clone()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(s.mgmt_listen, ["127.0.0.1:15999".parse().unwrap()]);
+        let s = Settings::resolve(Args {
+            config: Some(file),
+            mgmt_listener: Some(false),
+            ..Args::default()
+        })
+        .unwrap();
+        assert!(s.mgmt_listen.is_empty());
+        let err = Settings::resolve(Args {
+            port: Some(5800),
+            mgmt_port: Some(5800),
+            ..Args::default()
+        });
+        assert!(err.is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn defaults_then_file_then_flags() {

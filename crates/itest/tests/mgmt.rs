@@ -1,0 +1,116 @@
+//! The management HTTP API end to end: requests over a real socket create a user, a vhost
+//! and permissions, and a lapin client then logs in with them over AMQP.
+
+use std::net::SocketAddr;
+
+use base64::Engine;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use warren_itest::*;
+
+/// One HTTP/1.1 request (Connection: close); returns the status and the body.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    auth: (&str, &str),
+    body: &str,
+) -> (u16, String) {
+    let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", auth.0, auth.1));
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test]
+async fn user_vhost_and_permissions_made_over_http_log_in_over_amqp() {
+    let Some(b) = start_broker_with(|_| {}).await else {
+        return;
+    };
+    let broker = b.broker().expect("in-process").clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(warren_mgmt::serve(listener, broker, async {
+        let _ = stopped.await;
+    }));
+    let admin = ("guest", "guest");
+
+    let (s, _) = http(addr, "PUT", "/api/vhosts/e2e%2Fvh", admin, "").await;
+    assert_eq!(s, 201);
+    let user = r#"{"password":"s3cret","tags":"management"}"#;
+    let (s, _) = http(addr, "PUT", "/api/users/alice", admin, user).await;
+    assert_eq!(s, 201);
+    let (s, _) = http(addr, "GET", "/api/whoami", ("alice", "s3cret"), "").await;
+    assert_eq!(s, 200);
+    let perms = r#"{"configure":".*","write":".*","read":".*"}"#;
+    let (s, body) = http(addr, "PUT", "/api/permissions/e2e%2Fvh/alice", admin, perms).await;
+    assert_eq!(s, 201, "{body}");
+
+    let conn = connect(&b.url_with("alice", "s3cret", "e2e%2Fvh", "")).await;
+    let channel = conn.create_channel().await.unwrap();
+    channel
+        .queue_declare(
+            "made-by-alice".into(),
+            lapin::options::QueueDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+
+    // The connection is listed under its vhost and closed by DELETE with a reason.
+    let (s, body) = http(addr, "GET", "/api/connections", admin, "").await;
+    assert_eq!(s, 200);
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let entry = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["user"] == "alice")
+        .expect("alice's connection")
+        .clone();
+    assert_eq!(entry["vhost"], "e2e/vh");
+    let (s, body) = http(addr, "GET", "/api/overview", admin, "").await;
+    assert_eq!(s, 200, "{body}");
+
+    let name = entry["name"].as_str().unwrap();
+    let id = name.rsplit('#').next().unwrap();
+    let (s, _) = http(addr, "DELETE", &format!("/api/connections/{id}"), admin, "").await;
+    assert_eq!(s, 204);
+    for _ in 0..100 {
+        if !conn.status().connected() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(!conn.status().connected(), "closed by DELETE");
+
+    // Deleting the user over HTTP stops its logins.
+    let (s, _) = http(addr, "DELETE", "/api/users/alice", admin, "").await;
+    assert_eq!(s, 204);
+    let refused = lapin::Connection::connect(
+        &b.url_with("alice", "s3cret", "e2e%2Fvh", ""),
+        lapin::ConnectionProperties::default(),
+    )
+    .await;
+    assert!(refused.is_err());
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    b.stop().await;
+}

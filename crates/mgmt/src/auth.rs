@@ -1,0 +1,146 @@
+//! HTTP basic auth against Warren's users, and RabbitMQ's management tag rules:
+//! `management` (own vhosts only), `policymaker` (+ policies in its vhosts), `monitoring`
+//! (reads everything), `administrator` (everything). A user with none of them may not use
+//! the API at all.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use base64::Engine;
+use warren_core::access::User;
+
+use crate::{ApiError, AppState};
+
+pub const TAG_ADMINISTRATOR: &str = "administrator";
+pub const TAG_MONITORING: &str = "monitoring";
+pub const TAG_POLICYMAKER: &str = "policymaker";
+pub const TAG_MANAGEMENT: &str = "management";
+
+/// The authenticated user of a request.
+pub struct Caller {
+    pub user: Arc<User>,
+    state: AppState,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let unauthorized = || ApiError::Unauthorized("Login failed".into());
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(unauthorized)?;
+        let encoded = header
+            .strip_prefix("Basic ")
+            .or_else(|| header.strip_prefix("basic "))
+            .ok_or_else(unauthorized)?;
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(encoded.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(unauthorized)?;
+        let (name, password) = decoded.split_once(':').ok_or_else(unauthorized)?;
+        let peer = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+            .await
+            .map(|c| c.0.ip())
+            .map_err(|_| ApiError::Internal("the peer address is unknown".into()))?;
+        let user = state
+            .broker
+            .authenticate("PLAIN", name, Some(password), peer)
+            .map_err(|_| unauthorized())?;
+        let caller = Caller {
+            user,
+            state: state.clone(),
+        };
+        if !caller.is_management() {
+            return Err(ApiError::forbidden(
+                "Not management user (the user has none of the tags management, policymaker, monitoring, administrator)",
+            ));
+        }
+        Ok(caller)
+    }
+}
+
+impl Caller {
+    pub fn name(&self) -> &str {
+        &self.user.name
+    }
+
+    pub fn is_admin(&self) -> bool {
+        self.user.has_tag(TAG_ADMINISTRATOR)
+    }
+
+    /// May read everything (monitoring or administrator).
+    pub fn is_monitor(&self) -> bool {
+        self.is_admin() || self.user.has_tag(TAG_MONITORING)
+    }
+
+    pub fn is_policymaker(&self) -> bool {
+        self.is_admin() || self.user.has_tag(TAG_POLICYMAKER)
+    }
+
+    fn is_management(&self) -> bool {
+        self.is_monitor() || self.is_policymaker() || self.user.has_tag(TAG_MANAGEMENT)
+    }
+
+    /// 403 unless the caller is an administrator.
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        match self.is_admin() {
+            true => Ok(()),
+            false => Err(ApiError::forbidden("Not administrator user")),
+        }
+    }
+
+    /// 403 unless the caller may read everything.
+    pub fn require_monitor(&self) -> Result<(), ApiError> {
+        match self.is_monitor() {
+            true => Ok(()),
+            false => Err(ApiError::forbidden("Not monitor user")),
+        }
+    }
+
+    /// Whether the caller has permissions in `vhost`.
+    pub fn has_permissions_in(&self, vhost: &str) -> bool {
+        self.state
+            .broker
+            .access()
+            .permission(&self.user.name, vhost)
+            .is_some()
+    }
+
+    /// Whether the caller may see `vhost` and what is in it.
+    pub fn can_see_vhost(&self, vhost: &str) -> bool {
+        self.is_monitor() || self.has_permissions_in(vhost)
+    }
+
+    /// 404 for a vhost that does not exist, 403 for one the caller may not see.
+    pub fn require_vhost(&self, vhost: &str) -> Result<(), ApiError> {
+        if !self.state.broker.access().vhosts.contains_key(vhost) {
+            return Err(ApiError::not_found(format!("vhost '{vhost}'")));
+        }
+        match self.can_see_vhost(vhost) {
+            true => Ok(()),
+            false => Err(ApiError::forbidden(format!(
+                "User not authorised to access virtual host '{vhost}'"
+            ))),
+        }
+    }
+
+    /// May set policies in `vhost`: a policymaker with permissions there, or an admin.
+    pub fn require_policymaker_in(&self, vhost: &str) -> Result<(), ApiError> {
+        if !self.state.broker.access().vhosts.contains_key(vhost) {
+            return Err(ApiError::not_found(format!("vhost '{vhost}'")));
+        }
+        if self.is_admin() || (self.is_policymaker() && self.has_permissions_in(vhost)) {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!(
+            "Not policymaker user with permissions in virtual host '{vhost}'"
+        )))
+    }
+}

@@ -1,0 +1,115 @@
+//! `/api/connections` and `/api/connections/{name}`. A connection's name is
+//! `"<peer ip>:<peer port> -> #<id>"` (RabbitMQ's is `"<peer> -> <local address>"`; Warren's
+//! registry knows the peer and its own id); DELETE also accepts the bare id.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use warren_core::connections::ConnectionInfo;
+
+use crate::auth::Caller;
+use crate::overview::node_name;
+use crate::{ApiError, AppState};
+
+/// The close reason when a DELETE has no `X-Reason` header (RabbitMQ's).
+pub const DEFAULT_CLOSE_REASON: &str = "Closed via management plugin";
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/connections", get(list))
+        .route("/api/connections/{name}", get(show).delete(close))
+        .route("/api/vhosts/{vhost}/connections", get(list_vhost))
+}
+
+pub fn name_of(c: &ConnectionInfo) -> String {
+    format!("{} -> #{}", c.peer, c.id)
+}
+
+fn to_json(c: &ConnectionInfo) -> Value {
+    json!({
+        "name": name_of(c),
+        "user": c.user,
+        "vhost": c.vhost,
+        "peer_host": c.peer.ip().to_string(),
+        "peer_port": c.peer.port(),
+        "node": node_name(),
+        "protocol": "AMQP 0-9-1",
+        "type": "network",
+        "state": "running",
+    })
+}
+
+fn visible(caller: &Caller, state: &AppState) -> Vec<std::sync::Arc<ConnectionInfo>> {
+    state
+        .broker
+        .connections
+        .list()
+        .into_iter()
+        .filter(|c| caller.is_monitor() || c.user == caller.name())
+        .collect()
+}
+
+async fn list(caller: Caller, State(state): State<AppState>) -> Json<Value> {
+    Json(Value::Array(
+        visible(&caller, &state)
+            .iter()
+            .map(|c| to_json(c))
+            .collect(),
+    ))
+}
+
+async fn list_vhost(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(vhost): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_vhost(&vhost)?;
+    Ok(Json(Value::Array(
+        visible(&caller, &state)
+            .iter()
+            .filter(|c| c.vhost == vhost)
+            .map(|c| to_json(c))
+            .collect(),
+    )))
+}
+
+fn find(
+    caller: &Caller,
+    state: &AppState,
+    name: &str,
+) -> Result<std::sync::Arc<ConnectionInfo>, ApiError> {
+    visible(caller, state)
+        .into_iter()
+        .find(|c| name_of(c) == name || c.id.to_string() == name)
+        .ok_or_else(|| ApiError::not_found(format!("connection '{name}'")))
+}
+
+async fn show(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let c = find(&caller, &state, &name)?;
+    Ok(Json(to_json(&c)))
+}
+
+/// Closes the connection with 320 CONNECTION_FORCED and the `X-Reason` header as the text.
+async fn close(
+    caller: Caller,
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let c = find(&caller, &state, &name)?;
+    if !caller.is_admin() && c.user != caller.name() {
+        return Err(ApiError::forbidden("Not administrator user"));
+    }
+    let reason = headers
+        .get("x-reason")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or(DEFAULT_CLOSE_REASON);
+    state.broker.close_connection(c.id, reason)?;
+    Ok(StatusCode::NO_CONTENT)
+}

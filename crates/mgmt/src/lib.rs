@@ -1,0 +1,90 @@
+//! The management HTTP API on RabbitMQ's paths, methods, status codes and JSON field names
+//! (`/api/users`, `/api/vhosts`, `/api/permissions`, `/api/policies`, `/api/definitions`,
+//! `/api/connections` ...), so that `rabbitmqadmin`, scripts and client test suites written
+//! for RabbitMQ work against Warren. Coverage and approximations: `docs/management.md`.
+//!
+//! Owns: the HTTP ↔ admin interface (routing, basic auth with RabbitMQ's tag rules, JSON in
+//! and out, error bodies). Must not touch: broker state except through `Broker`'s admin API
+//! (`warren_core::admin`) and its read-only accessors; sockets other than its own listener.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use warren_core::Broker;
+
+mod auth;
+mod body;
+mod connections;
+mod definitions;
+mod error;
+mod limits;
+mod overview;
+mod permissions;
+mod policies;
+mod users;
+mod vhosts;
+
+pub use error::ApiError;
+
+/// Largest request body of any endpoint but definitions import (RabbitMQ answers 413 past it).
+pub const BODY_BYTES_MAX: usize = 1024 * 1024;
+/// Largest definitions document `POST /api/definitions` accepts.
+pub const DEFINITIONS_BODY_BYTES_MAX: usize = 100 * 1024 * 1024;
+/// The realm of the `WWW-Authenticate` challenge (RabbitMQ's).
+pub const AUTH_REALM: &str = "RabbitMQ Management";
+
+/// The API's shared state: the broker, reached only through its admin interface.
+#[derive(Clone)]
+pub struct AppState {
+    pub broker: Arc<Broker>,
+}
+
+/// Every endpoint. Handlers need the peer address (`ConnectInfo<SocketAddr>`) for the
+/// loopback rule: serve with `into_make_service_with_connect_info`, or in tests add
+/// `axum::extract::connect_info::MockConnectInfo`.
+pub fn router(broker: Arc<Broker>) -> Router {
+    let state = AppState { broker };
+    let definitions = Router::new()
+        .route(
+            "/api/definitions",
+            get(definitions::export).post(definitions::import),
+        )
+        .route(
+            "/api/definitions/{vhost}",
+            get(definitions::export_vhost).post(definitions::import_vhost),
+        )
+        .layer(DefaultBodyLimit::max(DEFINITIONS_BODY_BYTES_MAX));
+    Router::new()
+        .route("/api/whoami", get(overview::whoami))
+        .route("/api/overview", get(overview::overview))
+        .merge(vhosts::routes())
+        .merge(users::routes())
+        .merge(permissions::routes())
+        .merge(policies::routes())
+        .merge(limits::routes())
+        .merge(connections::routes())
+        .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
+        .merge(definitions)
+        .fallback(error::not_found_fallback)
+        .layer(axum::middleware::map_response(error::json_for_bare_errors))
+        .with_state(state)
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+#[cfg(test)]
+mod tests;

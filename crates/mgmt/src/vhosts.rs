@@ -1,0 +1,95 @@
+//! `/api/vhosts` and `/api/vhosts/{vhost}`.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use warren_core::access::VHostInfo;
+
+use crate::auth::Caller;
+use crate::body::{opt_str, tags, JsonObject};
+use crate::{ApiError, AppState};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/vhosts", get(list))
+        .route("/api/vhosts/{vhost}", get(show).put(put).delete(delete))
+}
+
+fn to_json(info: &VHostInfo) -> Value {
+    json!({
+        "name": info.name,
+        "description": info.description,
+        "tags": info.tags,
+        "default_queue_type": info.default_queue_type.as_deref().unwrap_or("classic"),
+        "metadata": {
+            "description": info.description,
+            "tags": info.tags,
+            "default_queue_type": info.default_queue_type.as_deref().unwrap_or("classic"),
+        },
+        "tracing": false,
+    })
+}
+
+async fn list(caller: Caller, State(state): State<AppState>) -> Json<Value> {
+    let vhosts: Vec<Value> = state
+        .broker
+        .vhosts()
+        .iter()
+        .filter(|v| caller.can_see_vhost(&v.name))
+        .map(to_json)
+        .collect();
+    Json(Value::Array(vhosts))
+}
+
+async fn show(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require_vhost(&name)?;
+    let info = state
+        .broker
+        .vhosts()
+        .into_iter()
+        .find(|v| v.name == name)
+        .ok_or_else(|| ApiError::not_found(format!("vhost '{name}'")))?;
+    Ok(Json(to_json(&info)))
+}
+
+async fn put(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonObject(body): JsonObject,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    let existing = state.broker.vhosts().into_iter().find(|v| v.name == name);
+    let info = VHostInfo {
+        name,
+        description: opt_str(&body, "description")?
+            .unwrap_or_default()
+            .to_owned(),
+        tags: tags(&body, "tags")?,
+        default_queue_type: opt_str(&body, "default_queue_type")?
+            .map(str::to_owned)
+            .or_else(|| existing.as_ref().and_then(|e| e.default_queue_type.clone())),
+        limits: Default::default(),
+    };
+    state.broker.put_vhost(info)?;
+    Ok(match existing {
+        Some(_) => StatusCode::NO_CONTENT,
+        None => StatusCode::CREATED,
+    })
+}
+
+async fn delete(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    caller.require_admin()?;
+    state.broker.delete_vhost(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
