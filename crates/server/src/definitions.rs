@@ -69,6 +69,27 @@ impl Connection {
             .ok_or_else(|| ProtocolError::not_found("no previously declared queue"))
     }
 
+    /// The (source, destination, routing key) of a queue.bind / unbind, resolved (an empty
+    /// queue name is the channel's last queue) and checked against the user's permissions.
+    fn queue_binding(
+        &mut self,
+        ch: u16,
+        queue: &ShortString,
+        exchange: ShortString,
+        routing_key: ShortString,
+    ) -> Result<(ShortString, Destination, ShortString), ProtocolError> {
+        let name = strip_cr_lf(self.resolve_queue_name(ch, queue)?);
+        let routing_key = self.resolve_binding_key(ch, queue, routing_key)?;
+        let source = strip_cr_lf(exchange);
+        self.check_binding(
+            source.as_str(),
+            Resource::Queue,
+            name.as_str(),
+            routing_key.as_str(),
+        )?;
+        Ok((source, Destination::Queue(name), routing_key))
+    }
+
     pub(crate) fn lookup_queue(
         &self,
         channel: u16,
@@ -281,18 +302,11 @@ impl Connection {
                 }
             }
             queue::AMQPMethod::Bind(m) => {
-                let name = strip_cr_lf(self.resolve_queue_name(ch, &m.queue)?);
-                let routing_key = self.resolve_binding_key(ch, &m.queue, m.routing_key)?;
-                let source = strip_cr_lf(m.exchange);
-                self.check_binding(
-                    source.as_str(),
-                    Resource::Queue,
-                    name.as_str(),
-                    routing_key.as_str(),
-                )?;
+                let (source, destination, routing_key) =
+                    self.queue_binding(ch, &m.queue, m.exchange, m.routing_key)?;
                 vhost.bind(
                     source.as_str(),
-                    Destination::Queue(name),
+                    destination,
                     routing_key,
                     m.arguments,
                     self.id,
@@ -305,18 +319,11 @@ impl Connection {
                 }
             }
             queue::AMQPMethod::Unbind(m) => {
-                let name = strip_cr_lf(self.resolve_queue_name(ch, &m.queue)?);
-                let routing_key = self.resolve_binding_key(ch, &m.queue, m.routing_key)?;
-                let source = strip_cr_lf(m.exchange);
-                self.check_binding(
-                    source.as_str(),
-                    Resource::Queue,
-                    name.as_str(),
-                    routing_key.as_str(),
-                )?;
+                let (source, destination, routing_key) =
+                    self.queue_binding(ch, &m.queue, m.exchange, m.routing_key)?;
                 vhost.unbind(
                     source.as_str(),
-                    Destination::Queue(name),
+                    destination,
                     routing_key.as_str(),
                     &m.arguments,
                     self.id,

@@ -458,16 +458,10 @@ impl Broker {
                 })
             })();
             let def = entry("queues", i, &q.name, Some(&q.vhost), r)?;
-            let key = (q.vhost.clone(), q.name.clone());
-            if queues_after.contains(&key)
-                && self
-                    .vhost(&q.vhost)
-                    .is_some_and(|v| v.queue(&q.name, 0).is_ok())
-            {
-                continue; // exists: left as it is
+            // One that exists (or came earlier in the document) is left as it is.
+            if queues_after.insert((q.vhost.clone(), q.name.clone())) {
+                queues.push((q.vhost.clone(), def));
             }
-            queues_after.insert(key);
-            queues.push((q.vhost.clone(), def));
         }
         let mut bindings = Vec::new();
         for (i, b) in defs.bindings.iter().enumerate() {

@@ -89,6 +89,7 @@ use crate::access::{
 use crate::broker::{Broker, DefaultUser, DEFAULT_VHOST, DEFAULT_VHOST_DESCRIPTION};
 use crate::durable::access::{self as access_records, AccessOp};
 use crate::vhost::VHost;
+use warren_protocol::ProtocolError;
 
 /// Longest user or vhost name (both travel in AMQP short strings).
 pub const NAME_BYTES_MAX: usize = 255;
@@ -156,30 +157,39 @@ impl Broker {
     /// Applies `ops` to a copy of the access state, makes them durable as one record, and
     /// publishes the new state. The caller holds the admin lock and has validated `ops`.
     pub(crate) fn commit_access(&self, ops: Vec<AccessOp>) -> Result<(), AdminError> {
+        self.commit_access_with(ops, |record, publish| match &self.persistence {
+            Some(p) => VHost::append_and(p, record, publish),
+            None => {
+                publish();
+                Ok(())
+            }
+        })
+    }
+
+    /// `commit_access` with the append done by `write`, which must call `publish` while it
+    /// holds the definitions log's lock (a vhost's deletion also marks the vhost under it).
+    fn commit_access_with<T>(
+        &self,
+        ops: Vec<AccessOp>,
+        write: impl FnOnce(&[u8], Box<dyn FnOnce() + '_>) -> Result<T, ProtocolError>,
+    ) -> Result<T, AdminError> {
         let mut next: AccessState = (**self.access.load()).clone();
         for op in &ops {
             op.clone()
                 .apply(&mut next)
                 .map_err(AdminError::bad_request)?;
         }
-        let op = match ops.len() {
-            1 => ops
-                .into_iter()
-                .next()
-                .unwrap_or(AccessOp::Batch { ops: Vec::new() }),
-            _ => AccessOp::Batch { ops },
+        let op = match <[AccessOp; 1]>::try_from(ops) {
+            Ok([one]) => one,
+            Err(ops) => AccessOp::Batch { ops },
         };
         let record = access_records::encode(&op);
-        let publish = || self.access.store(Arc::new(next));
-        match &self.persistence {
-            Some(p) => {
-                VHost::append_and(p, &record, publish).map_err(AdminError::from)?;
-                VHost::sync_persistence(p).map_err(AdminError::from)?;
-            }
-            None => publish(),
+        let written = write(&record, Box::new(|| self.access.store(Arc::new(next))))?;
+        if let Some(p) = &self.persistence {
+            VHost::sync_persistence(p)?;
         }
         self.generation.fetch_add(1, Ordering::AcqRel);
-        Ok(())
+        Ok(written)
     }
 
     // ---- users ----
@@ -262,19 +272,9 @@ impl Broker {
                 .vhost(name)
                 .filter(|_| self.access().vhosts.contains_key(name))
                 .ok_or_else(|| AdminError::not_found(format!("vhost '{name}'")))?;
-            let mut next: AccessState = (**self.access.load()).clone();
             let op = AccessOp::VHostDeleted { name: name.into() };
-            op.clone()
-                .apply(&mut next)
-                .map_err(AdminError::bad_request)?;
-            let record = access_records::encode(&op);
-            let queues = vhost
-                .retire(&record, || self.access.store(Arc::new(next)))
-                .map_err(AdminError::from)?;
-            if let Some(p) = &self.persistence {
-                VHost::sync_persistence(p).map_err(AdminError::from)?;
-            }
-            self.generation.fetch_add(1, Ordering::AcqRel);
+            let queues =
+                self.commit_access_with(vec![op], |record, publish| vhost.retire(record, publish))?;
             self.vhosts.rcu(|map| {
                 let mut map = (**map).clone();
                 map.remove(name);
