@@ -90,15 +90,11 @@ async fn user_vhost_and_permissions_made_over_http_log_in_over_amqp() {
 
     let name = entry["name"].as_str().unwrap();
     let id = name.rsplit('#').next().unwrap();
+    let mut ev = events(&conn);
     let (s, _) = http(addr, "DELETE", &format!("/api/connections/{id}"), admin, "").await;
     assert_eq!(s, 204);
-    for _ in 0..100 {
-        if !conn.status().connected() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    assert!(!conn.status().connected(), "closed by DELETE");
+    // The broker closes it with 320 CONNECTION_FORCED: awaited, not polled.
+    expect_error_event(&mut ev, 320).await;
 
     // Deleting the user over HTTP stops its logins.
     let (s, _) = http(addr, "DELETE", "/api/users/alice", admin, "").await;
