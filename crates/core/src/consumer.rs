@@ -17,6 +17,16 @@ use crate::queue::QueueHandle;
 /// gets a new key, so late deliveries for the old channel are recognised and dropped.
 pub type ChannelKey = u64;
 
+static NEXT_CHANNEL_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh key for channel `number`: the number in the low 16 bits, a broker-wide
+/// generation above them. Connections and the broker's own sessions (`admin::messages`)
+/// take their keys here, so no two openings ever share one.
+pub fn new_channel_key(number: u16) -> ChannelKey {
+    let generation = NEXT_CHANNEL_GENERATION.fetch_add(1, Ordering::Relaxed);
+    (generation << 16) | number as u64
+}
+
 /// A message handed to a consumer (or to basic.get).
 #[derive(Debug)]
 pub struct Delivery {

@@ -25,7 +25,9 @@ pub use amq_protocol;
 pub use futures_lite;
 pub use lapin;
 
+mod http;
 mod raw;
+pub use http::*;
 pub use raw::*;
 
 use amq_protocol::types::FieldTable;

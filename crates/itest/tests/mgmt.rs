@@ -1,41 +1,7 @@
 //! The management HTTP API end to end: requests over a real socket create a user, a vhost
 //! and permissions, and a lapin client then logs in with them over AMQP.
 
-use std::net::SocketAddr;
-
-use base64::Engine;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warren_itest::*;
-
-/// One HTTP/1.1 request (Connection: close); returns the status and the body.
-async fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    auth: (&str, &str),
-    body: &str,
-) -> (u16, String) {
-    let token = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", auth.0, auth.1));
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Basic {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
-}
 
 #[tokio::test]
 async fn user_vhost_and_permissions_made_over_http_log_in_over_amqp() {

@@ -10,7 +10,7 @@ use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
-use warren_core::access::User;
+use warren_core::access::{Access, User};
 
 use crate::{ApiError, AppState};
 
@@ -127,6 +127,31 @@ impl Caller {
             true => Ok(()),
             false => Err(ApiError::forbidden(format!(
                 "User not authorised to access virtual host '{vhost}'"
+            ))),
+        }
+    }
+
+    /// 403 unless the caller's permissions in `vhost` grant `access` on the `kind`
+    /// (`queue`, `exchange`) called `name`, with RabbitMQ's AMQP text.
+    pub fn require_resource(
+        &self,
+        vhost: &str,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        let granted = self
+            .state
+            .broker
+            .access()
+            .permission(&self.user.name, vhost)
+            .is_some_and(|p| p.allows(access, name));
+        match granted {
+            true => Ok(()),
+            false => Err(ApiError::forbidden(format!(
+                "access to {kind} '{}' in vhost '{vhost}' refused for user '{}'",
+                if name.is_empty() { "amq.default" } else { name },
+                self.user.name
             ))),
         }
     }

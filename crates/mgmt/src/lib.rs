@@ -22,9 +22,11 @@ mod connections;
 mod definitions;
 mod error;
 mod limits;
+mod messages;
 mod overview;
 mod permissions;
 mod policies;
+mod shovel;
 mod users;
 mod vhosts;
 
@@ -41,13 +43,18 @@ pub const AUTH_REALM: &str = "RabbitMQ Management";
 #[derive(Clone)]
 pub struct AppState {
     pub broker: Arc<Broker>,
+    /// Moves started through RabbitMQ's shovel parameters, while they run.
+    shovels: Arc<shovel::Shovels>,
 }
 
 /// Every endpoint. Handlers need the peer address (`ConnectInfo<SocketAddr>`) for the
 /// loopback rule: serve with `into_make_service_with_connect_info`, or in tests add
 /// `axum::extract::connect_info::MockConnectInfo`.
 pub fn router(broker: Arc<Broker>) -> Router {
-    let state = AppState { broker };
+    let state = AppState {
+        broker,
+        shovels: Arc::default(),
+    };
     let definitions = Router::new()
         .route(
             "/api/definitions",
@@ -67,6 +74,8 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .merge(policies::routes())
         .merge(limits::routes())
         .merge(connections::routes())
+        .merge(messages::routes())
+        .merge(shovel::routes())
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .merge(definitions)
         .fallback(error::not_found_fallback)

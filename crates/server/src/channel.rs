@@ -6,7 +6,6 @@
 //! recognised and dropped (the queue has already taken them back).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -25,8 +24,6 @@ use crate::connection::Connection;
 
 /// A content header's fixed part: class id, weight and body size.
 pub const CONTENT_HEADER_FIXED_BYTES: usize = 12;
-
-static NEXT_CHANNEL_GENERATION: AtomicU64 = AtomicU64::new(1);
 
 /// A delivery awaiting the client's ack.
 pub(crate) struct Unacked {
@@ -82,9 +79,8 @@ pub(crate) struct Channel {
 
 impl Channel {
     fn new(id: u16) -> Channel {
-        let generation = NEXT_CHANNEL_GENERATION.fetch_add(1, Ordering::Relaxed);
         Channel {
-            key: (generation << 16) | id as u64,
+            key: warren_core::consumer::new_channel_key(id),
             closing: false,
             assembler: ContentAssembler::default(),
             mode: Mode::Plain,

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 pub use password::PasswordHash;
-pub use permission::{Pattern, Permission, TopicPermission};
+pub use permission::{Access, Pattern, Permission, TopicPermission};
 
 /// Tags RabbitMQ gives meaning to; any other tag is kept and shown, and means nothing.
 pub const KNOWN_TAGS: &[&str] = &[
