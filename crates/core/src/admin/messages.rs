@@ -143,13 +143,9 @@ impl Session {
         }
     }
 
-    /// Hands `message` to `queues` and waits until every one has made it safe (enqueued;
-    /// fsynced if persistent in a durable queue). Err when a queue failed to store it.
-    async fn publish_confirmed(
-        &mut self,
-        message: MessageRef,
-        queues: &[QueueHandle],
-    ) -> Result<(), AdminError> {
+    /// Hands `message` to `queues` without waiting: its confirm comes later as
+    /// `ClientEvent::Confirmed` with the returned sequence number (`confirmed`).
+    async fn publish(&mut self, message: MessageRef, queues: &[QueueHandle]) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         let share = ConfirmShare::new(self.key, seq, self.events_tx.clone());
@@ -163,20 +159,42 @@ impl Session {
                 share.clone().fail();
             }
         }
-        drop(share);
-        loop {
+        seq
+    }
+
+    /// Waits for the confirms of the publishes `first..first + n`: whether each was made
+    /// safe by every queue it went to (enqueued; fsynced if persistent in a durable queue).
+    async fn confirmed(&mut self, first: u64, n: usize) -> Vec<bool> {
+        let mut acks: Vec<Option<bool>> = vec![None; n];
+        let mut pending = n;
+        while pending > 0 {
             match self.events.recv().await {
-                Some(ClientEvent::Confirmed { seq: s, ack, .. }) if s == seq => {
-                    return match ack {
-                        true => Ok(()),
-                        false => Err(AdminError::Internal(
-                            "a destination queue could not store the message".into(),
-                        )),
-                    };
+                Some(ClientEvent::Confirmed { seq, ack, .. }) => {
+                    let i = seq.wrapping_sub(first) as usize;
+                    if let Some(slot @ None) = acks.get_mut(i) {
+                        *slot = Some(ack);
+                        pending -= 1;
+                    }
                 }
-                Some(_) => continue,
+                Some(_) => {}
                 None => unreachable!("the session holds a sender"),
             }
+        }
+        acks.into_iter().map(|a| a == Some(true)).collect()
+    }
+
+    /// `publish` and wait for its confirm; Err when a queue could not store it.
+    async fn publish_confirmed(
+        &mut self,
+        message: MessageRef,
+        queues: &[QueueHandle],
+    ) -> Result<(), AdminError> {
+        let seq = self.publish(message, queues).await;
+        match self.confirmed(seq, 1).await[0] {
+            true => Ok(()),
+            false => Err(AdminError::Internal(
+                "a destination queue could not store the message".into(),
+            )),
         }
     }
 
@@ -391,8 +409,12 @@ impl Broker {
             if batch.is_empty() {
                 break;
             }
+            // The batch goes out in one go and is confirmed as a whole (one fsync of a
+            // durable destination for many messages); only confirmed ones leave the source.
             let mut moved_ids = Vec::with_capacity(batch.len());
             let mut unmoved_ids = Vec::new();
+            let mut sent = Vec::with_capacity(batch.len());
+            let first_seq = session.next_seq;
             for d in batch {
                 if report.stopped.is_some() {
                     unmoved_ids.push(d.message_id);
@@ -422,11 +444,18 @@ impl Broker {
                     unmoved_ids.push(d.message_id);
                     continue;
                 }
-                match session.publish_confirmed(message, &queues).await {
-                    Ok(()) => moved_ids.push(d.message_id),
-                    Err(e) => {
-                        report.stopped = Some(e.text().to_owned());
-                        unmoved_ids.push(d.message_id);
+                session.publish(message, &queues).await;
+                sent.push(d.message_id);
+            }
+            let acks = session.confirmed(first_seq, sent.len()).await;
+            for (id, ack) in sent.into_iter().zip(acks) {
+                match ack {
+                    true => moved_ids.push(id),
+                    false => {
+                        report.stopped.get_or_insert_with(|| {
+                            "a destination queue could not store a message".into()
+                        });
+                        unmoved_ids.push(id);
                     }
                 }
             }

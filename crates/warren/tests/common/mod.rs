@@ -27,10 +27,13 @@ pub fn start(data_dir: &Path, port: u16) -> Broker {
 
 /// Starts `warren` with extra flags; its stdout (where it logs) goes to `stdout`.
 pub fn start_with(data_dir: &Path, port: u16, flags: &[&str], stdout: Stdio) -> Broker {
-    let child = Command::new(env!("CARGO_BIN_EXE_warren"))
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+    command.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
+    if !flags.contains(&"--mgmt-port") {
         // A free port for the management API: tests run brokers side by side.
-        .args(["--mgmt-port", "0"])
+        command.args(["--mgmt-port", "0"]);
+    }
+    let child = command
         .arg("--data-dir")
         .arg(data_dir)
         .args(flags)
@@ -44,6 +47,16 @@ pub fn start_with(data_dir: &Path, port: u16, flags: &[&str], stdout: Stdio) -> 
         std::thread::sleep(Duration::from_millis(10));
     }
     Broker { child, port }
+}
+
+/// Waits until something accepts connections on `port` (a listener the broker opens after
+/// its AMQP one, such as the management API's).
+pub fn wait_listening(port: u16) {
+    let deadline = Instant::now() + START_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 impl Broker {
