@@ -55,6 +55,7 @@ impl Client {
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(REQUEST_TIMEOUT))
+            .user_agent(concat!("warrenctl/", env!("CARGO_PKG_VERSION")))
             .build();
         let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
         Ok(Client {
