@@ -165,11 +165,15 @@ pub enum Declare {
     /// A binding from an exchange to a queue or exchange in --vhost
     Binding(BindingArgs),
     /// A user (updating an existing one replaces its password and tags)
+    #[command(group(ArgGroup::new("secret").required(true).args(["password", "password_hash"])))]
     User {
         name: String,
         /// The user's password
         #[arg(long)]
-        password: String,
+        password: Option<String>,
+        /// Instead of --password: a hash as `export` writes it (SHA-256, RabbitMQ's format)
+        #[arg(long)]
+        password_hash: Option<String>,
         /// Comma-separated tags: administrator, monitoring, policymaker, management
         #[arg(long, default_value = "")]
         tags: String,
@@ -415,7 +419,9 @@ mod tests {
         assert_eq!(args.password, "pw");
         assert_eq!(args.vhost.as_deref(), Some("v"));
         match args.command {
-            Command::Declare(Declare::User { password, .. }) => assert_eq!(password, "bobs"),
+            Command::Declare(Declare::User { password, .. }) => {
+                assert_eq!(password.as_deref(), Some("bobs"))
+            }
             other => panic!("{other:?}"),
         }
     }

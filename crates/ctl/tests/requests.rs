@@ -186,6 +186,38 @@ fn every_request_logs_in_with_basic_auth() {
 }
 
 #[test]
+fn declare_user_with_a_password_or_a_hash() {
+    let r = one(&[
+        "declare",
+        "user",
+        "bob",
+        "--password",
+        "pw",
+        "--tags",
+        "a,b",
+    ]);
+    assert_eq!(r.target, "/api/users/bob");
+    assert_eq!(r.json(), json!({"password": "pw", "tags": "a,b"}));
+    let r = one(&["declare", "user", "bob", "--password-hash", "h4sh"]);
+    assert_eq!(r.json(), json!({"password_hash": "h4sh", "tags": ""}));
+    let (requests, output) = run(
+        &[],
+        &[
+            "declare",
+            "user",
+            "bob",
+            "--password",
+            "a",
+            "--password-hash",
+            "b",
+        ],
+        None,
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(requests.is_empty());
+}
+
+#[test]
 fn declare_queue_encodes_names_and_sends_rabbitmq_fields() {
     let r = one(&[
         "declare",

@@ -50,12 +50,23 @@ pub fn declare(ctx: &Ctx, what: Declare) -> Result<(), CtlError> {
         Declare::User {
             name,
             password,
+            password_hash,
             tags,
-        } => (
-            api(&["users", &segment(&name)]),
-            json!({"password": password, "tags": tags}),
-            format!("declared user '{name}'"),
-        ),
+        } => {
+            // clap requires exactly one of the two.
+            let secret = match (password, password_hash) {
+                (Some(password), _) => ("password", password),
+                (None, Some(hash)) => ("password_hash", hash),
+                (None, None) => return Err(CtlError::usage("--password or --password-hash")),
+            };
+            let mut body = json!({"tags": tags});
+            body[secret.0] = Value::String(secret.1);
+            (
+                api(&["users", &segment(&name)]),
+                body,
+                format!("declared user '{name}'"),
+            )
+        }
         Declare::Vhost {
             name,
             description,
