@@ -1,0 +1,61 @@
+//! `close connection` and `set limits` / `set user-limits`: the operator's levers on clients.
+//!
+//! Owns: the names of limits on RabbitMQ's paths (`max-connections`, `max-queues`,
+//! `max-channels`).
+
+use serde_json::json;
+
+use super::Ctx;
+use crate::cli::{Close, Set};
+use crate::error::CtlError;
+use crate::path::{api, segment};
+
+pub fn close(ctx: &Ctx, what: Close) -> Result<(), CtlError> {
+    let Close::Connection { name, reason } = what;
+    let path = api(&["connections", &segment(&name)]);
+    let headers: Vec<(&str, &str)> = reason.iter().map(|r| ("X-Reason", r.as_str())).collect();
+    let answer = ctx.client.delete(&path, &headers)?;
+    ctx.done(&format!("closed connection '{name}'"), answer.body.as_ref());
+    Ok(())
+}
+
+pub fn set(ctx: &Ctx, what: Set) -> Result<(), CtlError> {
+    let (base, owner, limits) = match what {
+        Set::Limits {
+            max_connections,
+            max_queues,
+        } => (
+            api(&["vhost-limits", &segment(ctx.vhost())]),
+            format!("vhost '{}'", ctx.vhost()),
+            vec![
+                ("max-connections", max_connections),
+                ("max-queues", max_queues),
+            ],
+        ),
+        Set::UserLimits {
+            user,
+            max_connections,
+            max_channels,
+        } => (
+            api(&["user-limits", &segment(&user)]),
+            format!("user '{user}'"),
+            vec![
+                ("max-connections", max_connections),
+                ("max-channels", max_channels),
+            ],
+        ),
+    };
+    for (name, value) in limits {
+        let Some(value) = value else { continue };
+        let answer = ctx
+            .client
+            .put(&format!("{base}/{name}"), &json!({"value": value}))?;
+        let message = if value < 0 {
+            format!("removed the {name} limit of {owner}")
+        } else {
+            format!("set {name} of {owner} to {value}")
+        };
+        ctx.done(&message, answer.body.as_ref());
+    }
+    Ok(())
+}
