@@ -705,3 +705,57 @@ async fn the_broker_refuses_to_start_with_unusable_tls_files() {
     assert!(error.contains("junk.pem"), "{error}");
     let _ = std::fs::remove_dir_all(&config.data_dir);
 }
+
+#[tokio::test]
+async fn the_management_api_is_served_over_https_with_the_same_certificate() {
+    let pki = Pki::new();
+    let Some(b) = start_broker_with(|_| {}).await else {
+        println!("skipped: needs an in-process broker");
+        return;
+    };
+    install_crypto_provider();
+    let config = warren_server::tls::http_server_config(&pki.tls_config(false, false))
+        .expect("HTTPS config from the amqps files");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = warren_mgmt::router(b.broker().expect("in-process").clone());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(warren_mgmt::https::serve_tls(
+        listener,
+        config,
+        app,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+
+    // guest may log in only from loopback: a 200 also shows the peer address got through.
+    let stream = tls_stream(addr, &pki, None).await.expect("TLS handshake");
+    let (s, body) = http_over(
+        stream,
+        "localhost",
+        "GET",
+        "/api/whoami",
+        ("guest", "guest"),
+        "",
+    )
+    .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(body.contains(r#""name":"guest""#), "{body}");
+    let stream = tls_stream(addr, &pki, None).await.expect("TLS handshake");
+    let (s, _) = http_over(
+        stream,
+        "localhost",
+        "GET",
+        "/api/whoami",
+        ("guest", "nope"),
+        "",
+    )
+    .await;
+    assert_eq!(s, 401);
+    // Plain HTTP on the HTTPS port gets no HTTP answer.
+    let (s, _) = http(addr, "GET", "/api/whoami", ("guest", "guest"), "").await;
+    assert_eq!(s, 0);
+    let _ = stop.send(());
+    b.stop().await;
+}

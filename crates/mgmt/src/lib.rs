@@ -21,6 +21,7 @@ mod body;
 mod connections;
 mod definitions;
 mod error;
+pub mod https;
 mod limits;
 mod messages;
 mod overview;

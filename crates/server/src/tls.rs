@@ -98,6 +98,29 @@ pub fn server_config(config: &TlsConfig) -> io::Result<Arc<ServerConfig>> {
     Ok(Arc::new(server))
 }
 
+/// The rustls configuration of the HTTPS listeners (management API): the same certificate
+/// and key as amqps, TLS 1.2 and 1.3, ALPN `http/1.1`, no client certificates (HTTP clients
+/// log in with basic auth).
+pub fn http_server_config(config: &TlsConfig) -> io::Result<Arc<ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs = load_certs(&config.cert_chain, "--tls-cert")?;
+    let key = load_key(&config.key)?;
+    let mut server = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| invalid(format!("TLS protocol versions: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            invalid(format!(
+                "--tls-cert {} / --tls-key {}: {e}",
+                config.cert_chain.display(),
+                config.key.display()
+            ))
+        })?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(server))
+}
+
 fn invalid(text: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, text)
 }
