@@ -30,7 +30,7 @@ pub fn start_with(data_dir: &Path, port: u16, flags: &[&str], stdout: Stdio) -> 
     let child = Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         // A free port for the management API: tests run brokers side by side.
-        .args(["--mgmt-port", "0"])
+        .args(["--mgmt-port", "0", "--prometheus-port", "0"])
         .arg("--data-dir")
         .arg(data_dir)
         .args(flags)
