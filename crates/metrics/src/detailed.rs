@@ -164,7 +164,12 @@ pub fn render(
     let allowed = |v: &str| request.vhost_allowed(v);
     let reading = if wants_queues || wants_connections || request.wants("connection_churn_metrics")
     {
-        Some(Reading::take(broker, wants_connections, &allowed))
+        // Every group but the churn counters labels its samples.
+        Some(Reading::take(
+            broker,
+            wants_queues || wants_connections,
+            &allowed,
+        ))
     } else {
         None
     };
@@ -196,13 +201,9 @@ pub fn render(
         if request.wants("queue_info") {
             e.family(&QUEUE_INFO);
             for q in &r.queues {
-                e.sample(
-                    &[
-                        ("vhost", &r.vhosts[q.vhost]),
-                        ("queue", q.handle.name().as_str()),
-                        ("queue_type", "rabbit_classic_queue"),
-                        ("membership", "leader"),
-                    ],
+                e.sample_raw(
+                    &r.queue_labels[q.labels.clone()],
+                    ",queue_type=\"rabbit_classic_queue\",membership=\"leader\"",
                     1,
                 );
             }

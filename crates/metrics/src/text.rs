@@ -82,13 +82,30 @@ impl Exposition {
     /// A sample of the current family.
     pub fn sample(&mut self, labels: &[(&str, &str)], value: u64) {
         self.name_and_labels(labels);
-        let _ = writeln!(self.out, " {value}");
+        self.out.push(' ');
+        push_u64(&mut self.out, value);
+        self.out.push('\n');
     }
 
     /// A sample of the current family with a fractional value.
     pub fn sample_f64(&mut self, labels: &[(&str, &str)], value: f64) {
         self.name_and_labels(labels);
         let _ = writeln!(self.out, " {value}");
+    }
+
+    /// A sample of the current family whose labels were written before by
+    /// [`write_labels`] (`raw`), followed by `extra` (already escaped, with its leading
+    /// comma, or empty). Labels written once serve every family of a scrape, and are read
+    /// from one contiguous buffer instead of from every queue's own allocation.
+    pub fn sample_raw(&mut self, raw: &str, extra: &str, value: u64) {
+        self.out.push_str(self.prefix);
+        self.out.push_str(self.current);
+        self.out.push('{');
+        self.out.push_str(raw);
+        self.out.push_str(extra);
+        self.out.push_str("} ");
+        push_u64(&mut self.out, value);
+        self.out.push('\n');
     }
 
     fn name_and_labels(&mut self, labels: &[(&str, &str)]) {
@@ -98,15 +115,7 @@ impl Exposition {
             return;
         }
         self.out.push('{');
-        for (i, (name, value)) in labels.iter().enumerate() {
-            if i > 0 {
-                self.out.push(',');
-            }
-            self.out.push_str(name);
-            self.out.push_str("=\"");
-            escape_label_value(&mut self.out, value);
-            self.out.push('"');
-        }
+        write_labels(&mut self.out, labels);
         self.out.push('}');
     }
 
@@ -115,9 +124,39 @@ impl Exposition {
     }
 }
 
+/// `name="value",...` with the values escaped (no braces).
+pub fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
+    for (i, (name, value)) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(name);
+        out.push_str("=\"");
+        escape_label_value(out, value);
+        out.push('"');
+    }
+}
+
+/// `value` in decimal, without going through `fmt` (a scrape writes a million of them).
+fn push_u64(out: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    for &d in &digits[start..] {
+        out.push(d as char);
+    }
+}
+
 /// A label value: backslash, double quote and line feed escaped.
 fn escape_label_value(out: &mut String, value: &str) {
-    if !value.contains(['\\', '"', '\n']) {
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
         out.push_str(value);
         return;
     }
@@ -148,6 +187,15 @@ mod tests {
 
     const QUEUE: Family = Family::gauge("queue_messages", "Sum of ready and unacked messages");
     const PUBLISHED: Family = Family::counter("published_total", "a \\ b\nc");
+
+    #[test]
+    fn numbers_are_decimal() {
+        for n in [0, 7, 10, 1234567890, u64::MAX] {
+            let mut out = String::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+    }
 
     #[test]
     fn label_values_are_escaped() {
