@@ -210,6 +210,9 @@ pub struct QueueChurn {
     /// Queues a declare created (recovered queues are not counted).
     pub created: u64,
     pub deleted: u64,
+    /// Messages the deleted queues had enqueued (their `publish` when deleted), so that
+    /// a node-wide sum of queues' publish counts never goes down.
+    pub published_by_deleted_queues: u64,
 }
 
 impl QueueChurn {
@@ -217,6 +220,7 @@ impl QueueChurn {
         self.declared += o.declared;
         self.created += o.created;
         self.deleted += o.deleted;
+        self.published_by_deleted_queues += o.published_by_deleted_queues;
     }
 }
 
@@ -272,6 +276,7 @@ impl Definitions {
     fn remove_queue(&mut self, name: &str) -> Option<QueueEntry> {
         let entry = self.queues.remove(name)?;
         self.queue_churn.deleted += 1;
+        self.queue_churn.published_by_deleted_queues += entry.handle.metrics().publish;
         self.table.queues.remove(name);
         if let Some(owner) = entry.def.exclusive_owner {
             if let Some(owned) = self.exclusive.get_mut(&owner) {

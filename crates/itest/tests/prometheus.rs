@@ -177,6 +177,7 @@ async fn counters_and_gauges_move_with_traffic() {
     assert_eq!(moved("rabbitmq_channels_opened_total"), 2);
     assert_eq!(moved("rabbitmq_queues_declared_total"), 1);
     assert_eq!(moved("rabbitmq_queues_created_total"), 1);
+    assert_eq!(moved("rabbitmq_queue_messages_published_total"), 3);
     assert_eq!(value(&after, "rabbitmq_connections"), 1);
     assert_eq!(value(&after, "rabbitmq_channels"), 2);
     assert!(moved("rabbitmq_connection_incoming_bytes_total") > 0);
@@ -189,21 +190,6 @@ async fn counters_and_gauges_move_with_traffic() {
             && sample(&text, "rabbitmq_consumers") == Some(1)
     })
     .await;
-
-    // Closing keeps the closed connection's counts in the totals.
-    conn.close(200, "bye".into()).await.unwrap();
-    eventually("the connection is counted closed", || async {
-        let (_, text) = scrape(addr, "/metrics").await;
-        sample(&text, "rabbitmq_connections_closed_total") == Some(1)
-            && sample(&text, "rabbitmq_channels_closed_total") == Some(2)
-            && sample(&text, "rabbitmq_connections") == Some(0)
-    })
-    .await;
-    let (_, closed) = scrape(addr, "/metrics").await;
-    assert_eq!(
-        value(&closed, "rabbitmq_channel_messages_published_total"),
-        value(&after, "rabbitmq_channel_messages_published_total")
-    );
 
     let (_, detailed) = scrape(
         addr,
@@ -221,5 +207,27 @@ async fn counters_and_gauges_move_with_traffic() {
         value(&detailed, "rabbitmq_detailed_connections_opened_total"),
         1
     );
+
+    // Closing keeps the closed connection's counts in the totals.
+    conn.close(200, "bye".into()).await.unwrap();
+    eventually("the connection is counted closed", || async {
+        let (_, text) = scrape(addr, "/metrics").await;
+        sample(&text, "rabbitmq_connections_closed_total") == Some(1)
+            && sample(&text, "rabbitmq_channels_closed_total") == Some(2)
+            && sample(&text, "rabbitmq_connections") == Some(0)
+    })
+    .await;
+    // Deleting the queue keeps what it counted in the node's sum.
+    let other = broker.connect().await;
+    let ch = other.create_channel().await.unwrap();
+    delete_queue(&ch, queue).await;
+    let (_, closed) = scrape(addr, "/metrics").await;
+    assert_eq!(
+        value(&closed, "rabbitmq_channel_messages_published_total"),
+        value(&after, "rabbitmq_channel_messages_published_total")
+    );
+    assert_eq!(value(&closed, "rabbitmq_queues_deleted_total"), 1);
+    assert_eq!(value(&closed, "rabbitmq_queue_messages_published_total"), 3);
+
     broker.stop().await;
 }

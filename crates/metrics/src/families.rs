@@ -348,8 +348,13 @@ pub fn render(broker: &Broker, node: &Node, mode: Mode) -> String {
             Mode::PerObject => reading.per_queue(&mut e, f, *value),
         }
     }
-    if per_object {
-        reading.per_queue(&mut e, &QUEUE_MESSAGES_PUBLISHED, |m| m.publish);
+    match mode {
+        // Deleted queues' counts stay in the sum: a counter must not go down.
+        Mode::Aggregated => e.single(
+            &QUEUE_MESSAGES_PUBLISHED,
+            totals.publish + reading.churn.published_by_deleted_queues,
+        ),
+        Mode::PerObject => reading.per_queue(&mut e, &QUEUE_MESSAGES_PUBLISHED, |m| m.publish),
     }
     for (f, value) in &MESSAGE_FAMILIES {
         match mode {
