@@ -385,6 +385,7 @@ class Warren:
     def start(self, flags=(), nofile=None):
         self.data_dir = tempfile.mkdtemp(prefix="warren-abuse-")
         cmd = self.a.broker_prefix + [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--prometheus-port", "0",
                                       "--data-dir", self.data_dir, "--log-level", "warn", *flags]
 
         def limits():

@@ -137,7 +137,7 @@ if [[ ",$BROKERS," == *",warren,"* ]]; then
   fi
   start_warren() { # port data log [flags...]: sets STARTED_PID
     local port=$1 data=$2 logf=$3; shift 3
-    "${ON_BROKER_CORES[@]}" "$WARREN_BIN" --port "$port" --bind 127.0.0.1 --data-dir "$data" --log-level warn "$@" >"$logf" 2>&1 &
+    "${ON_BROKER_CORES[@]}" "$WARREN_BIN" --port "$port" --bind 127.0.0.1 --prometheus-port 0 --data-dir "$data" --log-level warn "$@" >"$logf" 2>&1 &
     STARTED_PID=$!
     wait_port "$port" || { echo "Warren did not start; see $logf" >&2; exit 1; }
   }

@@ -7,6 +7,10 @@
   ``warren --bind 127.0.0.1 --port <free port> --data-dir <tmpdir>/data`` with its output in
   ``<tmpdir>/warren.log``, waited for (TCP accept, 20 s deadline) and stopped at session end
   (SIGTERM, then SIGKILL after 10 s). A failing test gets the tail of that log in its report.
+* ``prometheus_url`` (session): ``http://127.0.0.1:<port>`` of the started Warren's Prometheus
+  listener (a free port chosen here, ``--prometheus-port``); with ``AMQP_URL`` it is
+  ``$PROMETHEUS_URL`` (e.g. ``http://127.0.0.1:15692``), and tests that need it are skipped
+  when that is unset.
 * ``connect``: a factory of fresh ``pika.BlockingConnection`` objects, all closed after the test.
 * ``connection``: one fresh ``pika.BlockingConnection`` per test, closed after it.
 * ``unique``: ``unique("kind")`` returns a uuid-based name no other test (or other run against
@@ -38,6 +42,8 @@ TEST_TIMEOUT_S = float(os.environ.get("WARREN_TEST_TIMEOUT", "30"))
 
 # Path of the log of the Warren we started (None when testing an external broker).
 _warren_log = None
+# Base URL of the started Warren's Prometheus listener.
+_prometheus_url = None
 
 
 def _log_tail(path, max_lines=60):
@@ -67,7 +73,7 @@ def _stop(proc):
 
 @pytest.fixture(scope="session")
 def amqp_url(tmp_path_factory):
-    global _warren_log
+    global _warren_log, _prometheus_url
     url = os.environ.get("AMQP_URL")
     if url:
         yield url
@@ -82,8 +88,10 @@ def amqp_url(tmp_path_factory):
     data_dir.mkdir()
     log_path = tmp / "warren.log"
     port = _free_port()
+    prometheus_port = _free_port()
     cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--mgmt-port", "0",
-           "--data-dir", str(data_dir)]
+           "--prometheus-port", str(prometheus_port), "--data-dir", str(data_dir)]
+    _prometheus_url = f"http://127.0.0.1:{prometheus_port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
@@ -111,6 +119,17 @@ def amqp_url(tmp_path_factory):
         yield f"amqp://guest:guest@127.0.0.1:{port}/%2f"
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def prometheus_url(amqp_url):
+    """Base URL of the broker's Prometheus endpoint (see the module docstring)."""
+    if os.environ.get("AMQP_URL"):
+        url = os.environ.get("PROMETHEUS_URL")
+        if not url:
+            pytest.skip("AMQP_URL is set without PROMETHEUS_URL")
+        return url.rstrip("/")
+    return _prometheus_url
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -24,6 +24,7 @@ def warren_with_disk_alarm(tmp_path):
     binary = Path(os.environ.get("WARREN_BIN") or REPO / "target" / "debug" / "warren")
     port = _free_port()
     cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--mgmt-port", "0",
+           "--prometheus-port", "0",
            "--data-dir", str(tmp_path / "data"), "--disk-free-limit", "1000000TB"]
     with open(tmp_path / "warren.log", "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,

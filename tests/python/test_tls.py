@@ -89,7 +89,8 @@ def tls_warren(tmp_path, pki):
     while tls_port == port:
         tls_port = _free_port()
     log_path = tmp_path / "warren-tls.log"
-    cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--mgmt-port", "0", "--plain-listener", "false",
+    cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--mgmt-port", "0", "--prometheus-port", "0",
+           "--plain-listener", "false",
            "--tls-port", str(tls_port), "--tls-cert", pki["server_cert"],
            "--tls-key", pki["server_key"], "--tls-ca", pki["ca"],
            "--tls-verify-peer", "true", "--tls-fail-if-no-peer-cert", "true",

@@ -51,6 +51,8 @@ pub struct Broker {
     pub(crate) queue_defaults: QueueDefaults,
     loopback_users: Vec<String>,
     pub connections: Connections,
+    /// The queue churn of deleted vhosts, so the broker's totals never go down.
+    pub(crate) retired_queue_churn: Mutex<crate::vhost::QueueChurn>,
 }
 
 /// Texts of failed logins: the client learns only that it failed (the log says why).
@@ -120,6 +122,7 @@ impl Broker {
             queue_defaults: settings.queue_defaults,
             loopback_users: settings.loopback_users,
             connections: Connections::default(),
+            retired_queue_churn: Mutex::default(),
         })
     }
 

@@ -43,15 +43,52 @@ pub struct ConnectionInfo {
 /// RabbitMQ's name for the protocol (the management API's `protocol` field).
 pub const PROTOCOL_AMQP_0_9_1: &str = "AMQP 0-9-1";
 
-/// A connection's socket counters. The connection task is the only writer and counts once
-/// per read or write system call (not per frame or message), with a relaxed load and store
-/// (no read-modify-write: there is one writer); readers load them.
+/// A connection's counters: its socket's and its channels' message events (RabbitMQ's
+/// `channel_*` totals, kept per connection rather than per channel: one allocation, and
+/// the sum is what `/metrics` shows). The connection task is the only writer: socket
+/// counters once per read or write system call, message counters once per event (or per
+/// batch where the code already batches, e.g. confirms), each a relaxed load and store (no
+/// read-modify-write: there is one writer). Readers load them. The struct sits on cache
+/// lines of its own, so connections on different cores never share one.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct ConnectionMetrics {
     recv_oct: AtomicU64,
     recv_cnt: AtomicU64,
     send_oct: AtomicU64,
     send_cnt: AtomicU64,
+    messages: [AtomicU64; MessageEvent::COUNT],
+}
+
+/// A message event a connection counts (`ConnectionMetrics::count`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageEvent {
+    /// A basic.publish received (routed, returned or dropped).
+    Published = 0,
+    /// A publish confirmed with basic.ack to its publisher.
+    Confirmed,
+    /// Unroutable and mandatory: basic.return.
+    ReturnedUnroutable,
+    /// Unroutable and not mandatory: dropped.
+    DroppedUnroutable,
+    /// basic.deliver to a consumer that acks.
+    DeliveredAck,
+    /// basic.deliver to a no-ack consumer.
+    DeliveredNoAck,
+    /// basic.get-ok, ack expected.
+    GetAck,
+    /// basic.get-ok, no-ack.
+    GetNoAck,
+    /// basic.get-empty.
+    GetEmpty,
+    /// A delivery or get-ok with the redelivered flag.
+    Redelivered,
+    /// A delivery settled by basic.ack (each one a multiple ack covers).
+    Acked,
+}
+
+impl MessageEvent {
+    pub const COUNT: usize = 11;
 }
 
 impl ConnectionMetrics {
@@ -67,12 +104,32 @@ impl ConnectionMetrics {
         add(&self.send_cnt, 1);
     }
 
+    /// `n` message events of one kind (called by the connection task only).
+    #[inline]
+    pub fn count(&self, event: MessageEvent, n: u64) {
+        add(&self.messages[event as usize], n);
+    }
+
     pub fn snapshot(&self) -> ConnectionMetricsSnapshot {
+        let m = |e: MessageEvent| self.messages[e as usize].load(Relaxed);
         ConnectionMetricsSnapshot {
             recv_oct: self.recv_oct.load(Relaxed),
             recv_cnt: self.recv_cnt.load(Relaxed),
             send_oct: self.send_oct.load(Relaxed),
             send_cnt: self.send_cnt.load(Relaxed),
+            messages: MessageCounts {
+                published: m(MessageEvent::Published),
+                confirmed: m(MessageEvent::Confirmed),
+                returned_unroutable: m(MessageEvent::ReturnedUnroutable),
+                dropped_unroutable: m(MessageEvent::DroppedUnroutable),
+                delivered_ack: m(MessageEvent::DeliveredAck),
+                delivered_no_ack: m(MessageEvent::DeliveredNoAck),
+                get_ack: m(MessageEvent::GetAck),
+                get_no_ack: m(MessageEvent::GetNoAck),
+                get_empty: m(MessageEvent::GetEmpty),
+                redelivered: m(MessageEvent::Redelivered),
+                acked: m(MessageEvent::Acked),
+            },
         }
     }
 }
@@ -93,6 +150,68 @@ pub struct ConnectionMetricsSnapshot {
     pub send_oct: u64,
     /// Socket writes.
     pub send_cnt: u64,
+    /// Its channels' message events.
+    pub messages: MessageCounts,
+}
+
+impl ConnectionMetricsSnapshot {
+    /// Adds another connection's counters (broker totals).
+    pub fn add(&mut self, o: &ConnectionMetricsSnapshot) {
+        self.recv_oct += o.recv_oct;
+        self.recv_cnt += o.recv_cnt;
+        self.send_oct += o.send_oct;
+        self.send_cnt += o.send_cnt;
+        self.messages.add(&o.messages);
+    }
+}
+
+/// Message events of a connection's channels (see `MessageEvent` for each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MessageCounts {
+    pub published: u64,
+    pub confirmed: u64,
+    pub returned_unroutable: u64,
+    pub dropped_unroutable: u64,
+    pub delivered_ack: u64,
+    pub delivered_no_ack: u64,
+    pub get_ack: u64,
+    pub get_no_ack: u64,
+    pub get_empty: u64,
+    pub redelivered: u64,
+    pub acked: u64,
+}
+
+impl MessageCounts {
+    pub fn add(&mut self, o: &MessageCounts) {
+        self.published += o.published;
+        self.confirmed += o.confirmed;
+        self.returned_unroutable += o.returned_unroutable;
+        self.dropped_unroutable += o.dropped_unroutable;
+        self.delivered_ack += o.delivered_ack;
+        self.delivered_no_ack += o.delivered_no_ack;
+        self.get_ack += o.get_ack;
+        self.get_no_ack += o.get_no_ack;
+        self.get_empty += o.get_empty;
+        self.redelivered += o.redelivered;
+        self.acked += o.acked;
+    }
+}
+
+/// The registry's broker-wide figures (`Connections::counters`): what is open now, what
+/// opened and closed since start, and every connection's counters summed, those of closed
+/// connections included, so the totals never go down.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RegistryCounters {
+    pub connections: u64,
+    pub channels: u64,
+    /// Connections registered (handshake complete) since start.
+    pub connections_opened: u64,
+    pub connections_closed: u64,
+    pub channels_opened: u64,
+    /// Channels closed, those of closed connections included.
+    pub channels_closed: u64,
+    /// Open and closed connections' counters.
+    pub metrics: ConnectionMetricsSnapshot,
 }
 
 /// One channel as the management API lists it, as its connection task reports it.
@@ -133,6 +252,9 @@ struct Inner {
     per_vhost: HashMap<String, u64>,
     /// Per user: (connections, channels).
     per_user: HashMap<String, (u64, u64)>,
+    /// Opened / closed counts and closed connections' counters (under the lock that
+    /// register and deregister take anyway).
+    churn: RegistryCounters,
 }
 
 #[derive(Default)]
@@ -184,6 +306,7 @@ impl Connections {
         }
         *inner.per_vhost.entry(info.vhost.clone()).or_insert(0) += 1;
         inner.per_user.entry(info.user.clone()).or_insert((0, 0)).0 += 1;
+        inner.churn.connections_opened += 1;
         inner.by_id.insert(
             info.id,
             Entry {
@@ -201,6 +324,10 @@ impl Connections {
         let Some(entry) = inner.by_id.remove(&id) else {
             return;
         };
+        inner.churn.connections_closed += 1;
+        inner.churn.channels_closed += entry.channels;
+        // Its task writes no more after deregistering (it does so when dropped).
+        inner.churn.metrics.add(&entry.info.metrics.snapshot());
         if let Some(n) = inner.per_vhost.get_mut(&entry.info.vhost) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -236,6 +363,7 @@ impl Connections {
             }
         }
         counts.1 += 1;
+        inner.churn.channels_opened += 1;
         if let Some(e) = inner.by_id.get_mut(&id) {
             e.channels += 1;
         }
@@ -253,6 +381,7 @@ impl Connections {
         }
         entry.channels -= 1;
         let user = entry.info.user.clone();
+        inner.churn.channels_closed += 1;
         if let Some(c) = inner.per_user.get_mut(&user) {
             c.1 = c.1.saturating_sub(1);
         }
@@ -336,6 +465,21 @@ impl Connections {
         let inner = self.lock();
         let channels = inner.by_id.values().map(|e| e.channels).sum();
         (inner.by_id.len() as u64, channels)
+    }
+
+    /// Broker-wide connection and channel figures and every connection's counters summed,
+    /// closed connections' included (monotonic). O(open connections) atomic loads under
+    /// the registry lock, which `connection.open`, `channel.open` and close take, never a
+    /// message; nothing is asked of any connection task.
+    pub fn counters(&self) -> RegistryCounters {
+        let inner = self.lock();
+        let mut c = inner.churn;
+        c.connections = inner.by_id.len() as u64;
+        for e in inner.by_id.values() {
+            c.channels += e.channels;
+            c.metrics.add(&e.info.metrics.snapshot());
+        }
+        c
     }
 
     /// Open connections in `vhost`.
@@ -425,12 +569,50 @@ mod tests {
                 recv_oct: 120,
                 recv_cnt: 2,
                 send_oct: 7,
-                send_cnt: 1
+                send_cnt: 1,
+                ..Default::default()
             }
         );
         assert_eq!(c.totals(), (2, 2));
         c.deregister(2);
         assert!(c.connection_stats(2).is_none());
         assert_eq!(c.totals(), (1, 0));
+    }
+
+    #[test]
+    fn counters_keep_closed_connections_and_never_go_down() {
+        let c = Connections::default();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        for id in [1, 2] {
+            c.register(
+                info(id, "guest", "/"),
+                tx.clone(),
+                ConnectionLimits::default(),
+            )
+            .unwrap();
+        }
+        c.channel_opened(1, None).unwrap();
+        c.channel_opened(2, None).unwrap();
+        c.channel_opened(2, None).unwrap();
+        c.channel_closed(2);
+        let stats = c.stats();
+        stats[0].info.metrics.count(MessageEvent::Published, 3);
+        stats[1].info.metrics.count(MessageEvent::Published, 2);
+        stats[1].info.metrics.count(MessageEvent::Acked, 5);
+        stats[1].info.metrics.received(10);
+        let before = c.counters();
+        assert_eq!((before.connections, before.channels), (2, 2));
+        assert_eq!(before.metrics.messages.published, 5);
+        c.deregister(2);
+        let after = c.counters();
+        assert_eq!((after.connections, after.channels), (1, 1));
+        assert_eq!((after.connections_opened, after.connections_closed), (2, 1));
+        assert_eq!((after.channels_opened, after.channels_closed), (3, 2));
+        assert_eq!(
+            after.metrics, before.metrics,
+            "a closed connection's counts stay"
+        );
+        assert_eq!(after.metrics.messages.acked, 5);
+        assert_eq!(after.metrics.recv_oct, 10);
     }
 }

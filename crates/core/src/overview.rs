@@ -4,7 +4,7 @@
 
 use crate::broker::Broker;
 use crate::queue::metrics::QueueMetricsSnapshot;
-use crate::vhost::VHost;
+use crate::vhost::{QueueChurn, VHost};
 
 /// Totals of one vhost.
 #[derive(Clone, Debug, Default)]
@@ -60,6 +60,19 @@ impl Broker {
             exchanges: vhost.exchange_count() as u64,
             queue_totals,
         }
+    }
+
+    /// Queues declared, created and deleted since start over every vhost, deleted ones
+    /// included (one short definitions lock per vhost).
+    pub fn queue_churn(&self) -> QueueChurn {
+        let mut churn = *self
+            .retired_queue_churn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for vhost in self.vhost_handles().values() {
+            churn.add(&vhost.queue_churn());
+        }
+        churn
     }
 
     /// Totals over every vhost and connection: O(queues) atomic loads, no actor asked.

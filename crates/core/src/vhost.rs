@@ -196,6 +196,32 @@ struct Definitions {
     /// Entries visited by changes so far: every loop in a change counts what it visits, so
     /// a test can check that a declare or delete does not depend on how many queues exist.
     visited: u64,
+    /// queue.declare / created / deleted counts (`/metrics`); kept here because every one
+    /// happens under this lock already.
+    queue_churn: QueueChurn,
+}
+
+/// How many queues a vhost (or the broker) has seen declared, created and deleted since
+/// start: RabbitMQ's `queues_declared_total`, `queues_created_total`, `queues_deleted_total`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueChurn {
+    /// Successful non-passive queue.declare, of a new or an existing queue.
+    pub declared: u64,
+    /// Queues a declare created (recovered queues are not counted).
+    pub created: u64,
+    pub deleted: u64,
+    /// Messages the deleted queues had enqueued (their `publish` when deleted), so that
+    /// a node-wide sum of queues' publish counts never goes down.
+    pub published_by_deleted_queues: u64,
+}
+
+impl QueueChurn {
+    pub fn add(&mut self, o: &QueueChurn) {
+        self.declared += o.declared;
+        self.created += o.created;
+        self.deleted += o.deleted;
+        self.published_by_deleted_queues += o.published_by_deleted_queues;
+    }
 }
 
 impl Definitions {
@@ -249,6 +275,8 @@ impl Definitions {
 
     fn remove_queue(&mut self, name: &str) -> Option<QueueEntry> {
         let entry = self.queues.remove(name)?;
+        self.queue_churn.deleted += 1;
+        self.queue_churn.published_by_deleted_queues += entry.handle.metrics().publish;
         self.table.queues.remove(name);
         if let Some(owner) = entry.def.exclusive_owner {
             if let Some(owned) = self.exclusive.get_mut(&owner) {
@@ -768,7 +796,9 @@ impl VHost {
                 QUEUE_EQUIVALENCE_KEYS,
                 &what,
             )?;
-            return Ok(existing.handle.clone());
+            let handle = existing.handle.clone();
+            defs.queue_churn.declared += 1;
+            return Ok(handle);
         }
         self.check_live()?;
         let max_queues = self.max_queues.load(Ordering::Relaxed);
@@ -799,8 +829,15 @@ impl VHost {
             policies,
             settings,
         });
+        defs.queue_churn.declared += 1;
+        defs.queue_churn.created += 1;
         self.publish(&mut defs);
         Ok(handle)
+    }
+
+    /// Queues declared, created and deleted in this vhost since start (one short lock).
+    pub fn queue_churn(&self) -> QueueChurn {
+        self.lock().queue_churn
     }
 
     /// What a new queue starts with: for a persisted queue, its (empty) log.

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use warren_core::confirm::ConfirmShare;
+use warren_core::connections::MessageEvent;
 use warren_core::consumer::{ClientEvent, ConsumerSpec, Delivery};
 use warren_core::queue::QueueCommand;
 use warren_core::routing::RoutingTable;
@@ -257,11 +258,15 @@ impl Connection {
             })
             .await?;
         match got {
-            None => self.send_method(
-                ch,
-                AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
-            ),
+            None => {
+                self.metrics.count(MessageEvent::GetEmpty, 1);
+                self.send_method(
+                    ch,
+                    AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
+                )
+            }
             Some((d, remaining)) => {
+                self.count_delivery(d.needs_ack, d.redelivered, MessageEvent::GetAck);
                 let frame_max = self.frame_max;
                 let c = self.channel(ch)?;
                 let tag = c.next_tag;
@@ -347,6 +352,9 @@ impl Connection {
         let key = c.key;
         let counted = taken.values().filter(|u| u.counted).count() as u32;
         let resume = c.limiter.release(counted);
+        if requeue.is_none() {
+            self.metrics.count(MessageEvent::Acked, taken.len() as u64);
+        }
         // Group by queue, keeping order; usually there is one queue.
         let mut groups: Vec<(QueueHandle, Vec<u64>)> = Vec::new();
         for u in taken.into_values() {
@@ -491,6 +499,7 @@ impl Connection {
         body: Bytes,
         confirm: Option<ConfirmShare>,
     ) -> Result<(), ProtocolError> {
+        self.metrics.count(MessageEvent::Published, 1);
         let properties_bytes = header.decoded_bytes;
         let (properties, header_raw, extra_keys) = sender_selected(header, body.len() as u64);
         let message = Arc::new(Message {
@@ -522,7 +531,10 @@ impl Connection {
             routing.route(exchange, &keys, headers, &mut queues);
         }
         if queues.is_empty() {
-            if method.mandatory {
+            if !method.mandatory {
+                self.metrics.count(MessageEvent::DroppedUnroutable, 1);
+            } else {
+                self.metrics.count(MessageEvent::ReturnedUnroutable, 1);
                 self.send_method(
                     ch,
                     AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
@@ -577,7 +589,8 @@ impl Connection {
         for ch in std::mem::take(&mut self.pending_confirms) {
             if let Some(c) = self.channels.get_mut(&ch) {
                 if !c.closing {
-                    c.confirms.flush(&mut self.out, ch);
+                    let confirmed = c.confirms.flush(&mut self.out, ch);
+                    self.metrics.count(MessageEvent::Confirmed, confirmed);
                 }
             }
         }
@@ -677,6 +690,7 @@ impl Connection {
     /// basic.deliver + header + body for a consumer delivery.
     pub(crate) fn write_delivery(&mut self, d: Delivery) {
         let id = Channel::number_of(d.channel_key);
+        self.count_delivery(d.needs_ack, d.redelivered, MessageEvent::DeliveredAck);
         let Some(c) = self.channels.get_mut(&id) else {
             return;
         };
@@ -705,6 +719,22 @@ impl Connection {
         );
         encode::content_header_raw(&mut self.out, id, &msg.header_raw);
         encode::body(&mut self.out, id, &msg.body, self.frame_max);
+    }
+}
+
+impl Connection {
+    /// Counts one consume delivery (`DeliveredAck`) or get-ok (`GetAck`) for `/metrics`.
+    #[inline]
+    fn count_delivery(&self, needs_ack: bool, redelivered: bool, with_ack: MessageEvent) {
+        let event = match (needs_ack, with_ack) {
+            (true, _) => with_ack,
+            (false, MessageEvent::GetAck) => MessageEvent::GetNoAck,
+            (false, _) => MessageEvent::DeliveredNoAck,
+        };
+        self.metrics.count(event, 1);
+        if redelivered {
+            self.metrics.count(MessageEvent::Redelivered, 1);
+        }
     }
 }
 

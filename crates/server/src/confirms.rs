@@ -48,28 +48,33 @@ impl ConfirmTracker {
         }
     }
 
-    /// Writes the acks and nacks that can be sent now.
-    pub fn flush(&mut self, out: &mut BytesMut, channel: u16) {
+    /// Writes the acks and nacks that can be sent now; returns how many publishes the acks
+    /// confirmed (RabbitMQ's `messages_confirmed`, nacks not included).
+    pub fn flush(&mut self, out: &mut BytesMut, channel: u16) -> u64 {
         for seq in self.nacks.drain(..) {
             encode::confirm(out, channel, seq, false, false);
         }
         let low = self.unconfirmed.first().copied().unwrap_or(self.next_seq);
         let upto = low - 1;
         if upto <= self.answered_upto {
-            return;
+            return 0;
         }
         let from = self.answered_upto + 1;
+        let mut confirmed = 0;
         if self.nacked.range(from..=upto).next().is_none() {
             encode::confirm(out, channel, upto, true, true);
+            confirmed = upto - from + 1;
         } else {
             for seq in from..=upto {
                 if !self.nacked.contains(&seq) {
                     encode::confirm(out, channel, seq, false, true);
+                    confirmed += 1;
                 }
             }
             self.nacked = self.nacked.split_off(&(upto + 1));
         }
         self.answered_upto = upto;
+        confirmed
     }
 }
 

@@ -130,7 +130,7 @@ pub(crate) struct Connection {
     /// Read room to keep after the handshake (see `READ_BUFFER_MIN_BYTES`).
     read_chunk: usize,
     /// Socket counters for the management API: one update per read or write call.
-    metrics: Arc<ConnectionMetrics>,
+    pub(crate) metrics: Arc<ConnectionMetrics>,
     /// From connection.start-ok, for the registry.
     client_properties: warren_protocol::FieldTable,
     auth_mechanism: String,

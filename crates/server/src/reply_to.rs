@@ -105,6 +105,8 @@ impl Connection {
         };
         let tag = c.next_tag;
         c.next_tag += 1;
+        self.metrics
+            .count(warren_core::connections::MessageEvent::DeliveredNoAck, 1);
         encode::deliver(
             &mut self.out,
             ch,

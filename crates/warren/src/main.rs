@@ -10,14 +10,21 @@ use clap::Parser;
 use tracing::info;
 
 fn main() -> anyhow::Result<()> {
+    let started_at = std::time::Instant::now();
     let args = settings::Args::parse();
     let settings = settings::Settings::resolve(args)?;
     let started = warren_runtime::build(settings.runtime).context("cannot start the runtime")?;
     let busy_poll = started.busy_poll;
-    started.runtime.block_on(run(settings, busy_poll))
+    started
+        .runtime
+        .block_on(run(settings, busy_poll, started_at))
 }
 
-async fn run(settings: settings::Settings, busy_poll: std::time::Duration) -> anyhow::Result<()> {
+async fn run(
+    settings: settings::Settings,
+    busy_poll: std::time::Duration,
+    started_at: std::time::Instant,
+) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_new(&settings.log_level)
@@ -45,6 +52,8 @@ async fn run(settings: settings::Settings, busy_poll: std::time::Duration) -> an
         .await
         .context("cannot start the AMQP listener")?;
     let mgmt = start_mgmt(&settings.mgmt_listen, handle.broker()).await?;
+    let node = || warren_metrics::Node::new(Some(handle.alarms().clone()), started_at);
+    let prometheus = start_prometheus(&settings.prometheus_listen, handle.broker(), node).await?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %settings.config.data_dir.display(),
@@ -57,12 +66,14 @@ async fn run(settings: settings::Settings, busy_poll: std::time::Duration) -> an
     wait_for_signal().await;
     info!("shutting down: closing every connection");
     mgmt.stop().await;
+    prometheus.stop().await;
     handle.shutdown().await;
     info!("stopped");
     Ok(())
 }
 
-/// The management HTTP API's listeners (one per --bind address) and how to stop them.
+/// The management API's or Prometheus's HTTP listeners (one per --bind address) and how
+/// to stop them.
 struct MgmtListeners {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -101,6 +112,38 @@ async fn start_mgmt(
             tokio::spawn(async move {
                 if let Err(e) = warren_mgmt::serve(listener, broker, shutdown).await {
                     tracing::error!(error = %e, "management API stopped");
+                }
+            })
+        })
+        .collect();
+    Ok(MgmtListeners { stop, tasks })
+}
+
+/// Binds every Prometheus address before serving any, so a taken port stops the start.
+async fn start_prometheus(
+    addrs: &[std::net::SocketAddr],
+    broker: &std::sync::Arc<warren_core::Broker>,
+    node: impl Fn() -> warren_metrics::Node,
+) -> anyhow::Result<MgmtListeners> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let listener = warren_server::bind(*addr)
+            .with_context(|| format!("cannot listen for Prometheus metrics on {addr}"))?;
+        info!(addr = %listener.local_addr()?, "Prometheus metrics listening");
+        listeners.push(listener);
+    }
+    let tasks = listeners
+        .into_iter()
+        .map(|listener| {
+            let mut stopped = stopped.clone();
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let (broker, node) = (broker.clone(), node());
+            tokio::spawn(async move {
+                if let Err(e) = warren_metrics::serve(listener, broker, node, shutdown).await {
+                    tracing::error!(error = %e, "Prometheus metrics stopped");
                 }
             })
         })

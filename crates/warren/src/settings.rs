@@ -31,7 +31,8 @@ pub struct Args {
     /// consumer_timeout, consumer_timeout_action, sync, busy_poll, worker_threads, log_level,
     /// memory_high_watermark, disk_free_limit, connection_max, consumer_max_per_channel,
     /// loopback_users, definitions, plain_listener, tls_port, tls_cert, tls_key, tls_ca,
-    /// tls_verify_peer, tls_fail_if_no_peer_cert, mgmt_port, mgmt_listener).
+    /// tls_verify_peer, tls_fail_if_no_peer_cert, mgmt_port, mgmt_listener, prometheus_port,
+    /// prometheus_listener).
     #[arg(long, env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// AMQP port [default: 5672]
@@ -52,6 +53,13 @@ pub struct Args {
     /// Serve the management HTTP API on --mgmt-port; `false` turns it off [default: true]
     #[arg(long, env = "WARREN_MGMT_LISTENER")]
     pub mgmt_listener: Option<bool>,
+    /// Prometheus metrics port (RabbitMQ's `prometheus.tcp.port`: /metrics,
+    /// /metrics/per-object, /metrics/detailed), on the --bind addresses [default: 15692]
+    #[arg(long, env = "WARREN_PROMETHEUS_PORT")]
+    pub prometheus_port: Option<u16>,
+    /// Serve Prometheus metrics on --prometheus-port; `false` turns it off [default: true]
+    #[arg(long, env = "WARREN_PROMETHEUS_LISTENER")]
+    pub prometheus_listener: Option<bool>,
     /// amqps (AMQP over TLS) port; the TLS listener is on only when --tls-cert is given
     /// [default: 5671]
     #[arg(long, env = "WARREN_TLS_PORT")]
@@ -161,6 +169,8 @@ struct FileSettings {
     plain_listener: Option<bool>,
     mgmt_port: Option<u16>,
     mgmt_listener: Option<bool>,
+    prometheus_port: Option<u16>,
+    prometheus_listener: Option<bool>,
     tls_port: Option<u16>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -199,11 +209,15 @@ fn toml_text(value: toml::Value) -> String {
 
 /// The management HTTP API's port (RabbitMQ's).
 pub const DEFAULT_MGMT_PORT: u16 = 15672;
+/// The Prometheus metrics port (RabbitMQ's).
+pub use warren_metrics::DEFAULT_PROMETHEUS_PORT;
 
 pub struct Settings {
     pub config: Config,
     /// Where the management HTTP API listens (empty: off).
     pub mgmt_listen: Vec<SocketAddr>,
+    /// Where Prometheus metrics are served (empty: off).
+    pub prometheus_listen: Vec<SocketAddr>,
     pub runtime: RuntimeConfig,
     pub log_level: String,
 }
@@ -256,6 +270,26 @@ impl Settings {
         };
         if plain_listener && mgmt_port == port && port != 0 && !mgmt_listen.is_empty() {
             bail!("--mgmt-port and --port are both {port}");
+        }
+        let prometheus_port = args
+            .prometheus_port
+            .or(file.prometheus_port)
+            .unwrap_or(DEFAULT_PROMETHEUS_PORT);
+        let prometheus_listen = match args
+            .prometheus_listener
+            .or(file.prometheus_listener)
+            .unwrap_or(true)
+        {
+            true => listen_on(prometheus_port),
+            false => Vec::new(),
+        };
+        if !prometheus_listen.is_empty() && prometheus_port != 0 {
+            if plain_listener && prometheus_port == port {
+                bail!("--prometheus-port and --port are both {port}");
+            }
+            if !mgmt_listen.is_empty() && prometheus_port == mgmt_port {
+                bail!("--prometheus-port and --mgmt-port are both {mgmt_port}");
+            }
         }
         let tls = resolve_tls(
             TlsArgs {
@@ -403,6 +437,7 @@ impl Settings {
         Ok(Settings {
             config,
             mgmt_listen,
+            prometheus_listen,
             runtime: RuntimeConfig {
                 worker_threads,
                 busy_poll,
@@ -504,6 +539,63 @@ mod tests {
             ..Args::default()
         });
         assert!(err.is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn prometheus_listener_port_and_off_switch() {
+        let s = Settings::resolve(Args::default()).unwrap();
+        assert!(s
+            .prometheus_listen
+            .iter()
+            .all(|a| a.port() == DEFAULT_PROMETHEUS_PORT));
+        assert_eq!(
+            s.prometheus_listen.len(),
+            s.config.listen.len(),
+            "the --bind addresses"
+        );
+        let dir = std::env::temp_dir().join(format!("warren-prometheus-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("warren.toml");
+        std::fs::write(&file, "prometheus_port = 15999\nbind = \"127.0.0.1\"\n").unwrap();
+        let s = Settings::resolve(Args {
+            config: Some(file.clone()),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(s.prometheus_listen, ["127.0.0.1:15999".parse().unwrap()]);
+        let s = Settings::resolve(Args {
+            config: Some(file.clone()),
+            prometheus_port: Some(0),
+            ..Args::default()
+        })
+        .unwrap();
+        assert_eq!(
+            s.prometheus_listen,
+            ["127.0.0.1:0".parse().unwrap()],
+            "a free port"
+        );
+        let s = Settings::resolve(Args {
+            config: Some(file),
+            prometheus_listener: Some(false),
+            ..Args::default()
+        })
+        .unwrap();
+        assert!(s.prometheus_listen.is_empty());
+        for clash in [
+            Args {
+                port: Some(5800),
+                prometheus_port: Some(5800),
+                ..Args::default()
+            },
+            Args {
+                mgmt_port: Some(5800),
+                prometheus_port: Some(5800),
+                ..Args::default()
+            },
+        ] {
+            assert!(Settings::resolve(clash).is_err());
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

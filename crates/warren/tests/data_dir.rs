@@ -65,7 +65,7 @@ async fn a_second_broker_on_the_same_data_directory_refuses_to_start() {
 
     let second = Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["--bind", "127.0.0.1", "--port", &free_port().to_string()])
-        .args(["--mgmt-port", "0"])
+        .args(["--mgmt-port", "0", "--prometheus-port", "0"])
         .arg("--data-dir")
         .arg(&dir)
         .stdout(Stdio::piped())

@@ -87,7 +87,7 @@ fn a_bad_entry_stops_the_start_and_is_named() {
     .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_warren"))
         .args(["--bind", "127.0.0.1", "--port", &free_port().to_string()])
-        .args(["--mgmt-port", "0"])
+        .args(["--mgmt-port", "0", "--prometheus-port", "0"])
         .arg("--data-dir")
         .arg(dir.path().join("data"))
         .arg("--definitions")

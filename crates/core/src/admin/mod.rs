@@ -295,6 +295,11 @@ impl Broker {
                 })
                 .await;
         }
+        let churn = vhost.queue_churn();
+        self.retired_queue_churn
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(&churn);
         drop(vhost);
         Ok(())
     }

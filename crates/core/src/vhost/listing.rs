@@ -159,12 +159,16 @@ impl VHost {
         Some(row.into_info())
     }
 
+    /// Every queue's handle, unsorted (its name and `metrics()`): one clone per queue
+    /// under the lock, for readers such as `/metrics` that read the atomics after.
+    pub fn queue_handles(&self) -> Vec<QueueHandle> {
+        let defs = self.lock();
+        defs.queues.values().map(|q| q.handle.clone()).collect()
+    }
+
     /// The sum of every queue's statistics and the number of queues.
     pub fn queue_totals(&self) -> (usize, QueueMetricsSnapshot) {
-        let handles: Vec<QueueHandle> = {
-            let defs = self.lock();
-            defs.queues.values().map(|q| q.handle.clone()).collect()
-        };
+        let handles = self.queue_handles();
         let mut total = QueueMetricsSnapshot::default();
         for h in &handles {
             total.add(&h.metrics());

@@ -33,6 +33,8 @@ pub fn start_with(data_dir: &Path, port: u16, flags: &[&str], stdout: Stdio) -> 
         // A free port for the management API: tests run brokers side by side.
         command.args(["--mgmt-port", "0"]);
     }
+    // The same for Prometheus metrics.
+    command.args(["--prometheus-port", "0"]);
     let child = command
         .arg("--data-dir")
         .arg(data_dir)
