@@ -17,14 +17,19 @@ use axum::Router;
 use warren_core::Broker;
 
 mod auth;
+mod bindings;
 mod body;
 mod connections;
 mod definitions;
 mod error;
+mod exchanges;
 mod limits;
+pub mod listing;
 mod overview;
 mod permissions;
 mod policies;
+mod queues;
+pub mod rates;
 mod users;
 mod vhosts;
 
@@ -41,13 +46,17 @@ pub const AUTH_REALM: &str = "RabbitMQ Management";
 #[derive(Clone)]
 pub struct AppState {
     pub broker: Arc<Broker>,
+    /// Message rates, sampled by a task `router` starts (`rates.rs`).
+    pub rates: Arc<rates::Rates>,
 }
 
 /// Every endpoint. Handlers need the peer address (`ConnectInfo<SocketAddr>`) for the
 /// loopback rule: serve with `into_make_service_with_connect_info`, or in tests add
 /// `axum::extract::connect_info::MockConnectInfo`.
 pub fn router(broker: Arc<Broker>) -> Router {
-    let state = AppState { broker };
+    let rates = Arc::new(rates::Rates::default());
+    rates::spawn_sampler(Arc::downgrade(&broker), Arc::downgrade(&rates));
+    let state = AppState { broker, rates };
     let definitions = Router::new()
         .route(
             "/api/definitions",
@@ -67,6 +76,9 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .merge(policies::routes())
         .merge(limits::routes())
         .merge(connections::routes())
+        .merge(queues::routes())
+        .merge(exchanges::routes())
+        .merge(bindings::routes())
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .merge(definitions)
         .fallback(error::not_found_fallback)
@@ -88,3 +100,5 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_objects;

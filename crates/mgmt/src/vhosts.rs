@@ -9,6 +9,7 @@ use warren_core::access::VHostInfo;
 
 use crate::auth::Caller;
 use crate::body::{opt_str, tags, JsonObject};
+use crate::listing::ListQuery;
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -32,7 +33,11 @@ fn to_json(info: &VHostInfo) -> Value {
     })
 }
 
-async fn list(caller: Caller, State(state): State<AppState>) -> Json<Value> {
+async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    q: ListQuery,
+) -> Result<Json<Value>, ApiError> {
     let vhosts: Vec<Value> = state
         .broker
         .vhosts()
@@ -40,7 +45,7 @@ async fn list(caller: Caller, State(state): State<AppState>) -> Json<Value> {
         .filter(|v| caller.can_see_vhost(&v.name))
         .map(to_json)
         .collect();
-    Json(Value::Array(vhosts))
+    q.respond(vhosts).map(Json)
 }
 
 async fn show(
