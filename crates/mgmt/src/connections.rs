@@ -42,7 +42,7 @@ fn to_json(c: &ConnectionInfo) -> Value {
     })
 }
 
-fn visible(caller: &Caller, state: &AppState) -> Vec<std::sync::Arc<ConnectionInfo>> {
+pub fn visible(caller: &Caller, state: &AppState) -> Vec<std::sync::Arc<ConnectionInfo>> {
     state
         .broker
         .connections
@@ -77,7 +77,7 @@ async fn list_vhost(
         .map(Json)
 }
 
-fn find(
+pub fn find(
     caller: &Caller,
     state: &AppState,
     name: &str,

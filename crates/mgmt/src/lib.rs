@@ -19,12 +19,16 @@ use warren_core::Broker;
 mod auth;
 mod bindings;
 mod body;
+mod channels;
 mod connections;
+mod consumers;
 mod definitions;
 mod error;
 mod exchanges;
+mod health;
 mod limits;
 pub mod listing;
+pub mod node;
 mod overview;
 mod permissions;
 mod policies;
@@ -48,15 +52,27 @@ pub struct AppState {
     pub broker: Arc<Broker>,
     /// Message rates, sampled by a task `router` starts (`rates.rs`).
     pub rates: Arc<rates::Rates>,
+    /// Listeners and alarms, as the binary running the API knows them (`node.rs`).
+    pub node: Arc<node::NodeContext>,
 }
 
 /// Every endpoint. Handlers need the peer address (`ConnectInfo<SocketAddr>`) for the
 /// loopback rule: serve with `into_make_service_with_connect_info`, or in tests add
 /// `axum::extract::connect_info::MockConnectInfo`.
 pub fn router(broker: Arc<Broker>) -> Router {
+    router_with(broker, node::NodeContext::default())
+}
+
+/// `router` with what is known of the node (listeners, alarms). Starts the rate sampler
+/// (`rates.rs`) when called inside a tokio runtime.
+pub fn router_with(broker: Arc<Broker>, node: node::NodeContext) -> Router {
     let rates = Arc::new(rates::Rates::default());
     rates::spawn_sampler(Arc::downgrade(&broker), Arc::downgrade(&rates));
-    let state = AppState { broker, rates };
+    let state = AppState {
+        broker,
+        rates,
+        node: Arc::new(node),
+    };
     let definitions = Router::new()
         .route(
             "/api/definitions",
@@ -79,6 +95,10 @@ pub fn router(broker: Arc<Broker>) -> Router {
         .merge(queues::routes())
         .merge(exchanges::routes())
         .merge(bindings::routes())
+        .merge(channels::routes())
+        .merge(consumers::routes())
+        .merge(node::routes())
+        .merge(health::routes())
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .merge(definitions)
         .fallback(error::not_found_fallback)
@@ -92,7 +112,22 @@ pub async fn serve(
     broker: Arc<Broker>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(broker).into_make_service_with_connect_info::<SocketAddr>();
+    serve_with(listener, broker, node::NodeContext::default(), shutdown).await
+}
+
+/// `serve` with what is known of the node; the API's own listener is added to its
+/// listeners as `http`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    broker: Arc<Broker>,
+    mut node: node::NodeContext,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    node.listeners.push(node::Listener {
+        protocol: "http".into(),
+        addr: listener.local_addr()?,
+    });
+    let app = router_with(broker, node).into_make_service_with_connect_info::<SocketAddr>();
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

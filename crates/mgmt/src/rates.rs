@@ -108,6 +108,11 @@ impl Rates {
         RatesView(self.inner.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
+    /// How many queues have a sample.
+    pub fn sampled_queues(&self) -> usize {
+        self.view().0.queues.len()
+    }
+
     /// Reads every queue's counters once; rates are relative to the previous call.
     pub fn sample(&self, broker: &Broker, now: Instant) {
         let readings: Vec<(u64, QueueMetricsSnapshot)> = broker

@@ -469,3 +469,188 @@ async fn listing_parameters_page_sort_columns_regex() {
         .await;
     assert_eq!(exchanges, json!([{"name": "amq.topic", "type": "topic"}]));
 }
+
+#[tokio::test]
+async fn nodes_health_checks_and_aliveness() {
+    let api = api();
+    let (s, nodes) = api.admin("GET", "/api/nodes", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let node = &nodes[0];
+    let name = node["name"].as_str().unwrap().to_owned();
+    assert_eq!(name, crate::overview::node_name());
+    assert_eq!(
+        (node["type"].as_str(), node["running"].as_bool()),
+        (Some("disc"), Some(true))
+    );
+    for field in [
+        "mem_used",
+        "fd_used",
+        "fd_total",
+        "sockets_used",
+        "proc_used",
+        "uptime",
+        "processors",
+        "disk_free",
+        "disk_free_limit",
+        "mem_limit",
+    ] {
+        assert!(node[field].is_u64(), "{field}: {}", node[field]);
+    }
+    assert!(node["mem_used"].as_u64().unwrap() > 0);
+    assert!(node["fd_total"].as_u64().unwrap() > 0);
+    assert_eq!(node["mem_alarm"], false);
+    assert_eq!(node["os_pid"], std::process::id().to_string());
+    let (s, _) = api.admin("GET", &format!("/api/nodes/{name}"), None).await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = api.admin("GET", "/api/nodes/rabbit@elsewhere", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    api.user_with_tags("m", "management").await;
+    let (s, _) = api
+        .call_as(Some(("m", "pw")), "GET", "/api/nodes", None)
+        .await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+
+    for ok in [
+        "alarms",
+        "local-alarms",
+        "virtual-hosts",
+        "node-is-quorum-critical",
+        "node-is-mirror-sync-critical",
+        "certificate-expiration/1/weeks",
+        "is-in-service",
+        "ready-to-serve-clients",
+    ] {
+        let (s, v) = api
+            .admin("GET", &format!("/api/health/checks/{ok}"), None)
+            .await;
+        assert_eq!((s, v), (StatusCode::OK, json!({"status": "ok"})), "{ok}");
+    }
+    // The router alone knows no listeners: RabbitMQ's 503 body.
+    let (s, v) = api
+        .admin("GET", "/api/health/checks/port-listener/5672", None)
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["status"], "failed");
+    assert_eq!(v["reason"], "No active listener on port 5672");
+    let (s, _) = api
+        .admin("GET", "/api/health/checks/protocol-listener/amqp", None)
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    let (s, _) = api
+        .admin(
+            "GET",
+            "/api/health/checks/certificate-expiration/1/fortnights",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+
+    let (s, v) = api.admin("GET", "/api/aliveness-test/%2F", None).await;
+    assert_eq!((s, v), (StatusCode::OK, json!({"status": "ok"})));
+    let (s, q) = api
+        .admin("GET", "/api/queues/%2F/aliveness-test", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(q["messages"], 0, "the test message was got back");
+    let (s, _) = api.admin("GET", "/api/aliveness-test/nope", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn health_checks_see_the_listeners_and_alarms_of_the_node() {
+    use crate::node::{Listener, NodeAlarms, NodeContext};
+    let broker = api().broker;
+    let node = NodeContext {
+        listeners: vec![Listener {
+            protocol: "amqp".into(),
+            addr: "127.0.0.1:5999".parse().unwrap(),
+        }],
+        alarms: Some(Arc::new(|| NodeAlarms {
+            memory: true,
+            memory_limit_bytes: 1000,
+            ..NodeAlarms::default()
+        })),
+        ..NodeContext::default()
+    };
+    let app = crate::router_with(broker.clone(), node).layer(
+        axum::extract::connect_info::MockConnectInfo(
+            "127.0.0.1:40000".parse::<std::net::SocketAddr>().unwrap(),
+        ),
+    );
+    let api = Api { broker, app };
+    let (s, _) = api
+        .admin("GET", "/api/health/checks/port-listener/5999", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _) = api
+        .admin("GET", "/api/health/checks/protocol-listener/amqp091", None)
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, v) = api.admin("GET", "/api/health/checks/alarms", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["alarms"][0]["resource"], "memory");
+    let (_, nodes) = api.admin("GET", "/api/nodes", None).await;
+    assert_eq!(
+        (
+            nodes[0]["mem_alarm"].as_bool(),
+            nodes[0]["mem_limit"].as_u64()
+        ),
+        (Some(true), Some(1000))
+    );
+    let (_, o) = api.admin("GET", "/api/overview", None).await;
+    assert_eq!(o["listeners"][0]["port"], 5999);
+    assert_eq!(o["listeners"][0]["protocol"], "amqp");
+}
+
+#[tokio::test]
+async fn overview_totals_and_rates_from_the_sampler() {
+    let api = api();
+    api.admin("PUT", "/api/queues/%2F/a", Some("{}")).await;
+    api.admin("PUT", "/api/queues/%2F/b", Some("{}")).await;
+    let rates = crate::rates::Rates::default();
+    let t0 = std::time::Instant::now();
+    rates.sample(&api.broker, t0);
+    fill(&api, "/", "a", 10).await;
+    fill(&api, "/", "b", 5).await;
+    rates.sample(&api.broker, t0 + std::time::Duration::from_secs(5));
+    let id = api.broker.vhost("/").unwrap().queue("a", 0).unwrap().id();
+    let r = rates.view().queue(id);
+    assert_eq!((r.publish, r.messages_ready), (2.0, 2.0));
+
+    let (_, o) = api.admin("GET", "/api/overview", None).await;
+    assert_eq!(o["object_totals"]["queues"], 2);
+    assert_eq!(o["object_totals"]["channels"], 0);
+    assert_eq!(o["object_totals"]["consumers"], 0);
+    assert_eq!(o["queue_totals"]["messages"], 15);
+    assert_eq!(o["queue_totals"]["messages_ready"], 15);
+    assert_eq!(o["queue_totals"]["messages_unacknowledged"], 0);
+    assert!(o["queue_totals"]["messages_details"]["rate"].is_number());
+    assert_eq!(o["message_stats"]["publish"], 15);
+    assert!(o["message_stats"]["publish_details"]["rate"].is_number());
+    assert_eq!(o["statistics_db_event_queue"], 0);
+    assert_eq!(o["node"], crate::overview::node_name());
+
+    // A deleted queue's sample is dropped at the next round.
+    api.admin("DELETE", "/api/queues/%2F/a", None).await;
+    rates.sample(&api.broker, t0 + std::time::Duration::from_secs(10));
+    assert_eq!(rates.view().queue(id), crate::rates::QueueRates::default());
+    assert_eq!(rates.sampled_queues(), 1);
+}
+
+#[tokio::test]
+async fn channels_and_consumers_lists_without_connections() {
+    let api = api();
+    for path in [
+        "/api/channels",
+        "/api/consumers",
+        "/api/consumers/%2F",
+        "/api/vhosts/%2F/channels",
+    ] {
+        let (s, v) = api.admin("GET", path, None).await;
+        assert_eq!((s, v), (StatusCode::OK, json!([])), "{path}");
+    }
+    let (s, _) = api.admin("GET", "/api/channels/nope%20(1)", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _) = api.admin("GET", "/api/consumers/nope", None).await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
