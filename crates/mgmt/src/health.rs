@@ -177,11 +177,8 @@ async fn certificate_expiration(
 }
 
 /// Declares `aliveness-test` (durable=false), publishes one message into it and gets it back
-/// (no-ack); `{"status":"ok"}` when the same body comes back.
-async fn aliveness(
-    caller: Caller,
-    Path(vhost_name): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+/// (no-ack); `{"status":"ok"}` when the same body comes back, else 503 as RabbitMQ.
+async fn aliveness(caller: Caller, Path(vhost_name): Path<String>) -> Result<Response, ApiError> {
     let vhost = caller.vhost(&vhost_name)?;
     let queue = vhost.declare_queue(
         QueueDef {
@@ -213,12 +210,12 @@ async fn aliveness(
             reply,
         })
         .await?;
-    match got {
-        Some((d, _)) if d.message.body.as_ref() == ALIVENESS_BODY => {
-            Ok(Json(json!({"status": "ok"})))
-        }
-        _ => Ok(Json(
-            json!({"status": "failed", "reason": "the test message did not come back"}),
-        )),
-    }
+    Ok(match got {
+        Some((d, _)) if d.message.body.as_ref() == ALIVENESS_BODY => passed(),
+        Some(_) => failed(
+            "aliveness-test queue returned another message".into(),
+            json!({}),
+        ),
+        None => failed("aliveness-test queue is empty".into(), json!({})),
+    })
 }

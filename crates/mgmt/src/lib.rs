@@ -1,11 +1,15 @@
 //! The management HTTP API on RabbitMQ's paths, methods, status codes and JSON field names
 //! (`/api/users`, `/api/vhosts`, `/api/permissions`, `/api/policies`, `/api/definitions`,
-//! `/api/connections` ...), so that `rabbitmqadmin`, scripts and client test suites written
-//! for RabbitMQ work against Warren. Coverage and approximations: `docs/management.md`.
+//! `/api/connections`, `/api/queues`, `/api/exchanges`, `/api/bindings`, `/api/channels`,
+//! `/api/consumers`, `/api/nodes`, `/api/health/checks` ...), so that `rabbitmqadmin`,
+//! scripts and client test suites written for RabbitMQ work against Warren. Coverage and approximations: `docs/management.md`.
 //!
-//! Owns: the HTTP ↔ admin interface (routing, basic auth with RabbitMQ's tag rules, JSON in
-//! and out, error bodies). Must not touch: broker state except through `Broker`'s admin API
-//! (`warren_core::admin`) and its read-only accessors; sockets other than its own listener.
+//! Owns: the HTTP ↔ admin interface (routing, basic auth with RabbitMQ's tag rules and AMQP
+//! resource permissions, JSON in and out, error bodies, listing parameters, the rate
+//! sampler). Must not touch: broker state except through `Broker`'s admin API
+//! (`warren_core::admin`), the vhosts' declare/delete/bind/unbind, queue commands that
+//! answer a request (purge, consumers, the aliveness test's publish and get) and read-only
+//! accessors; sockets other than its own listener.
 
 use std::future::Future;
 use std::net::SocketAddr;
