@@ -7,6 +7,9 @@
   ``warren --bind 127.0.0.1 --port <free port> --data-dir <tmpdir>/data`` with its output in
   ``<tmpdir>/warren.log``, waited for (TCP accept, 20 s deadline) and stopped at session end
   (SIGTERM, then SIGKILL after 10 s). A failing test gets the tail of that log in its report.
+* ``mgmt_port`` / ``mgmt_url`` (session): the management HTTP API of the Warren started above
+  (``--mgmt-port <free port>``), e.g. ``http://127.0.0.1:<port>``. With ``AMQP_URL`` set, the
+  environment variable ``MGMT_URL`` names it (default ``http://127.0.0.1:15672``).
 * ``connect``: a factory of fresh ``pika.BlockingConnection`` objects, all closed after the test.
 * ``connection``: one fresh ``pika.BlockingConnection`` per test, closed after it.
 * ``unique``: ``unique("kind")`` returns a uuid-based name no other test (or other run against
@@ -38,6 +41,8 @@ TEST_TIMEOUT_S = float(os.environ.get("WARREN_TEST_TIMEOUT", "30"))
 
 # Path of the log of the Warren we started (None when testing an external broker).
 _warren_log = None
+# The management API port of the Warren we started (None when testing an external broker).
+_mgmt_port = None
 
 
 def _log_tail(path, max_lines=60):
@@ -67,7 +72,7 @@ def _stop(proc):
 
 @pytest.fixture(scope="session")
 def amqp_url(tmp_path_factory):
-    global _warren_log
+    global _warren_log, _mgmt_port
     url = os.environ.get("AMQP_URL")
     if url:
         yield url
@@ -82,8 +87,11 @@ def amqp_url(tmp_path_factory):
     data_dir.mkdir()
     log_path = tmp / "warren.log"
     port = _free_port()
-    cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--mgmt-port", "0",
-           "--data-dir", str(data_dir)]
+    mgmt_port = _free_port()
+    while mgmt_port == port:
+        mgmt_port = _free_port()
+    cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--mgmt-port",
+           str(mgmt_port), "--data-dir", str(data_dir)]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
@@ -108,9 +116,34 @@ def amqp_url(tmp_path_factory):
                 proc.wait(timeout=0.05)
             except subprocess.TimeoutExpired:
                 pass
+        _mgmt_port = mgmt_port
         yield f"amqp://guest:guest@127.0.0.1:{port}/%2f"
     finally:
         _stop(proc)
+
+
+@pytest.fixture(scope="session")
+def mgmt_url(amqp_url):
+    """Base URL of the management HTTP API (no trailing slash), accepting connections."""
+    if _mgmt_port is None:
+        return os.environ.get("MGMT_URL", "http://127.0.0.1:15672").rstrip("/")
+    deadline = time.monotonic() + STARTUP_DEADLINE_S
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", _mgmt_port), timeout=0.5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the management API did not accept connections on port "
+                            f"{_mgmt_port} within {STARTUP_DEADLINE_S:.0f} s", pytrace=False)
+            time.sleep(0.05)
+    return f"http://127.0.0.1:{_mgmt_port}"
+
+
+@pytest.fixture(scope="session")
+def mgmt_port(mgmt_url):
+    """Port of the management HTTP API."""
+    return int(mgmt_url.rsplit(":", 1)[1])
 
 
 @pytest.hookimpl(hookwrapper=True)

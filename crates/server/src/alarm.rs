@@ -108,6 +108,16 @@ impl Alarms {
         self.memory_limit_bytes.store(bytes, Ordering::Relaxed);
     }
 
+    /// The disk free limit in bytes.
+    pub fn disk_free_limit_bytes(&self) -> u64 {
+        self.disk_free_limit_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Free space on the data directory's file system now (None: cannot be read).
+    pub fn disk_free_bytes(&self) -> Option<u64> {
+        fs4::available_space(&self.data_dir).ok()
+    }
+
     /// Changes the disk free limit (takes effect at the next check).
     pub fn set_disk_free_limit_bytes(&self, bytes: u64) {
         self.disk_free_limit_bytes.store(bytes, Ordering::Relaxed);

@@ -44,7 +44,7 @@ async fn run(settings: settings::Settings, busy_poll: std::time::Duration) -> an
     let handle = warren_server::start(settings.config.clone())
         .await
         .context("cannot start the AMQP listener")?;
-    let mgmt = start_mgmt(&settings.mgmt_listen, handle.broker()).await?;
+    let mgmt = start_mgmt(&settings.mgmt_listen, &handle).await?;
     info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %settings.config.data_dir.display(),
@@ -80,8 +80,10 @@ impl MgmtListeners {
 /// Binds every management address before serving any, so a taken port stops the start.
 async fn start_mgmt(
     addrs: &[std::net::SocketAddr],
-    broker: &std::sync::Arc<warren_core::Broker>,
+    handle: &warren_server::ServerHandle,
 ) -> anyhow::Result<MgmtListeners> {
+    let broker = handle.broker();
+    let node = node_context(handle);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut listeners = Vec::new();
     for addr in addrs {
@@ -98,14 +100,50 @@ async fn start_mgmt(
                 let _ = stopped.wait_for(|s| *s).await;
             };
             let broker = broker.clone();
+            let node = node.clone();
             tokio::spawn(async move {
-                if let Err(e) = warren_mgmt::serve(listener, broker, shutdown).await {
+                if let Err(e) = warren_mgmt::serve_with(listener, broker, node, shutdown).await {
                     tracing::error!(error = %e, "management API stopped");
                 }
             })
         })
         .collect();
     Ok(MgmtListeners { stop, tasks })
+}
+
+/// What the management API shows of the node: the AMQP listeners and the resource alarms.
+fn node_context(handle: &warren_server::ServerHandle) -> warren_mgmt::node::NodeContext {
+    use warren_mgmt::node::{Listener, NodeAlarms, NodeContext};
+    let listeners = handle
+        .local_addrs()
+        .iter()
+        .map(|addr| ("amqp", addr))
+        .chain(
+            handle
+                .tls_local_addrs()
+                .iter()
+                .map(|addr| ("amqp/ssl", addr)),
+        )
+        .map(|(protocol, addr)| Listener {
+            protocol: protocol.into(),
+            addr: *addr,
+        })
+        .collect();
+    let alarms = handle.alarms().clone();
+    NodeContext {
+        listeners,
+        alarms: Some(std::sync::Arc::new(move || {
+            let state = alarms.state();
+            NodeAlarms {
+                memory: state.memory,
+                disk: state.disk,
+                memory_limit_bytes: alarms.memory_limit_bytes(),
+                disk_free_limit_bytes: alarms.disk_free_limit_bytes(),
+                disk_free_bytes: alarms.disk_free_bytes(),
+            }
+        })),
+        ..NodeContext::default()
+    }
 }
 
 async fn wait_for_signal() {
