@@ -40,6 +40,7 @@ mod policies;
 mod queues;
 pub mod rates;
 mod shovel;
+mod ui;
 mod users;
 mod vhosts;
 
@@ -112,8 +113,10 @@ pub fn router_with(broker: Arc<Broker>, node: node::NodeContext) -> Router {
         .merge(health::routes())
         .layer(DefaultBodyLimit::max(BODY_BYTES_MAX))
         .merge(definitions)
+        .merge(ui::routes())
         .fallback(error::not_found_fallback)
         .layer(axum::middleware::map_response(error::json_for_bare_errors))
+        .layer(axum::middleware::from_fn(ui::no_browser_login_prompt))
         .with_state(state)
 }
 
