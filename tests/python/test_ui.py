@@ -16,6 +16,7 @@ import base64
 import os
 import re
 import signal
+import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -93,6 +94,7 @@ def shot(pg, name):
     if not SCREENSHOTS:
         return
     SHOTS_DIR.mkdir(parents=True, exist_ok=True)
+    pg.evaluate("document.getElementById('flash').replaceChildren(); window.scrollTo(0, 0)")
     pg.screenshot(path=str(SHOTS_DIR / f"{name}.png"))
 
 
@@ -135,18 +137,18 @@ def test_bad_login_shows_the_api_error(page):
     expect(page.locator("#shell")).to_be_hidden()
 
 
-def test_queue_publish_move_get_delete(page, mgmt_url, connection, unique):
+def test_queue_publish_move_get_delete(page, mgmt_url, amqp_url, connection, unique):
     first, second = unique("ui1"), unique("ui2")
-    if SCREENSHOTS:
-        fill_for_screenshots(connection, unique)
+    traffic = fill_for_screenshots(amqp_url, connection, unique) if SCREENSHOTS else None
 
     log_in(page, "guest", "guest")
     expect(page.locator("#whoami")).to_have_text("guest")
     expect(page.locator("#total-queues")).not_to_be_empty()
-    if SCREENSHOTS:
-        # Three samples of the live charts.
+    if traffic:
+        # A few samples of the live charts while messages flow.
         expect(page.locator("#rate-chart")).to_be_visible()
-        page.wait_for_timeout(11_000)
+        page.wait_for_timeout(31_000)
+        traffic.set()
     shot(page, "overview")
 
     # Declare through the form; the paged list (filtered server-side) shows it.
@@ -201,11 +203,63 @@ def test_queue_publish_move_get_delete(page, mgmt_url, connection, unique):
         assert api_status(mgmt_url, f"/api/queues/%2F/{name}") == 404
 
 
-def fill_for_screenshots(connection, unique):
-    """A few queues with messages, so the screenshots show something."""
+def fill_for_screenshots(amqp_url, connection, unique):
+    """A few queues with messages and some traffic, so the screenshots show something.
+    Returns an event that stops the traffic."""
     ch = connection.channel()
+    names = []
     for i, count in enumerate([3, 120, 0, 42, 7]):
         name = unique(f"shot{i}")
+        names.append(name)
         ch.queue_declare(name)
         for n in range(count):
             ch.basic_publish("", name, f"message {n}".encode())
+    stop = threading.Event()
+
+    def flow():
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            c = conn.channel()
+            n = 0
+            while not stop.is_set():
+                n += 1
+                for _ in range(20 + 10 * (n % 7)):
+                    c.basic_publish("", names[2], b"traffic")
+                for _ in range(15 + 5 * (n % 5)):
+                    method, _, _ = c.basic_get(names[2])
+                    if method is None:
+                        break
+                    c.basic_ack(method.delivery_tag)
+                conn.sleep(0.5)
+        finally:
+            conn.close()
+
+    threading.Thread(target=flow, daemon=True).start()
+    return stop
+
+
+def test_every_page_renders_and_names_are_text(page, connection, unique):
+    """Each page loads without a JavaScript error; a hostile queue name is shown as text."""
+    hostile = unique("x") + "<img src=x onerror=alert(1)>#%/"
+    ch = connection.channel()
+    ch.queue_declare(hostile)
+    ch.exchange_declare(unique("ex"), "topic")
+    log_in(page, "guest", "guest")
+    expect(page.locator("#whoami")).to_have_text("guest")
+    for path, heading in [("connections", "Connections"), ("channels", "Channels"),
+                          ("exchanges", "Exchanges"), ("admin", "Admin"),
+                          ("definitions", "Definitions"), ("queues", "Queues")]:
+        page.goto(f"/#/{path}")
+        expect(page.locator("main h1")).to_have_text(heading)
+    expect(page.locator("#connections, #admin-users, #queues").first).to_be_visible()
+    page.fill("#queues-filter", hostile)
+    link = page.locator("a.queue-link")
+    expect(link).to_have_text([hostile])
+    assert page.locator("main img").count() == 0
+    link.click()
+    expect(page.locator("#queue-name")).to_have_text(hostile)
+    expect(page.locator("#queue-messages-total")).to_have_text("0")
+    page.goto("/#/exchanges/%2F/amq.topic")
+    expect(page.locator("#exchange-name")).to_have_text("amq.topic")
+    page.click("#logout")
+    expect(page.locator("#login-form")).to_be_visible()

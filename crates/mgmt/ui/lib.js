@@ -92,7 +92,8 @@ export function fmtNum(n) {
 
 export function fmtRate(r) {
   if (r === undefined || r === null) return '';
-  return `${Number(r).toFixed(r >= 100 ? 0 : 1)}/s`;
+  const n = Number(r);
+  return `${n.toFixed(n >= 100 ? 0 : n > 0 && n < 1 ? 2 : 1)}/s`;
 }
 
 export function get(obj, dotted) {

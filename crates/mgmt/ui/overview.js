@@ -3,6 +3,9 @@
 import { api, h, fmtNum, fmtRate, get } from './lib.js';
 
 const HISTORY_MAX = 120; // samples: 10 minutes at one per 5 s
+const MIN_SPAN_SECS = 60;
+
+const ago = (secs) => (secs < 120 ? `-${Math.round(secs)} s` : `-${Math.round(secs / 60)} min`);
 
 const RATE_SERIES = [
   ['Publish', 'message_stats.publish_details.rate', '#b3541e'],
@@ -50,15 +53,17 @@ export function drawChart(canvas, series, samples, unit) {
     const label = unit === '/s' ? fmtRate((max * i) / 4) : fmtNum(Math.round((max * i) / 4));
     ctx.fillText(label, left - 4, y);
   }
-  ctx.textAlign = 'center';
   ctx.textBaseline = 'top';
-  const span = (HISTORY_MAX - 1) * 5;
+  // The x axis covers what has been seen, at least a minute (the history starts at page load).
+  const now = samples.length ? samples[samples.length - 1].t : 0;
+  const seen = samples.length ? (now - samples[0].t) / 1000 : 0;
+  const span = Math.max(MIN_SPAN_SECS, seen);
   for (const secs of [0, span / 2, span]) {
     const x = left + w - (w * secs) / span;
-    ctx.fillText(secs === 0 ? 'now' : `-${Math.round(secs / 60)} min`, x, top + ht + 4);
+    ctx.textAlign = secs === 0 ? 'right' : secs === span ? 'left' : 'center';
+    ctx.fillText(secs === 0 ? 'now' : ago(secs), x, top + ht + 4);
   }
   if (samples.length === 0) return;
-  const now = samples[samples.length - 1].t;
   ctx.lineWidth = 2;
   for (const [, path, color] of series) {
     ctx.strokeStyle = color;
