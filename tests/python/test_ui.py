@@ -13,6 +13,7 @@ fail. ``WARREN_UI_SCREENSHOTS=1`` saves the screenshots of ``docs/management.md`
 """
 
 import base64
+import json
 import os
 import re
 import signal
@@ -96,6 +97,13 @@ def shot(pg, name):
     SHOTS_DIR.mkdir(parents=True, exist_ok=True)
     pg.evaluate("document.getElementById('flash').replaceChildren(); window.scrollTo(0, 0)")
     pg.screenshot(path=str(SHOTS_DIR / f"{name}.png"))
+
+
+def api_json(mgmt_url, path):
+    req = urllib.request.Request(mgmt_url + path, headers={
+        "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+    with urllib.request.urlopen(req, timeout=10) as res:
+        return json.loads(res.read())
 
 
 def api_status(mgmt_url, path):
@@ -251,6 +259,8 @@ def test_every_page_renders_and_names_are_text(page, connection, unique):
                           ("definitions", "Definitions"), ("queues", "Queues")]:
         page.goto(f"/#/{path}")
         expect(page.locator("main h1")).to_have_text(heading)
+        expect(page.locator("main table, main button").first).to_be_visible()
+        expect(page.locator("main .error, #flash .err")).to_have_count(0)
     expect(page.locator("#connections, #admin-users, #queues").first).to_be_visible()
     page.fill("#queues-filter", hostile)
     link = page.locator("a.queue-link")
@@ -263,3 +273,23 @@ def test_every_page_renders_and_names_are_text(page, connection, unique):
     expect(page.locator("#exchange-name")).to_have_text("amq.topic")
     page.click("#logout")
     expect(page.locator("#login-form")).to_be_visible()
+
+
+def test_close_a_connection_with_a_reason(page, mgmt_url, connect):
+    before = {c["name"] for c in api_json(mgmt_url, "/api/connections")}
+    victim = connect()
+    after = {c["name"] for c in api_json(mgmt_url, "/api/connections")}
+    (name,) = after - before
+    log_in(page, "guest", "guest")
+    expect(page.locator("#whoami")).to_have_text("guest")
+    page.goto("/#/connections")
+    page.fill("#connections-filter", name)
+    row = page.locator("#connections tbody tr")
+    expect(row).to_have_count(1)
+    row.get_by_label("Close reason").fill("closed from the UI test")
+    row.get_by_role("button", name="Close").click()
+    expect(page.locator("#flash")).to_contain_text("Closed")
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        for _ in range(100):
+            victim.process_data_events(time_limit=0.1)
+    assert "closed from the UI test" in str(closed.value)

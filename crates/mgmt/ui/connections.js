@@ -1,5 +1,5 @@
 // Connections (list, close with a reason) and channels (list).
-import { api, h, td, tdNum, pagedTable, enc, attempt, fmtNum } from './lib.js';
+import { api, h, td, tdNum, pagedTable, enc, attempt } from './lib.js';
 
 export async function renderConnections(main) {
   const list = pagedTable({
@@ -10,20 +10,14 @@ export async function renderConnections(main) {
       { title: 'Name', key: 'name', render: (c) => td(c.name) },
       { title: 'User', key: 'user', render: (c) => td(c.user) },
       { title: 'Vhost', key: 'vhost', render: (c) => td(c.vhost) },
-      { title: 'Client', render: (c) => td(clientName(c)) },
-      { title: 'Channels', key: 'channels', num: true, render: (c) => tdNum(c.channels) },
-      { title: 'TLS', render: (c) => td(c.ssl ? 'yes' : '') },
+      { title: 'Peer', render: (c) => td(`${c.peer_host}:${c.peer_port}`) },
+      { title: 'Protocol', render: (c) => td(c.protocol) },
       { title: 'State', render: (c) => td(c.state) },
       { title: 'Close', render: (c) => h('td', {}, closeForm(c.name, () => list.reload())) },
     ],
   });
   main.append(h('h1', {}, 'Connections'), list);
-  return { refresh: async () => list.reload() };
-}
-
-function clientName(c) {
-  const p = c.client_properties || {};
-  return [p.product, p.version].filter(Boolean).join(' ');
+  return { refresh: async () => list.refresh() };
 }
 
 function closeForm(name, done) {
@@ -54,7 +48,5 @@ export async function renderChannels(main) {
     ],
   });
   main.append(h('h1', {}, 'Channels'), list);
-  return { refresh: async () => list.reload() };
+  return { refresh: async () => list.refresh() };
 }
-
-export { fmtNum };

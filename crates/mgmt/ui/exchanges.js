@@ -26,7 +26,7 @@ export async function renderList(main) {
     ],
   });
   main.append(h('h1', {}, 'Exchanges'), list, h('h2', {}, 'Add an exchange'), await addForm(() => list.reload()));
-  return { refresh: async () => list.reload() };
+  return { refresh: async () => list.refresh() };
 }
 
 async function addForm(done) {

@@ -226,6 +226,8 @@ export function pagedTable(opts) {
     next.disabled = data.page >= data.page_count;
   }
   root.reload = load;
+  // The periodic refresh leaves the table alone while the user is typing in one of its rows.
+  root.refresh = () => (holder.contains(document.activeElement) ? Promise.resolve() : load());
   load();
   return root;
 }

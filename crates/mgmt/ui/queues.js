@@ -40,7 +40,7 @@ export async function renderList(main) {
     ],
   });
   main.append(h('h1', {}, 'Queues'), list, h('h2', {}, 'Add a queue'), await addForm(() => list.reload()));
-  return { refresh: async () => list.reload() };
+  return { refresh: async () => list.refresh() };
 }
 
 async function addForm(done) {
