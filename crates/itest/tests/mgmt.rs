@@ -224,6 +224,8 @@ async fn queue_made_over_http_is_filled_consumed_purged_and_deleted() {
     assert_eq!(listed["consumer_count"], 1);
     assert_eq!(listed["user"], "guest");
     assert_eq!(channels.as_array().unwrap().len(), 2);
+    let (_, body) = http(addr, "GET", "/api/connections", admin, "").await;
+    assert_eq!(json(&body)[0]["channels"], 2);
     let (s, _) = http(
         addr,
         "GET",
