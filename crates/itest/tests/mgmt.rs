@@ -190,6 +190,12 @@ async fn queue_made_over_http_is_filled_consumed_purged_and_deleted() {
     assert_eq!(listed["consumer_count"], 1);
     assert_eq!(listed["user"], "guest");
     assert_eq!(channels.as_array().unwrap().len(), 2);
+    let (_, body) = http(addr, "GET", "/api/connections", admin, "").await;
+    assert_eq!(json(&body)[0]["channels"], 2);
+    let (_, body) = http(addr, "GET", "/api/queues/%2F/q", admin, "").await;
+    let details = &json(&body)["consumer_details"];
+    assert_eq!(details[0]["consumer_tag"], "the-consumer");
+    assert_eq!(details[0]["channel_details"]["name"], channel_name.as_str());
     let (s, _) = http(
         addr,
         "GET",

@@ -28,8 +28,14 @@ pub fn name_of(c: &ConnectionInfo) -> String {
     format!("{} -> #{}", c.peer, c.id)
 }
 
-fn to_json(c: &ConnectionInfo) -> Value {
+fn to_json(state: &AppState, c: &ConnectionInfo) -> Value {
+    let channels = state
+        .broker
+        .connections
+        .connection_stats(c.id)
+        .map_or(0, |s| s.channels);
     json!({
+        "channels": channels,
         "name": name_of(c),
         "user": c.user,
         "vhost": c.vhost,
@@ -59,7 +65,7 @@ async fn list(
 ) -> Result<Json<Value>, ApiError> {
     let mut all = visible(&caller, &state);
     all.sort_unstable_by_key(|c| c.id);
-    q.respond(all.iter().map(|c| to_json(c)).collect())
+    q.respond(all.iter().map(|c| to_json(&state, c)).collect())
         .map(Json)
 }
 
@@ -73,7 +79,7 @@ async fn list_vhost(
     let mut all = visible(&caller, &state);
     all.retain(|c| c.vhost == vhost);
     all.sort_unstable_by_key(|c| c.id);
-    q.respond(all.iter().map(|c| to_json(c)).collect())
+    q.respond(all.iter().map(|c| to_json(&state, c)).collect())
         .map(Json)
 }
 
@@ -94,7 +100,7 @@ async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let c = find(&caller, &state, &name)?;
-    Ok(Json(to_json(&c)))
+    Ok(Json(to_json(&state, &c)))
 }
 
 /// Closes the connection with 320 CONNECTION_FORCED and the `X-Reason` header as the text.

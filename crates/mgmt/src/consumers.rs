@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use warren_core::queue::{ConsumerInfo, QueueCommand};
-use warren_core::VHost;
+use warren_core::{QueueHandle, VHost};
 
 use crate::auth::Caller;
 use crate::channels::{channels_of, ChannelOf};
@@ -114,6 +114,37 @@ async fn list(
         .map(|(v, queue, c)| consumer_json(v, queue, c, channels.get(&c.channel_key)))
         .collect();
     q.respond(items)
+}
+
+/// The consumers of one queue (`consumer_details` of `GET /api/queues/{vhost}/{name}`):
+/// one command to that queue, none when its metrics count no consumer.
+pub async fn of_queue(
+    caller: &Caller,
+    state: &AppState,
+    vhost: &str,
+    queue: &QueueHandle,
+) -> Vec<Value> {
+    if queue.metrics().consumers == 0 {
+        return Vec::new();
+    }
+    let asked = tokio::time::timeout(CONSUMER_LIST_TIMEOUT, queue.ask(QueueCommand::Consumers));
+    let consumers = asked.await.ok().and_then(Result::ok).unwrap_or_default();
+    let channels: HashMap<u64, ChannelOf> = channels_of(state, visible(caller, state))
+        .await
+        .into_iter()
+        .map(|c| (c.channel.key, c))
+        .collect();
+    consumers
+        .iter()
+        .map(|c| {
+            consumer_json(
+                vhost,
+                queue.name().as_str(),
+                c,
+                channels.get(&c.channel_key),
+            )
+        })
+        .collect()
 }
 
 async fn list_all(

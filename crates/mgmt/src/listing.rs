@@ -117,12 +117,17 @@ impl ListQuery {
         truthy(self.rest.get(key))
     }
 
-    /// Filters, sorts, pages and trims `items` (each a JSON object with a `name`), then
+    /// Filters, sorts, pages and trims `items` (JSON objects), then
     /// answers with a list or RabbitMQ's paginated envelope.
     pub fn respond(&self, mut items: Vec<Value>) -> Result<Value, ApiError> {
         let total = items.len();
         if let Some(filter) = &self.name {
-            items.retain(|i| filter.matches(i.get("name").and_then(Value::as_str).unwrap_or("")));
+            // Items without a name (bindings, consumers) are not filtered.
+            items.retain(|i| {
+                i.get("name")
+                    .and_then(Value::as_str)
+                    .is_none_or(|n| filter.matches(n))
+            });
         }
         if let Some(sort) = &self.sort {
             items.sort_by(|a, b| compare(lookup(a, sort), lookup(b, sort)));

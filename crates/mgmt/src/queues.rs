@@ -240,12 +240,10 @@ async fn show(
         .queue_info(&name)
         .ok_or_else(|| not_found(&vhost_name, &name))?;
     let rates = state.rates.view().queue(info.handle.id());
-    Ok(Json(queue_json(
-        &vhost,
-        &info,
-        &rates,
-        &mut PolicyCache::default(),
-    )))
+    let mut json = queue_json(&vhost, &info, &rates, &mut PolicyCache::default());
+    let consumers = crate::consumers::of_queue(&caller, &state, &vhost_name, &info.handle).await;
+    json["consumer_details"] = Value::Array(consumers);
+    Ok(Json(json))
 }
 
 /// queue.declare: 201 when created, 204 when an equivalent queue exists, 400 with

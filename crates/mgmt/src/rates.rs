@@ -16,8 +16,9 @@ use warren_core::Broker;
 
 /// How often the sampler reads the counters (RabbitMQ's default `collect_statistics_interval`).
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
-/// Most queues whose rates are kept (bounds the sampler's memory to ~200 bytes each).
-pub const SAMPLED_QUEUES_MAX: usize = 1_000_000;
+/// Most queues whose rates are kept: twice the 100,000-queue scale target. A sample is
+/// ~230 bytes (two readings' worth of counters and the map entry), so at most ~46 MB.
+pub const SAMPLED_QUEUES_MAX: usize = 200_000;
 
 /// Per-second rates of one queue (or a sum of queues).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]

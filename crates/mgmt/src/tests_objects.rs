@@ -79,6 +79,7 @@ async fn queue_declare_show_list_purge_delete() {
     assert_eq!(q["messages_unacknowledged"], 0);
     assert_eq!(q["message_bytes"], 15);
     assert_eq!(q["consumers"], 0);
+    assert_eq!(q["consumer_details"], json!([]));
     assert_eq!(q["message_stats"]["publish"], 3);
     assert_eq!(q["message_stats"]["publish_details"]["rate"], 0.0);
     assert_eq!(q["messages_details"]["rate"], 0.0);
