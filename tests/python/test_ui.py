@@ -252,6 +252,7 @@ def test_every_page_renders_and_names_are_text(page, connection, unique):
     ch = connection.channel()
     ch.queue_declare(hostile)
     ch.exchange_declare(unique("ex"), "topic")
+    ch.basic_consume(hostile, lambda *args: None, consumer_tag="ui-test-consumer")
     log_in(page, "guest", "guest")
     expect(page.locator("#whoami")).to_have_text("guest")
     for path, heading in [("connections", "Connections"), ("channels", "Channels"),
@@ -269,6 +270,7 @@ def test_every_page_renders_and_names_are_text(page, connection, unique):
     link.click()
     expect(page.locator("#queue-name")).to_have_text(hostile)
     expect(page.locator("#queue-messages-total")).to_have_text("0")
+    expect(page.locator("#queue-consumers")).to_contain_text("ui-test-consumer")
     page.goto("/#/exchanges/%2F/amq.topic")
     expect(page.locator("#exchange-name")).to_have_text("amq.topic")
     page.click("#logout")

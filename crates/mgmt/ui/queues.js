@@ -84,11 +84,8 @@ export async function renderDetail(main, vhost, name) {
 
   async function refresh() {
     if (gone) return;
-    const [q, cons, binds] = await Promise.all([
-      api('GET', base),
-      api('GET', `/api/consumers/${enc(vhost)}`).catch(() => []),
-      api('GET', `${base}/bindings`),
-    ]);
+    // One queue's GET carries its consumers (`consumer_details`): no vhost-wide listing.
+    const [q, binds] = await Promise.all([api('GET', base), api('GET', `${base}/bindings`)]);
     const ms = q.message_stats || {};
     info.replaceChildren(
       props([['Virtual host', q.vhost], ['Type', q.type], ['State', q.state], ['Features', features(q) || '—'],
@@ -103,7 +100,7 @@ export async function renderDetail(main, vhost, name) {
         ['Deliver / get', fmtRate(get(ms, 'deliver_get_details.rate') || 0)],
         ['Ack', fmtRate(get(ms, 'ack_details.rate') || 0)],
         ['Redelivered', fmtNum(ms.redeliver || 0)]]));
-    const mine = cons.filter((c) => c.queue && c.queue.name === name);
+    const mine = q.consumer_details || [];
     consumers.replaceChildren(table(['Channel', 'Consumer tag', 'Ack required', 'Exclusive', 'Prefetch', 'Arguments'],
       mine.map((c) => h('tr', {}, td(c.channel_details && c.channel_details.name), td(c.consumer_tag),
         td(c.ack_required ? 'yes' : 'no'), td(c.exclusive ? 'yes' : 'no'), tdNum(c.prefetch_count),
