@@ -20,6 +20,7 @@ import signal
 import threading
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 from pathlib import Path
 
 import pika
@@ -295,3 +296,63 @@ def test_close_a_connection_with_a_reason(page, mgmt_url, connect):
         for _ in range(100):
             victim.process_data_events(time_limit=0.1)
     assert "closed from the UI test" in str(closed.value)
+
+
+def test_admin_forms_and_definitions(page, mgmt_url, tmp_path, unique):
+    vhost, user, policy = unique("vh"), unique("user"), unique("pol")
+    log_in(page, "guest", "guest")
+    expect(page.locator("#whoami")).to_have_text("guest")
+    page.goto("/#/admin")
+    page.fill("#vhost-name", vhost)
+    page.get_by_role("button", name="Add vhost").click()
+    expect(page.locator("#admin-vhosts")).to_contain_text(vhost)
+    page.fill("#user-name", user)
+    page.fill("#user-password", "s3cret")
+    page.fill("#user-tags", "monitoring")
+    page.get_by_role("button", name="Add / update user").click()
+    expect(page.locator("#admin-users tr", has_text=user)).to_contain_text("monitoring")
+    page.fill("#perm-user", user)
+    page.select_option("select[name=perm-vhost]", vhost)
+    page.fill("#perm-write", "^$")
+    page.get_by_role("button", name="Set permission").click()
+    expect(page.locator("#admin-permissions tr", has_text=user)).to_contain_text("^$")
+    page.select_option("select[name=policy-vhost]", vhost)
+    page.fill("#policy-name", policy)
+    page.fill("#policy-definition", '{"max-length": 10}')
+    page.get_by_role("button", name="Add / update policy").click()
+    expect(page.locator("#admin-policies")).to_contain_text(policy)
+    page.select_option("select[name=limit-vhost]", vhost)
+    page.fill("#limit-value", "7")
+    page.get_by_role("button", name="Set limit").click()
+    expect(page.locator("#admin-limits tr", has_text=vhost)).to_contain_text("max-connections")
+    assert api_json(mgmt_url, f"/api/vhost-limits/{quote(vhost, safe='')}")[0]["value"] == {
+        "max-connections": 7}
+
+    # A bad policy definition: the API's reason is shown.
+    page.fill("#policy-name", policy + "-bad")
+    page.fill("#policy-definition", "not json")
+    page.get_by_role("button", name="Add / update policy").click()
+    expect(page.locator("#flash .err")).to_contain_text("not valid JSON")
+
+    # Definitions: download, then upload a document declaring a queue in the new vhost.
+    page.goto("/#/definitions")
+    with page.expect_download() as info:
+        page.click("#definitions-download")
+    exported = json.loads(Path(info.value.path()).read_text())
+    assert any(p["name"] == policy for p in exported["policies"])
+    doc = tmp_path / "defs.json"
+    doc.write_text(json.dumps({"queues": [{"name": "from-upload", "vhost": vhost, "durable": True,
+                                           "auto_delete": False, "arguments": {}}]}))
+    page.set_input_files("#definitions-file", str(doc))
+    page.click("#definitions-upload")
+    expect(page.locator("#flash")).to_contain_text("Definitions imported")
+    assert api_status(mgmt_url, f"/api/queues/{quote(vhost, safe='')}/from-upload") == 200
+
+    # Remove what was added, from the tables.
+    page.goto("/#/admin")
+    for table, key in (("#admin-users", user), ("#admin-vhosts", vhost)):
+        row = page.locator(f"{table} tr", has_text=key)
+        row.get_by_role("button", name="Delete").click()
+        expect(page.locator(f"{table} tr", has_text=key)).to_have_count(0)
+    assert api_status(mgmt_url, f"/api/users/{quote(user, safe='')}") == 404
+    assert api_status(mgmt_url, f"/api/vhosts/{quote(vhost, safe='')}") == 404

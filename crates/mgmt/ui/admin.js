@@ -19,6 +19,12 @@ export async function renderAdmin(main) {
       api('GET', '/api/users'), api('GET', '/api/vhosts'), api('GET', '/api/permissions'),
       api('GET', '/api/policies'), api('GET', '/api/vhost-limits'),
     ]);
+    // The forms' vhost selects follow the table (a vhost just added or deleted).
+    for (const sel of [permVhost, polVhost, limVhost]) {
+      const chosen = sel.value;
+      sel.replaceChildren(...v.map((x) => h('option', { value: x.name }, x.name)));
+      if (v.some((x) => x.name === chosen)) sel.value = chosen;
+    }
     const tags = (t) => (Array.isArray(t) ? t.join(', ') : t || '');
     users.replaceChildren(table(['Name', 'Tags', 'Password', ''], u.map((x) => h('tr', {}, td(x.name), td(tags(x.tags)),
       td(x.password_hash ? 'yes' : 'no'),
