@@ -93,7 +93,8 @@ document.getElementById('login-form').addEventListener('submit', async (ev) => {
   try {
     await api('GET', '/api/whoami', undefined, { auth });
   } catch (e) {
-    err.textContent = `Login failed: ${e.message}`;
+    // The API's reason, e.g. "Login failed" (401) or why a user may not use the API (403).
+    err.textContent = /login failed/i.test(e.message) ? e.message : `Login failed: ${e.message}`;
     return;
   }
   session.auth = auth;
