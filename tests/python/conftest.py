@@ -11,6 +11,9 @@
   listener (a free port chosen here, ``--prometheus-port``); with ``AMQP_URL`` it is
   ``$PROMETHEUS_URL`` (e.g. ``http://127.0.0.1:15692``), and tests that need it are skipped
   when that is unset.
+* ``mgmt_port`` / ``mgmt_url`` (session): the management HTTP API of the Warren started above
+  (``--mgmt-port <free port>``), e.g. ``http://127.0.0.1:<port>``. With ``AMQP_URL`` set, the
+  environment variable ``MGMT_URL`` names it (default ``http://127.0.0.1:15672``).
 * ``connect``: a factory of fresh ``pika.BlockingConnection`` objects, all closed after the test.
 * ``connection``: one fresh ``pika.BlockingConnection`` per test, closed after it.
 * ``unique``: ``unique("kind")`` returns a uuid-based name no other test (or other run against
@@ -44,6 +47,8 @@ TEST_TIMEOUT_S = float(os.environ.get("WARREN_TEST_TIMEOUT", "30"))
 _warren_log = None
 # Base URL of the started Warren's Prometheus listener.
 _prometheus_url = None
+# The management API port of the Warren we started (None when testing an external broker).
+_mgmt_port = None
 
 
 def _log_tail(path, max_lines=60):
@@ -73,7 +78,7 @@ def _stop(proc):
 
 @pytest.fixture(scope="session")
 def amqp_url(tmp_path_factory):
-    global _warren_log, _prometheus_url
+    global _warren_log, _prometheus_url, _mgmt_port
     url = os.environ.get("AMQP_URL")
     if url:
         yield url
@@ -88,9 +93,14 @@ def amqp_url(tmp_path_factory):
     data_dir.mkdir()
     log_path = tmp / "warren.log"
     port = _free_port()
+    mgmt_port = _free_port()
+    while mgmt_port == port:
+        mgmt_port = _free_port()
     prometheus_port = _free_port()
-    cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--mgmt-port", "0",
-           "--prometheus-port", str(prometheus_port), "--data-dir", str(data_dir)]
+    while prometheus_port in (port, mgmt_port):
+        prometheus_port = _free_port()
+    cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--mgmt-port",
+           str(mgmt_port), "--prometheus-port", str(prometheus_port), "--data-dir", str(data_dir)]
     _prometheus_url = f"http://127.0.0.1:{prometheus_port}"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -116,6 +126,7 @@ def amqp_url(tmp_path_factory):
                 proc.wait(timeout=0.05)
             except subprocess.TimeoutExpired:
                 pass
+        _mgmt_port = mgmt_port
         yield f"amqp://guest:guest@127.0.0.1:{port}/%2f"
     finally:
         _stop(proc)
@@ -130,6 +141,30 @@ def prometheus_url(amqp_url):
             pytest.skip("AMQP_URL is set without PROMETHEUS_URL")
         return url.rstrip("/")
     return _prometheus_url
+
+
+@pytest.fixture(scope="session")
+def mgmt_url(amqp_url):
+    """Base URL of the management HTTP API (no trailing slash), accepting connections."""
+    if _mgmt_port is None:
+        return os.environ.get("MGMT_URL", "http://127.0.0.1:15672").rstrip("/")
+    deadline = time.monotonic() + STARTUP_DEADLINE_S
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", _mgmt_port), timeout=0.5):
+                break
+        except OSError:
+            if time.monotonic() > deadline:
+                pytest.fail(f"the management API did not accept connections on port "
+                            f"{_mgmt_port} within {STARTUP_DEADLINE_S:.0f} s", pytrace=False)
+            time.sleep(0.05)
+    return f"http://127.0.0.1:{_mgmt_port}"
+
+
+@pytest.fixture(scope="session")
+def mgmt_port(mgmt_url):
+    """Port of the management HTTP API."""
+    return int(mgmt_url.rsplit(":", 1)[1])
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -80,7 +80,8 @@ def pki(tmp_path):
 
 @pytest.fixture
 def tls_warren(tmp_path, pki):
-    """A Warren serving amqps only; yields (plain port, TLS port)."""
+    """A Warren serving amqps only, and its management API over HTTPS; yields (plain port,
+    TLS port, HTTPS port)."""
     if os.environ.get("AMQP_URL"):
         pytest.skip("needs a Warren started with TLS flags")
     binary = Path(os.environ.get("WARREN_BIN") or REPO / "target" / "debug" / "warren")
@@ -88,23 +89,29 @@ def tls_warren(tmp_path, pki):
     tls_port = _free_port()
     while tls_port == port:
         tls_port = _free_port()
+    https_port = _free_port()
+    while https_port in (port, tls_port):
+        https_port = _free_port()
     log_path = tmp_path / "warren-tls.log"
     cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--mgmt-port", "0", "--prometheus-port", "0",
            "--plain-listener", "false",
            "--tls-port", str(tls_port), "--tls-cert", pki["server_cert"],
            "--tls-key", pki["server_key"], "--tls-ca", pki["ca"],
            "--tls-verify-peer", "true", "--tls-fail-if-no-peer-cert", "true",
+           "--mgmt-tls-port", str(https_port),
            "--data-dir", str(tmp_path / "data")]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + STARTUP_DEADLINE_S
-        while True:
+        waiting = [tls_port, https_port]
+        while waiting:
             assert proc.poll() is None, _log_tail(log_path)
             try:
-                with socket.create_connection(("127.0.0.1", tls_port), timeout=0.5):
-                    break
+                with socket.create_connection(("127.0.0.1", waiting[0]), timeout=0.5):
+                    waiting.pop(0)
+                    continue
             except OSError:
                 pass
             assert time.monotonic() < deadline, "Warren did not start:\n" + _log_tail(log_path)
@@ -112,7 +119,7 @@ def tls_warren(tmp_path, pki):
                 proc.wait(timeout=0.05)
             except subprocess.TimeoutExpired:
                 pass
-        yield port, tls_port
+        yield port, tls_port, https_port
     finally:
         _stop(proc)
 
@@ -135,7 +142,7 @@ def _parameters(tls_port, context, credentials):
                                          pika.credentials.ExternalCredentials()],
                          ids=["PLAIN", "EXTERNAL"])
 def test_pika_over_tls_with_a_client_certificate(tls_warren, pki, credentials):
-    _, tls_port = tls_warren
+    _, tls_port, _ = tls_warren
     conn = pika.BlockingConnection(_parameters(tls_port, _context(pki), credentials))
     try:
         ch = conn.channel()
@@ -149,7 +156,7 @@ def test_pika_over_tls_with_a_client_certificate(tls_warren, pki, credentials):
 
 
 def test_a_client_without_a_certificate_is_refused(tls_warren, pki):
-    _, tls_port = tls_warren
+    _, tls_port, _ = tls_warren
     params = _parameters(tls_port, _context(pki, client_certificate=False),
                          pika.PlainCredentials("guest", "guest"))
     with pytest.raises(pika.exceptions.AMQPConnectionError):
@@ -157,6 +164,30 @@ def test_a_client_without_a_certificate_is_refused(tls_warren, pki):
 
 
 def test_the_plain_listener_is_off(tls_warren):
-    port, _ = tls_warren
+    port, _, _ = tls_warren
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+def test_the_management_api_is_served_over_https_with_the_amqps_certificate(tls_warren, pki):
+    """HTTPS needs no client certificate (basic auth), even with peer verification on amqps."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+    _, _, https_port = tls_warren
+    token = base64.b64encode(b"guest:guest").decode()
+    request = urllib.request.Request(f"https://localhost:{https_port}/api/whoami",
+                                     headers={"Authorization": f"Basic {token}"})
+    context = _context(pki, client_certificate=False)
+    with urllib.request.urlopen(request, context=context, timeout=10) as response:
+        assert response.status == 200
+        assert json.load(response)["name"] == "guest"
+    # The certificate is checked by the client: one from another CA is not trusted.
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(request, context=ssl.create_default_context(), timeout=10)
+    # Plain HTTP on the HTTPS port gets no HTTP answer.
+    plain = urllib.request.Request(f"http://127.0.0.1:{https_port}/api/whoami",
+                                   headers={"Authorization": f"Basic {token}"})
+    with pytest.raises((urllib.error.URLError, ConnectionError, OSError)):
+        urllib.request.urlopen(plain, timeout=10)

@@ -218,6 +218,8 @@ pub struct RegistryCounters {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ChannelStats {
     pub number: u16,
+    /// The channel's key (`ConsumerSpec::channel_key`): joins a queue's consumers to it.
+    pub key: crate::consumer::ChannelKey,
     /// basic.qos global=false: the prefetch of consumers created from now on.
     pub prefetch_count: u32,
     /// basic.qos global=true: the channel's shared limit (0: none).

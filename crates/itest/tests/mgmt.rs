@@ -76,3 +76,166 @@ async fn user_vhost_and_permissions_made_over_http_log_in_over_amqp() {
     server.await.unwrap().unwrap();
     b.stop().await;
 }
+
+/// Every byte but ASCII letters and digits as `%XX` (a channel name holds ' ', '#', '>').
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b.is_ascii_alphanumeric() {
+            true => (b as char).to_string(),
+            false => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// Queues, channels and consumers over a real socket: a queue declared over HTTP fills from
+/// lapin publishes, its consumer and the consumer's channel (with its prefetch) are listed,
+/// and purge and a conditional delete act on it.
+#[tokio::test]
+async fn queue_made_over_http_is_filled_consumed_purged_and_deleted() {
+    use warren_itest::lapin::options::{
+        BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    };
+    use warren_itest::lapin::BasicProperties;
+    const MESSAGES: u64 = 7;
+    const PREFETCH: u16 = 3;
+
+    let Some(b) = start_broker_with(|_| {}).await else {
+        return;
+    };
+    let broker = b.broker().expect("in-process").clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(warren_mgmt::serve(listener, broker, async {
+        let _ = stopped.await;
+    }));
+    let admin = ("guest", "guest");
+
+    let (s, body) = http(
+        addr,
+        "PUT",
+        "/api/queues/%2F/q",
+        admin,
+        r#"{"durable":false}"#,
+    )
+    .await;
+    assert_eq!(s, 201, "{body}");
+    let (conn, ch) = b.channel().await;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .unwrap();
+    for i in 0..MESSAGES {
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                "q".into(),
+                BasicPublishOptions::default(),
+                format!("m{i}").as_bytes(),
+                BasicProperties::default(),
+            )
+            .await
+            .unwrap();
+        confirm.await.unwrap();
+    }
+    // The queue actor publishes its metrics after each batch of commands.
+    eventually("messages_ready reaches N", || async {
+        let (_, body) = http(addr, "GET", "/api/queues/%2F/q", admin, "").await;
+        json(&body)["messages_ready"] == MESSAGES
+    })
+    .await;
+    let (_, body) = http(addr, "GET", "/api/queues/%2F/q", admin, "").await;
+    let q = json(&body);
+    assert_eq!(q["message_stats"]["publish"], MESSAGES);
+    assert_eq!(q["messages"], MESSAGES);
+
+    // A consumer with a prefetch: listed with its channel.
+    let consumer_ch = conn.create_channel().await.unwrap();
+    consumer_ch
+        .basic_qos(PREFETCH, BasicQosOptions::default())
+        .await
+        .unwrap();
+    let _consumer = consumer_ch
+        .basic_consume(
+            "q".into(),
+            "the-consumer".into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let (s, body) = http(addr, "GET", "/api/consumers", admin, "").await;
+    assert_eq!(s, 200);
+    let consumers = json(&body);
+    let c = &consumers[0];
+    assert_eq!(c["consumer_tag"], "the-consumer");
+    assert_eq!(c["queue"], serde_json::json!({"name": "q", "vhost": "/"}));
+    assert_eq!(c["ack_required"], true);
+    assert_eq!(c["prefetch_count"], PREFETCH);
+    assert_eq!(c["channel_details"]["user"], "guest");
+    let channel_name = c["channel_details"]["name"].as_str().unwrap().to_owned();
+    let (s, body) = http(addr, "GET", "/api/channels", admin, "").await;
+    assert_eq!(s, 200);
+    let channels = json(&body);
+    let listed = channels
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == channel_name.as_str())
+        .unwrap_or_else(|| panic!("{channel_name} not in {channels}"));
+    assert_eq!(listed["prefetch_count"], PREFETCH);
+    assert_eq!(listed["consumer_count"], 1);
+    assert_eq!(listed["user"], "guest");
+    assert_eq!(channels.as_array().unwrap().len(), 2);
+    let (_, body) = http(addr, "GET", "/api/connections", admin, "").await;
+    assert_eq!(json(&body)[0]["channels"], 2);
+    let (_, body) = http(addr, "GET", "/api/queues/%2F/q", admin, "").await;
+    let details = &json(&body)["consumer_details"];
+    assert_eq!(details[0]["consumer_tag"], "the-consumer");
+    assert_eq!(details[0]["channel_details"]["name"], channel_name.as_str());
+    let (s, _) = http(
+        addr,
+        "GET",
+        &format!("/api/channels/{}", percent_encode(&channel_name)),
+        admin,
+        "",
+    )
+    .await;
+    assert_eq!(s, 200);
+    let (_, body) = http(addr, "GET", "/api/overview", admin, "").await;
+    let overview = json(&body);
+    assert_eq!(overview["object_totals"]["channels"], 2);
+    assert_eq!(overview["object_totals"]["consumers"], 1);
+    eventually("the prefetch's worth is unacknowledged", || async {
+        let (_, body) = http(addr, "GET", "/api/queues/%2F/q", admin, "").await;
+        json(&body)["messages_unacknowledged"] == PREFETCH
+    })
+    .await;
+
+    // The consumer goes; its deliveries return. Purge empties, then if-empty succeeds.
+    consumer_ch.close(200, "bye".into()).await.unwrap();
+    let (s, body) = http(addr, "DELETE", "/api/queues/%2F/q?if-empty=true", admin, "").await;
+    assert_eq!(s, 400, "{body}");
+    assert!(json(&body)["reason"]
+        .as_str()
+        .unwrap()
+        .starts_with("PRECONDITION_FAILED"));
+    let (s, _) = http(addr, "DELETE", "/api/queues/%2F/q/contents", admin, "").await;
+    assert_eq!(s, 204);
+    eventually("the queue is empty", || async {
+        let (_, body) = http(addr, "GET", "/api/queues/%2F/q", admin, "").await;
+        json(&body)["messages"] == 0
+    })
+    .await;
+    let (s, body) = http(addr, "DELETE", "/api/queues/%2F/q?if-empty=true", admin, "").await;
+    assert_eq!(s, 204, "{body}");
+    let (s, _) = http(addr, "GET", "/api/queues/%2F/q", admin, "").await;
+    assert_eq!(s, 404);
+
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+    b.stop().await;
+}

@@ -11,6 +11,7 @@ use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
 use warren_core::access::{Access, User};
+use warren_core::vhost::VHost;
 
 use crate::{ApiError, AppState};
 
@@ -167,5 +168,56 @@ impl Caller {
         Err(ApiError::forbidden(format!(
             "Not policymaker user with permissions in virtual host '{vhost}'"
         )))
+    }
+
+    /// AMQP resource permission, as RabbitMQ's management applies it to changes: the vhost
+    /// exists (404), the caller has permissions in it, and `access` on `kind` `name` (403
+    /// with RabbitMQ's ACCESS_REFUSED text). Administrators need permissions too.
+    pub fn require_access(
+        &self,
+        vhost: &str,
+        access: Access,
+        kind: &str,
+        name: &str,
+    ) -> Result<(), ApiError> {
+        if !self.state.broker.access().vhosts.contains_key(vhost) {
+            return Err(ApiError::not_found(format!("vhost '{vhost}'")));
+        }
+        let allowed = self
+            .state
+            .broker
+            .permission(&self.user.name, vhost)
+            .is_some_and(|p| p.allows(access, name));
+        match allowed {
+            true => Ok(()),
+            false => Err(ApiError::forbidden(format!(
+                "ACCESS_REFUSED - {} access to {kind} '{name}' in vhost '{vhost}' refused for user '{}'",
+                access.as_str(),
+                self.user.name
+            ))),
+        }
+    }
+
+    /// The vhost, when it exists (404) and the caller may see it (403).
+    pub fn vhost(&self, name: &str) -> Result<Arc<VHost>, ApiError> {
+        self.require_vhost(name)?;
+        self.state
+            .broker
+            .vhost(name)
+            .ok_or_else(|| ApiError::not_found(format!("vhost '{name}'")))
+    }
+
+    /// Every vhost the caller may see, sorted by name.
+    pub fn visible_vhosts(&self) -> Vec<Arc<VHost>> {
+        let mut all: Vec<Arc<VHost>> = self
+            .state
+            .broker
+            .vhost_handles()
+            .values()
+            .filter(|v| self.can_see_vhost(v.name()))
+            .cloned()
+            .collect();
+        all.sort_unstable_by(|a, b| a.name().cmp(b.name()));
+        all
     }
 }

@@ -92,3 +92,33 @@ pub fn tags(map: &Map<String, Value>, key: &str) -> Result<Vec<String>, ApiError
         ))),
     }
 }
+
+/// An optional boolean, also as the strings `"true"`/`"false"` (rabbitmqadmin sends those).
+pub fn opt_bool(map: &Map<String, Value>, key: &str, default: bool) -> Result<bool, ApiError> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(default),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) if s == "true" => Ok(true),
+        Some(Value::String(s)) if s == "false" => Ok(false),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "'{key}' must be a boolean, got {}",
+            kind(other)
+        ))),
+    }
+}
+
+/// The `arguments` object as an AMQP field table (absent: empty).
+pub fn arguments(map: &Map<String, Value>) -> Result<warren_protocol::FieldTable, ApiError> {
+    match map.get("arguments") {
+        None | Some(Value::Null) => Ok(Default::default()),
+        Some(Value::Object(args)) => {
+            warren_core::admin::definitions::json_to_table(args).map_err(ApiError::bad_request)
+        }
+        // The management UI and some scripts send "" for no arguments.
+        Some(Value::String(s)) if s.is_empty() => Ok(Default::default()),
+        Some(other) => Err(ApiError::bad_request(format!(
+            "'arguments' must be an object, got {}",
+            kind(other)
+        ))),
+    }
+}

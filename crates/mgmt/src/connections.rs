@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use warren_core::connections::ConnectionInfo;
 
 use crate::auth::Caller;
+use crate::listing::ListQuery;
 use crate::overview::node_name;
 use crate::{ApiError, AppState};
 
@@ -27,8 +28,14 @@ pub fn name_of(c: &ConnectionInfo) -> String {
     format!("{} -> #{}", c.peer, c.id)
 }
 
-fn to_json(c: &ConnectionInfo) -> Value {
+fn to_json(state: &AppState, c: &ConnectionInfo) -> Value {
+    let channels = state
+        .broker
+        .connections
+        .connection_stats(c.id)
+        .map_or(0, |s| s.channels);
     json!({
+        "channels": channels,
         "name": name_of(c),
         "user": c.user,
         "vhost": c.vhost,
@@ -41,7 +48,7 @@ fn to_json(c: &ConnectionInfo) -> Value {
     })
 }
 
-fn visible(caller: &Caller, state: &AppState) -> Vec<std::sync::Arc<ConnectionInfo>> {
+pub fn visible(caller: &Caller, state: &AppState) -> Vec<std::sync::Arc<ConnectionInfo>> {
     state
         .broker
         .connections
@@ -51,31 +58,32 @@ fn visible(caller: &Caller, state: &AppState) -> Vec<std::sync::Arc<ConnectionIn
         .collect()
 }
 
-async fn list(caller: Caller, State(state): State<AppState>) -> Json<Value> {
-    Json(Value::Array(
-        visible(&caller, &state)
-            .iter()
-            .map(|c| to_json(c))
-            .collect(),
-    ))
+async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    q: ListQuery,
+) -> Result<Json<Value>, ApiError> {
+    let mut all = visible(&caller, &state);
+    all.sort_unstable_by_key(|c| c.id);
+    q.respond(all.iter().map(|c| to_json(&state, c)).collect())
+        .map(Json)
 }
 
 async fn list_vhost(
     caller: Caller,
     State(state): State<AppState>,
     Path(vhost): Path<String>,
+    q: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_vhost(&vhost)?;
-    Ok(Json(Value::Array(
-        visible(&caller, &state)
-            .iter()
-            .filter(|c| c.vhost == vhost)
-            .map(|c| to_json(c))
-            .collect(),
-    )))
+    let mut all = visible(&caller, &state);
+    all.retain(|c| c.vhost == vhost);
+    all.sort_unstable_by_key(|c| c.id);
+    q.respond(all.iter().map(|c| to_json(&state, c)).collect())
+        .map(Json)
 }
 
-fn find(
+pub fn find(
     caller: &Caller,
     state: &AppState,
     name: &str,
@@ -92,7 +100,7 @@ async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let c = find(&caller, &state, &name)?;
-    Ok(Json(to_json(&c)))
+    Ok(Json(to_json(&state, &c)))
 }
 
 /// Closes the connection with 320 CONNECTION_FORCED and the `X-Reason` header as the text.

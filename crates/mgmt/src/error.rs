@@ -5,6 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use warren_core::admin::AdminError;
+use warren_protocol::ProtocolError;
 
 use crate::AUTH_REALM;
 
@@ -70,6 +71,21 @@ impl From<AdminError> for ApiError {
             AdminError::BadRequest(t) => ApiError::BadRequest(t),
             AdminError::Conflict(t) => ApiError::Conflict(t),
             AdminError::Internal(t) => ApiError::Internal(t),
+        }
+    }
+}
+
+/// An AMQP refusal from the broker's core, with RabbitMQ's management wording
+/// (`"PRECONDITION_FAILED - inequivalent arg ..."`): 403 for ACCESS_REFUSED, 404 for
+/// NOT_FOUND, 500 for INTERNAL_ERROR, 400 for the rest.
+impl From<ProtocolError> for ApiError {
+    fn from(e: ProtocolError) -> Self {
+        let text = format!("{} - {}", e.code.name(), e.text);
+        match e.code.code() {
+            403 => ApiError::Forbidden(text),
+            404 => ApiError::NotFound(e.text),
+            541 => ApiError::Internal(text),
+            _ => ApiError::BadRequest(text),
         }
     }
 }

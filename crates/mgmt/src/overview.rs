@@ -1,10 +1,14 @@
-//! `GET /api/whoami` and `GET /api/overview` (a minimal overview: no message rates yet).
+//! `GET /api/whoami` and `GET /api/overview`.
 
 use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Value};
 
 use crate::auth::Caller;
+use warren_core::queue::metrics::QueueMetricsSnapshot;
+
+use crate::queues::{details, message_stats};
+use crate::rates::QueueRates;
 use crate::AppState;
 
 /// The version Warren's API imitates.
@@ -20,35 +24,68 @@ pub async fn whoami(caller: Caller) -> Json<Value> {
     Json(json!({"name": caller.name(), "tags": caller.user.tags}))
 }
 
+/// Totals over the vhosts the caller may see: object counts, queue totals and
+/// `message_stats` from the queues' metrics atomics, rates from the sampler (`rates.rs`).
 pub async fn overview(caller: Caller, State(state): State<AppState>) -> Json<Value> {
     let broker = &state.broker;
-    let (mut queues, mut exchanges) = (0usize, 0usize);
-    for (name, vhost) in broker.vhost_handles().iter() {
-        if caller.can_see_vhost(name) {
-            let routing = vhost.routing();
-            queues += routing.queues.len();
-            exchanges += routing.exchanges.len();
+    let (mut queues, mut exchanges) = (0u64, 0u64);
+    let mut totals = QueueMetricsSnapshot::default();
+    let mut rates = QueueRates::default();
+    for vhost in caller.visible_vhosts() {
+        let Some(v) = broker.vhost_overview(vhost.name()) else {
+            continue;
+        };
+        queues += v.queues;
+        exchanges += v.exchanges;
+        totals.add(&v.queue_totals);
+        let routing = vhost.routing_snapshot();
+        let view = state.rates.view();
+        for q in routing.queues.values() {
+            rates.add(&view.queue(q.id()));
         }
     }
-    let connections = broker
-        .connections
-        .list()
+    let (connections, channels) = match caller.is_monitor() {
+        true => broker.connections.totals(),
+        false => {
+            let own = crate::connections::visible(&caller, &state);
+            let channels = own
+                .iter()
+                .filter_map(|c| broker.connections.connection_stats(c.id))
+                .map(|s| s.channels)
+                .sum();
+            (own.len() as u64, channels)
+        }
+    };
+    let exchange_types: Vec<Value> = ["direct", "fanout", "headers", "topic"]
         .iter()
-        .filter(|c| caller.is_monitor() || c.user == caller.name())
-        .count();
+        .map(|t| json!({"name": t, "description": "", "enabled": true}))
+        .collect();
     Json(json!({
         "management_version": MANAGEMENT_VERSION,
         "rabbitmq_version": MANAGEMENT_VERSION,
         "product_name": "Warren",
         "product_version": env!("CARGO_PKG_VERSION"),
+        "rates_mode": "basic",
         "cluster_name": node_name(),
         "node": node_name(),
+        "statistics_db_event_queue": 0,
         "object_totals": {
             "connections": connections,
-            "channels": 0,
+            "channels": channels,
             "queues": queues,
             "exchanges": exchanges,
-            "consumers": 0,
+            "consumers": totals.consumers,
         },
+        "queue_totals": {
+            "messages": totals.messages(),
+            "messages_details": details(rates.messages),
+            "messages_ready": totals.messages_ready,
+            "messages_ready_details": details(rates.messages_ready),
+            "messages_unacknowledged": totals.messages_unacknowledged,
+            "messages_unacknowledged_details": details(rates.messages_unacknowledged),
+        },
+        "message_stats": message_stats(&totals, &rates),
+        "listeners": state.node.listeners_json(),
+        "exchange_types": exchange_types,
     }))
 }

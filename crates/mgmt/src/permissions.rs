@@ -10,6 +10,7 @@ use warren_core::access::{Permission, TopicPermission};
 
 use crate::auth::Caller;
 use crate::body::{opt_str, JsonObject};
+use crate::listing::ListQuery;
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -47,7 +48,11 @@ fn topic_json(user: &str, vhost: &str, p: &TopicPermission) -> Value {
     })
 }
 
-async fn list(caller: Caller, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    q: ListQuery,
+) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let list = state
         .broker
@@ -55,13 +60,14 @@ async fn list(caller: Caller, State(state): State<AppState>) -> Result<Json<Valu
         .iter()
         .map(|(u, v, p)| permission_json(u, v, p))
         .collect();
-    Ok(Json(Value::Array(list)))
+    q.respond(list).map(Json)
 }
 
 async fn list_vhost(
     caller: Caller,
     State(state): State<AppState>,
     Path(vhost): Path<String>,
+    q: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     caller.require_vhost(&vhost)?;
@@ -72,7 +78,7 @@ async fn list_vhost(
         .filter(|(_, v, _)| *v == vhost)
         .map(|(u, v, p)| permission_json(u, v, p))
         .collect();
-    Ok(Json(Value::Array(list)))
+    q.respond(list).map(Json)
 }
 
 async fn show(

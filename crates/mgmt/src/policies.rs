@@ -11,6 +11,7 @@ use warren_core::policy::{Policy, PolicyKind};
 
 use crate::auth::Caller;
 use crate::body::JsonObject;
+use crate::listing::ListQuery;
 use crate::permissions::created_or_updated;
 use crate::{ApiError, AppState};
 
@@ -23,13 +24,15 @@ pub fn routes() -> Router<AppState> {
         router = router
             .route(
                 base,
-                get(move |c: Caller, s: State<AppState>| list(kind, c, s)),
+                get(move |c: Caller, s: State<AppState>, q: ListQuery| list(kind, c, s, q)),
             )
             .route(
                 &format!("{base}/{{vhost}}"),
-                get(move |c: Caller, s: State<AppState>, p: Path<String>| {
-                    list_vhost(kind, c, s, p)
-                }),
+                get(
+                    move |c: Caller, s: State<AppState>, p: Path<String>, q: ListQuery| {
+                        list_vhost(kind, c, s, p, q)
+                    },
+                ),
             )
             .route(
                 &format!("{base}/{{vhost}}/{{name}}"),
@@ -75,6 +78,7 @@ async fn list(
     kind: PolicyKind,
     caller: Caller,
     State(state): State<AppState>,
+    q: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     if kind == PolicyKind::Operator {
         caller.require_monitor()?;
@@ -85,7 +89,7 @@ async fn list(
             all.extend(of_vhost(&state, kind, &info.name));
         }
     }
-    Ok(Json(Value::Array(all)))
+    q.respond(all).map(Json)
 }
 
 async fn list_vhost(
@@ -93,9 +97,10 @@ async fn list_vhost(
     caller: Caller,
     State(state): State<AppState>,
     Path(vhost): Path<String>,
+    q: ListQuery,
 ) -> Result<Json<Value>, ApiError> {
     check_read(kind, &caller, &vhost)?;
-    Ok(Json(Value::Array(of_vhost(&state, kind, &vhost))))
+    q.respond(of_vhost(&state, kind, &vhost)).map(Json)
 }
 
 fn not_found(kind: PolicyKind, vhost: &str, name: &str) -> ApiError {

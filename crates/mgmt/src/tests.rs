@@ -13,12 +13,12 @@ use warren_core::broker::{BrokerSettings, DefaultUser};
 
 use super::*;
 
-struct Api {
-    broker: Arc<Broker>,
-    app: Router,
+pub(crate) struct Api {
+    pub(crate) broker: Arc<Broker>,
+    pub(crate) app: Router,
 }
 
-fn api() -> Api {
+pub(crate) fn api() -> Api {
     let broker = Broker::in_memory(BrokerSettings {
         default_users: vec![DefaultUser {
             name: "admin".into(),
@@ -38,13 +38,24 @@ fn basic(user: &str, password: &str) -> String {
 }
 
 impl Api {
-    async fn call_as(
+    pub(crate) async fn call_as(
         &self,
         auth: Option<(&str, &str)>,
         method: &str,
         path: &str,
         body: Option<&str>,
     ) -> (StatusCode, Value) {
+        let (status, _, value) = self.call_full(auth, method, path, body).await;
+        (status, value)
+    }
+
+    pub(crate) async fn call_full(
+        &self,
+        auth: Option<(&str, &str)>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, axum::http::HeaderMap, Value) {
         let mut req = Request::builder().method(method).uri(path);
         if let Some((u, p)) = auth {
             req = req.header(header::AUTHORIZATION, basic(u, p));
@@ -54,20 +65,26 @@ impl Api {
             .unwrap();
         let response = self.app.clone().oneshot(req).await.unwrap();
         let status = response.status();
+        let headers = response.headers().clone();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         let value = match bytes.is_empty() {
             true => Value::Null,
             false => serde_json::from_slice(&bytes).unwrap(),
         };
-        (status, value)
+        (status, headers, value)
     }
 
-    async fn admin(&self, method: &str, path: &str, body: Option<&str>) -> (StatusCode, Value) {
+    pub(crate) async fn admin(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> (StatusCode, Value) {
         self.call_as(Some(("admin", "secret")), method, path, body)
             .await
     }
 
-    async fn user_with_tags(&self, name: &str, tags: &str) {
+    pub(crate) async fn user_with_tags(&self, name: &str, tags: &str) {
         let body = json!({"password": "pw", "tags": tags}).to_string();
         let (s, _) = self
             .admin("PUT", &format!("/api/users/{name}"), Some(&body))

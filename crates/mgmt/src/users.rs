@@ -10,6 +10,7 @@ use warren_core::admin::UserSpec;
 
 use crate::auth::Caller;
 use crate::body::{opt_str, tags, JsonObject};
+use crate::listing::ListQuery;
 use crate::permissions::permission_json;
 use crate::{ApiError, AppState};
 
@@ -41,10 +42,14 @@ pub fn to_json(user: &User) -> Value {
     })
 }
 
-async fn list(caller: Caller, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    q: ListQuery,
+) -> Result<Json<Value>, ApiError> {
     caller.require_admin()?;
     let users = state.broker.users().iter().map(|u| to_json(u)).collect();
-    Ok(Json(Value::Array(users)))
+    q.respond(users).map(Json)
 }
 
 async fn show(

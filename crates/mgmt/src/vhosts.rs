@@ -6,9 +6,11 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use warren_core::access::VHostInfo;
+use warren_core::overview::VHostOverview;
 
 use crate::auth::Caller;
 use crate::body::{opt_str, tags, JsonObject};
+use crate::listing::ListQuery;
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -17,8 +19,13 @@ pub fn routes() -> Router<AppState> {
         .route("/api/vhosts/{vhost}", get(show).put(put).delete(delete))
 }
 
-fn to_json(info: &VHostInfo) -> Value {
+fn to_json(info: &VHostInfo, totals: Option<VHostOverview>) -> Value {
+    let totals = totals.unwrap_or_default();
+    let q = &totals.queue_totals;
     json!({
+        "messages": q.messages(),
+        "messages_ready": q.messages_ready,
+        "messages_unacknowledged": q.messages_unacknowledged,
         "name": info.name,
         "description": info.description,
         "tags": info.tags,
@@ -32,15 +39,19 @@ fn to_json(info: &VHostInfo) -> Value {
     })
 }
 
-async fn list(caller: Caller, State(state): State<AppState>) -> Json<Value> {
+async fn list(
+    caller: Caller,
+    State(state): State<AppState>,
+    q: ListQuery,
+) -> Result<Json<Value>, ApiError> {
     let vhosts: Vec<Value> = state
         .broker
         .vhosts()
         .iter()
         .filter(|v| caller.can_see_vhost(&v.name))
-        .map(to_json)
+        .map(|v| to_json(v, state.broker.vhost_overview(&v.name)))
         .collect();
-    Json(Value::Array(vhosts))
+    q.respond(vhosts).map(Json)
 }
 
 async fn show(
@@ -55,7 +66,7 @@ async fn show(
         .into_iter()
         .find(|v| v.name == name)
         .ok_or_else(|| ApiError::not_found(format!("vhost '{name}'")))?;
-    Ok(Json(to_json(&info)))
+    Ok(Json(to_json(&info, state.broker.vhost_overview(&name))))
 }
 
 async fn put(

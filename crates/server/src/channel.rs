@@ -102,6 +102,7 @@ impl Channel {
     pub fn stats(&self, number: u16) -> warren_core::connections::ChannelStats {
         warren_core::connections::ChannelStats {
             number,
+            key: self.key,
             prefetch_count: self.consumer_prefetch,
             global_prefetch_count: self.limiter.limit(),
             consumer_count: self.consumers.len() as u64,

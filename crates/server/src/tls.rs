@@ -39,6 +39,9 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
 
+/// rustls's server configuration, for callers that build listeners of their own.
+pub use rustls::ServerConfig as RustlsServerConfig;
+
 /// Buffer of each direction of a pump: one TLS record's plaintext (16 KiB).
 pub const TLS_PUMP_BUFFER_BYTES: usize = 16 * 1024;
 

@@ -51,7 +51,15 @@ async fn run(
     let handle = warren_server::start(settings.config.clone())
         .await
         .context("cannot start the AMQP listener")?;
-    let mgmt = start_mgmt(&settings.mgmt_listen, handle.broker()).await?;
+    let mgmt = start_mgmt(&settings.mgmt_listen, &handle, None).await?;
+    let https = match &settings.config.tls {
+        Some(tls) if !settings.mgmt_tls_listen.is_empty() => {
+            let config = warren_server::tls::http_server_config(tls)
+                .context("cannot set up HTTPS for the management API")?;
+            Some(start_mgmt(&settings.mgmt_tls_listen, &handle, Some(config)).await?)
+        }
+        _ => None,
+    };
     let node = || warren_metrics::Node::new(Some(handle.alarms().clone()), started_at);
     let prometheus = start_prometheus(&settings.prometheus_listen, handle.broker(), node).await?;
     info!(
@@ -66,6 +74,9 @@ async fn run(
     wait_for_signal().await;
     info!("shutting down: closing every connection");
     mgmt.stop().await;
+    if let Some(https) = https {
+        https.stop().await;
+    }
     prometheus.stop().await;
     handle.shutdown().await;
     info!("stopped");
@@ -91,14 +102,18 @@ impl MgmtListeners {
 /// Binds every management address before serving any, so a taken port stops the start.
 async fn start_mgmt(
     addrs: &[std::net::SocketAddr],
-    broker: &std::sync::Arc<warren_core::Broker>,
+    handle: &warren_server::ServerHandle,
+    tls: Option<std::sync::Arc<warren_server::tls::RustlsServerConfig>>,
 ) -> anyhow::Result<MgmtListeners> {
+    let broker = handle.broker();
+    let node = node_context(handle);
+    let what = if tls.is_some() { "HTTPS" } else { "HTTP" };
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut listeners = Vec::new();
     for addr in addrs {
         let listener = warren_server::bind(*addr)
-            .with_context(|| format!("cannot listen for the management API on {addr}"))?;
-        info!(addr = %listener.local_addr()?, "management API listening");
+            .with_context(|| format!("cannot listen for the management API ({what}) on {addr}"))?;
+        info!(addr = %listener.local_addr()?, "management API listening ({what})");
         listeners.push(listener);
     }
     let tasks = listeners
@@ -108,9 +123,15 @@ async fn start_mgmt(
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
             };
-            let broker = broker.clone();
+            let (broker, node, tls) = (broker.clone(), node.clone(), tls.clone());
             tokio::spawn(async move {
-                if let Err(e) = warren_mgmt::serve(listener, broker, shutdown).await {
+                let served = match tls {
+                    Some(tls) => {
+                        warren_mgmt::serve_tls_with(listener, tls, broker, node, shutdown).await
+                    }
+                    None => warren_mgmt::serve_with(listener, broker, node, shutdown).await,
+                };
+                if let Err(e) = served {
                     tracing::error!(error = %e, "management API stopped");
                 }
             })
@@ -149,6 +170,41 @@ async fn start_prometheus(
         })
         .collect();
     Ok(MgmtListeners { stop, tasks })
+}
+
+/// What the management API shows of the node: the AMQP listeners and the resource alarms.
+fn node_context(handle: &warren_server::ServerHandle) -> warren_mgmt::node::NodeContext {
+    use warren_mgmt::node::{Listener, NodeAlarms, NodeContext};
+    let listeners = handle
+        .local_addrs()
+        .iter()
+        .map(|addr| ("amqp", addr))
+        .chain(
+            handle
+                .tls_local_addrs()
+                .iter()
+                .map(|addr| ("amqp/ssl", addr)),
+        )
+        .map(|(protocol, addr)| Listener {
+            protocol: protocol.into(),
+            addr: *addr,
+        })
+        .collect();
+    let alarms = handle.alarms().clone();
+    NodeContext {
+        listeners,
+        alarms: Some(std::sync::Arc::new(move || {
+            let state = alarms.state();
+            NodeAlarms {
+                memory: state.memory,
+                disk: state.disk,
+                memory_limit_bytes: alarms.memory_limit_bytes(),
+                disk_free_limit_bytes: alarms.disk_free_limit_bytes(),
+                disk_free_bytes: alarms.disk_free_bytes(),
+            }
+        })),
+        ..NodeContext::default()
+    }
 }
 
 async fn wait_for_signal() {

@@ -31,8 +31,8 @@ pub struct Args {
     /// consumer_timeout, consumer_timeout_action, sync, busy_poll, worker_threads, log_level,
     /// memory_high_watermark, disk_free_limit, connection_max, consumer_max_per_channel,
     /// loopback_users, definitions, plain_listener, tls_port, tls_cert, tls_key, tls_ca,
-    /// tls_verify_peer, tls_fail_if_no_peer_cert, mgmt_port, mgmt_listener, prometheus_port,
-    /// prometheus_listener).
+    /// tls_verify_peer, tls_fail_if_no_peer_cert, mgmt_port, mgmt_listener, mgmt_tls_port,
+    /// prometheus_port, prometheus_listener).
     #[arg(long, env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// AMQP port [default: 5672]
@@ -53,6 +53,11 @@ pub struct Args {
     /// Serve the management HTTP API on --mgmt-port; `false` turns it off [default: true]
     #[arg(long, env = "WARREN_MGMT_LISTENER")]
     pub mgmt_listener: Option<bool>,
+    /// Management HTTP API over HTTPS (RabbitMQ's `management.ssl.port`), with the amqps
+    /// certificate and key: on when --tls-cert is given and the management listener is on
+    /// [default: 15671]
+    #[arg(long, env = "WARREN_MGMT_TLS_PORT")]
+    pub mgmt_tls_port: Option<u16>,
     /// Prometheus metrics port (RabbitMQ's `prometheus.tcp.port`: /metrics,
     /// /metrics/per-object, /metrics/detailed), on the --bind addresses [default: 15692]
     #[arg(long, env = "WARREN_PROMETHEUS_PORT")]
@@ -169,6 +174,7 @@ struct FileSettings {
     plain_listener: Option<bool>,
     mgmt_port: Option<u16>,
     mgmt_listener: Option<bool>,
+    mgmt_tls_port: Option<u16>,
     prometheus_port: Option<u16>,
     prometheus_listener: Option<bool>,
     tls_port: Option<u16>,
@@ -209,6 +215,8 @@ fn toml_text(value: toml::Value) -> String {
 
 /// The management HTTP API's port (RabbitMQ's).
 pub const DEFAULT_MGMT_PORT: u16 = 15672;
+/// The management HTTP API's HTTPS port (RabbitMQ's `management.ssl.port` as documented).
+pub const DEFAULT_MGMT_TLS_PORT: u16 = 15671;
 /// The Prometheus metrics port (RabbitMQ's).
 pub use warren_metrics::DEFAULT_PROMETHEUS_PORT;
 
@@ -216,6 +224,8 @@ pub struct Settings {
     pub config: Config,
     /// Where the management HTTP API listens (empty: off).
     pub mgmt_listen: Vec<SocketAddr>,
+    /// Where it listens over HTTPS (empty: off; on with the amqps certificate).
+    pub mgmt_tls_listen: Vec<SocketAddr>,
     /// Where Prometheus metrics are served (empty: off).
     pub prometheus_listen: Vec<SocketAddr>,
     pub runtime: RuntimeConfig,
@@ -313,6 +323,14 @@ impl Settings {
             }
             _ => {}
         }
+        let mgmt_tls_port = args.mgmt_tls_port.or(file.mgmt_tls_port);
+        let mgmt_tls_listen = match (&tls, mgmt_listen.is_empty()) {
+            (Some(_), false) => listen_on(mgmt_tls_port.unwrap_or(DEFAULT_MGMT_TLS_PORT)),
+            (None, _) if mgmt_tls_port.is_some() => {
+                bail!("--mgmt-tls-port is set but HTTPS needs --tls-cert and --tls-key")
+            }
+            _ => Vec::new(),
+        };
         let frame_max = args
             .frame_max
             .or(file.frame_max)
@@ -437,6 +455,7 @@ impl Settings {
         Ok(Settings {
             config,
             mgmt_listen,
+            mgmt_tls_listen,
             prometheus_listen,
             runtime: RuntimeConfig {
                 worker_threads,
@@ -506,6 +525,35 @@ fn resolve_tls(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mgmt_https_follows_the_amqps_certificate() {
+        let s = Settings::resolve(Args::parse_from(["warren"])).unwrap();
+        assert!(s.mgmt_tls_listen.is_empty(), "no certificate, no HTTPS");
+        let with_cert = [
+            "warren",
+            "--tls-cert",
+            "/c.pem",
+            "--tls-key",
+            "/k.pem",
+            "--bind",
+            "127.0.0.1",
+        ];
+        let s = Settings::resolve(Args::parse_from(with_cert)).unwrap();
+        assert_eq!(
+            s.mgmt_tls_listen,
+            [SocketAddr::from(([127, 0, 0, 1], DEFAULT_MGMT_TLS_PORT))]
+        );
+        let mut off = with_cert.to_vec();
+        off.extend(["--mgmt-listener", "false"]);
+        let s = Settings::resolve(Args::parse_from(off)).unwrap();
+        assert!(s.mgmt_tls_listen.is_empty(), "off with the management API");
+        let err = Settings::resolve(Args::parse_from(["warren", "--mgmt-tls-port", "1"]));
+        assert!(
+            err.is_err(),
+            "an HTTPS port without a certificate is refused"
+        );
+    }
 
     #[test]
     fn mgmt_listener_port_and_off_switch() {

@@ -283,6 +283,21 @@ impl QueueActor {
                     consumers: self.consumers.len() as u32,
                 });
             }
+            QueueCommand::Consumers(reply) => {
+                let list = self
+                    .consumers
+                    .iter()
+                    .map(|c| super::ConsumerInfo {
+                        tag: c.spec.tag.clone(),
+                        channel_key: c.spec.channel_key,
+                        ack_required: !c.spec.no_ack,
+                        exclusive: c.spec.exclusive,
+                        prefetch_count: c.spec.prefetch,
+                        priority: c.spec.priority,
+                    })
+                    .collect();
+                let _ = reply.send(list);
+            }
             QueueCommand::Purge(reply) => {
                 let all = self.ready.drain_all();
                 let _ = reply.send(all.len() as u32);

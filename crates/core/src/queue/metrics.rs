@@ -238,6 +238,19 @@ pub(crate) mod tests {
         delivery(&mut rx).await;
         let m = q.sync_metrics().await.unwrap();
         assert_eq!(m.consumers, 1);
+        // The management API's consumer listing (`QueueCommand::Consumers`).
+        let listed = q.ask(QueueCommand::Consumers).await.unwrap();
+        assert_eq!(
+            listed,
+            [crate::queue::ConsumerInfo {
+                tag: ShortString::from("c"),
+                channel_key: 1,
+                ack_required: true,
+                exclusive: false,
+                prefetch_count: 2,
+                priority: 0,
+            }]
+        );
         assert_eq!((m.messages_ready, m.messages_unacknowledged), (3, 2));
         assert_eq!(m.message_bytes_unacknowledged, 20);
         assert_eq!((m.deliver, m.deliver_get(), m.ack), (2, 2, 0));

@@ -46,6 +46,18 @@ pub struct QueueStats {
     pub consumers: u32,
 }
 
+/// One consumer of a queue as the management API lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    pub tag: ShortString,
+    /// The consumer's channel (`ChannelStats::key` finds its connection and number).
+    pub channel_key: ChannelKey,
+    pub ack_required: bool,
+    pub exclusive: bool,
+    pub prefetch_count: u32,
+    pub priority: i32,
+}
+
 /// What a queue actor is asked to do.
 #[derive(Debug)]
 pub enum QueueCommand {
@@ -78,6 +90,9 @@ pub enum QueueCommand {
     /// A channel's shared prefetch limit has room again.
     Resume,
     Stats(oneshot::Sender<QueueStats>),
+    /// The management API lists consumers (asked only of queues whose metrics count some;
+    /// one command per listing, nothing on the message path).
+    Consumers(oneshot::Sender<Vec<ConsumerInfo>>),
     Purge(oneshot::Sender<u32>),
     Delete {
         if_unused: bool,
