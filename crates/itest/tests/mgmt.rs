@@ -191,7 +191,17 @@ async fn queue_made_over_http_is_filled_consumed_purged_and_deleted() {
     assert_eq!(listed["user"], "guest");
     assert_eq!(channels.as_array().unwrap().len(), 2);
     let (_, body) = http(addr, "GET", "/api/connections", admin, "").await;
-    assert_eq!(json(&body)[0]["channels"], 2);
+    let connection = &json(&body)[0];
+    assert_eq!(connection["channels"], 2);
+    assert_eq!(
+        connection["client_properties"]["product"], "lapin",
+        "{connection}"
+    );
+    assert_eq!(connection["auth_mechanism"], "PLAIN");
+    assert_eq!(connection["ssl"], false);
+    assert!(connection["recv_oct"].as_u64().unwrap() > 0, "{connection}");
+    assert!(connection["send_oct"].as_u64().unwrap() > 0, "{connection}");
+    assert!(connection["recv_oct_details"]["rate"].is_number());
     let (_, body) = http(addr, "GET", "/api/queues/%2F/q", admin, "").await;
     let details = &json(&body)["consumer_details"];
     assert_eq!(details[0]["consumer_tag"], "the-consumer");
@@ -209,6 +219,12 @@ async fn queue_made_over_http_is_filled_consumed_purged_and_deleted() {
     let overview = json(&body);
     assert_eq!(overview["object_totals"]["channels"], 2);
     assert_eq!(overview["object_totals"]["consumers"], 1);
+    // Publisher counters: counted by the connection before its confirms went out.
+    let stats = &overview["message_stats"];
+    assert_eq!(stats["publish"], MESSAGES, "{stats}");
+    assert_eq!(stats["confirm"], MESSAGES, "{stats}");
+    assert_eq!(stats["return_unroutable"], 0);
+    assert!(stats["confirm_details"]["rate"].is_number());
     eventually("the prefetch's worth is unacknowledged", || async {
         let (_, body) = http(addr, "GET", "/api/queues/%2F/q", admin, "").await;
         json(&body)["messages_unacknowledged"] == PREFETCH

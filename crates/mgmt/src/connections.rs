@@ -9,9 +9,12 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 use warren_core::connections::ConnectionInfo;
 
+use warren_core::admin::definitions::table_to_json;
+
 use crate::auth::Caller;
 use crate::listing::ListQuery;
 use crate::overview::node_name;
+use crate::queues::details;
 use crate::{ApiError, AppState};
 
 /// The close reason when a DELETE has no `X-Reason` header (RabbitMQ's).
@@ -34,17 +37,33 @@ fn to_json(state: &AppState, c: &ConnectionInfo) -> Value {
         .connections
         .connection_stats(c.id)
         .map_or(0, |s| s.channels);
+    let m = c.metrics.snapshot();
+    let rates = state.rates.view().connection(c.id);
     json!({
         "channels": channels,
         "name": name_of(c),
         "user": c.user,
+        "user_who_performed_action": c.user,
         "vhost": c.vhost,
         "peer_host": c.peer.ip().to_string(),
         "peer_port": c.peer.port(),
         "node": node_name(),
-        "protocol": "AMQP 0-9-1",
+        "protocol": c.protocol,
         "type": "network",
         "state": "running",
+        "ssl": c.tls,
+        "auth_mechanism": c.auth_mechanism,
+        "connected_at": c.connected_at_ms,
+        "frame_max": c.frame_max,
+        "channel_max": c.channel_max,
+        "timeout": c.heartbeat_secs,
+        "client_properties": table_to_json(&c.client_properties),
+        "recv_oct": m.recv_oct,
+        "recv_oct_details": details(rates.recv_oct),
+        "recv_cnt": m.recv_cnt,
+        "send_oct": m.send_oct,
+        "send_oct_details": details(rates.send_oct),
+        "send_cnt": m.send_cnt,
     })
 }
 

@@ -8,8 +8,9 @@ use crate::auth::Caller;
 use warren_core::queue::metrics::QueueMetricsSnapshot;
 
 use crate::queues::{details, message_stats};
-use crate::rates::QueueRates;
+use crate::rates::{ConnectionRates, QueueRates};
 use crate::AppState;
+use warren_core::connections::ConnectionMetricsSnapshot;
 
 /// The version Warren's API imitates.
 pub const MANAGEMENT_VERSION: &str = "3.13.0";
@@ -56,6 +57,27 @@ pub async fn overview(caller: Caller, State(state): State<AppState>) -> Json<Val
             (own.len() as u64, channels)
         }
     };
+    // Publisher-side counters (RabbitMQ's channel stats): the broker's totals for those who
+    // see everything, the caller's own connections' otherwise.
+    let publishers = match caller.is_monitor() {
+        true => (
+            broker.connections.counters().metrics,
+            state.rates.view().totals(),
+        ),
+        false => {
+            let own = crate::connections::visible(&caller, &state);
+            let view = state.rates.view();
+            let mut sum = (
+                ConnectionMetricsSnapshot::default(),
+                ConnectionRates::default(),
+            );
+            for c in &own {
+                sum.0.add(&c.metrics.snapshot());
+                sum.1.add(&view.connection(c.id));
+            }
+            sum
+        }
+    };
     let exchange_types: Vec<Value> = ["direct", "fanout", "headers", "topic"]
         .iter()
         .map(|t| json!({"name": t, "description": "", "enabled": true}))
@@ -84,8 +106,32 @@ pub async fn overview(caller: Caller, State(state): State<AppState>) -> Json<Val
             "messages_unacknowledged": totals.messages_unacknowledged,
             "messages_unacknowledged_details": details(rates.messages_unacknowledged),
         },
-        "message_stats": message_stats(&totals, &rates),
+        "message_stats": publisher_stats(message_stats(&totals, &rates), &publishers),
         "listeners": state.node.listeners_json(),
         "exchange_types": exchange_types,
     }))
+}
+
+/// Adds the publisher-side counters to a `message_stats` object: `publish` becomes what
+/// publishers sent (RabbitMQ's channel count, unroutable ones included), with `confirm`,
+/// `return_unroutable` and `drop_unroutable`.
+fn publisher_stats(
+    mut stats: Value,
+    (m, r): &(ConnectionMetricsSnapshot, ConnectionRates),
+) -> Value {
+    let c = &m.messages;
+    for (key, count, rate) in [
+        ("publish", c.published, r.publish),
+        ("confirm", c.confirmed, r.confirm),
+        (
+            "return_unroutable",
+            c.returned_unroutable,
+            r.return_unroutable,
+        ),
+        ("drop_unroutable", c.dropped_unroutable, r.drop_unroutable),
+    ] {
+        stats[key] = Value::from(count);
+        stats[format!("{key}_details")] = details(rate);
+    }
+    stats
 }

@@ -4,6 +4,10 @@
 //! most `SAMPLED_QUEUES_MAX` queues are sampled (the rest read as 0/s). Node and vhost
 //! rates are sums of the queues' rates, so a deleted queue does not show as a negative rate.
 //!
+//! Connections are sampled the same way (their socket and publisher counters), and so are
+//! the registry's totals (open and closed connections), which give the overview's publisher
+//! rates (`publish`, `confirm`, `return_unroutable`, `drop_unroutable`).
+//!
 //! Owns: the samples. Must not touch: queue actors (no command is sent; only the metrics
 //! atomics are read) or anything on the message path.
 
@@ -11,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use warren_core::connections::ConnectionMetricsSnapshot;
 use warren_core::queue::metrics::QueueMetricsSnapshot;
 use warren_core::Broker;
 
@@ -74,6 +79,51 @@ impl QueueRates {
     }
 }
 
+/// Per-second rates of a connection's counters (or of the broker's totals).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ConnectionRates {
+    pub recv_oct: f64,
+    pub send_oct: f64,
+    pub publish: f64,
+    pub confirm: f64,
+    pub return_unroutable: f64,
+    pub drop_unroutable: f64,
+}
+
+impl ConnectionRates {
+    fn between(
+        old: &ConnectionMetricsSnapshot,
+        new: &ConnectionMetricsSnapshot,
+        secs: f64,
+    ) -> Self {
+        let counter = |o: u64, n: u64| n.saturating_sub(o) as f64 / secs;
+        let (o, n) = (&old.messages, &new.messages);
+        ConnectionRates {
+            recv_oct: counter(old.recv_oct, new.recv_oct),
+            send_oct: counter(old.send_oct, new.send_oct),
+            publish: counter(o.published, n.published),
+            confirm: counter(o.confirmed, n.confirmed),
+            return_unroutable: counter(o.returned_unroutable, n.returned_unroutable),
+            drop_unroutable: counter(o.dropped_unroutable, n.dropped_unroutable),
+        }
+    }
+
+    pub fn add(&mut self, o: &ConnectionRates) {
+        self.recv_oct += o.recv_oct;
+        self.send_oct += o.send_oct;
+        self.publish += o.publish;
+        self.confirm += o.confirm;
+        self.return_unroutable += o.return_unroutable;
+        self.drop_unroutable += o.drop_unroutable;
+    }
+}
+
+struct ConnectionSample {
+    counters: ConnectionMetricsSnapshot,
+    rates: ConnectionRates,
+    round: u64,
+}
+
 struct Sample {
     counters: QueueMetricsSnapshot,
     rates: QueueRates,
@@ -84,6 +134,10 @@ struct Sample {
 #[derive(Default)]
 struct Inner {
     queues: HashMap<u64, Sample>,
+    connections: HashMap<u64, ConnectionSample>,
+    /// The registry's totals at the last sample, and their rates.
+    totals: Option<ConnectionMetricsSnapshot>,
+    total_rates: ConnectionRates,
     last: Option<Instant>,
     round: u64,
 }
@@ -101,6 +155,20 @@ impl RatesView<'_> {
     /// A queue's rates (0/s for a queue not sampled yet).
     pub fn queue(&self, id: u64) -> QueueRates {
         self.0.queues.get(&id).map(|s| s.rates).unwrap_or_default()
+    }
+
+    /// A connection's rates (0/s for one not sampled yet).
+    pub fn connection(&self, id: u64) -> ConnectionRates {
+        self.0
+            .connections
+            .get(&id)
+            .map(|s| s.rates)
+            .unwrap_or_default()
+    }
+
+    /// The rates of every connection's counters, open and closed ones.
+    pub fn totals(&self) -> ConnectionRates {
+        self.0.total_rates
     }
 }
 
@@ -128,6 +196,13 @@ impl Rates {
                     .collect::<Vec<_>>()
             })
             .collect();
+        let connections: Vec<(u64, ConnectionMetricsSnapshot)> = broker
+            .connections
+            .list()
+            .iter()
+            .map(|c| (c.id, c.metrics.snapshot()))
+            .collect();
+        let totals = broker.connections.counters().metrics;
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let secs = inner
             .last
@@ -155,6 +230,24 @@ impl Rates {
             }
         }
         inner.queues.retain(|_, s| s.round == round);
+        for (id, counters) in connections {
+            let sample = inner.connections.entry(id).or_insert(ConnectionSample {
+                counters,
+                rates: ConnectionRates::default(),
+                round,
+            });
+            sample.rates = secs
+                .map(|secs| ConnectionRates::between(&sample.counters, &counters, secs))
+                .unwrap_or_default();
+            sample.counters = counters;
+            sample.round = round;
+        }
+        inner.connections.retain(|_, s| s.round == round);
+        inner.total_rates = match (inner.totals, secs) {
+            (Some(old), Some(secs)) => ConnectionRates::between(&old, &totals, secs),
+            _ => ConnectionRates::default(),
+        };
+        inner.totals = Some(totals);
     }
 }
 

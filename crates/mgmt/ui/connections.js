@@ -1,5 +1,5 @@
 // Connections (list, close with a reason) and channels (list).
-import { api, h, td, tdNum, pagedTable, enc, attempt } from './lib.js';
+import { api, h, td, tdNum, pagedTable, enc, attempt, fmtRate } from './lib.js';
 
 export async function renderConnections(main) {
   const list = pagedTable({
@@ -11,13 +11,29 @@ export async function renderConnections(main) {
       { title: 'User', key: 'user', render: (c) => td(c.user) },
       { title: 'Vhost', key: 'vhost', render: (c) => td(c.vhost) },
       { title: 'Peer', render: (c) => td(`${c.peer_host}:${c.peer_port}`) },
-      { title: 'Protocol', render: (c) => td(c.protocol) },
+      { title: 'Client', render: (c) => td(clientOf(c)) },
+      { title: 'TLS', render: (c) => td(c.ssl ? 'yes' : '') },
+      { title: 'Channels', key: 'channels', num: true, render: (c) => tdNum(c.channels) },
+      { title: 'From client', num: true, render: (c) => td(bytesRate(c.recv_oct_details), 'num') },
+      { title: 'To client', num: true, render: (c) => td(bytesRate(c.send_oct_details), 'num') },
       { title: 'State', render: (c) => td(c.state) },
       { title: 'Close', render: (c) => h('td', {}, closeForm(c.name, () => list.reload())) },
     ],
   });
   main.append(h('h1', {}, 'Connections'), list);
   return { refresh: async () => list.refresh() };
+}
+
+// Bytes per second, e.g. "12.5 B/s".
+function bytesRate(d) {
+  return fmtRate(d?.rate).replace('/s', ' B/s');
+}
+
+// "product version" from the client's properties, and its connection_name if it gave one.
+function clientOf(c) {
+  const p = c.client_properties || {};
+  const product = [p.product, p.version].filter(Boolean).join(' ');
+  return p.connection_name ? `${product} (${p.connection_name})` : product;
 }
 
 function closeForm(name, done) {
