@@ -52,6 +52,10 @@ pub(super) struct QueueActor {
     /// The policy version `settings` came with (`QueueCommand::ApplySettings`).
     settings_version: u64,
     consumer_timeout_ms: Option<u64>,
+    /// When the current batch of commands began (`deliver` expires against it, not against
+    /// the clock at the batch's end: a busy machine must not expire a TTL 0 message that a
+    /// waiting consumer could take).
+    batch_started_ms: u64,
     /// The broker's consumer timeout, for a queue that sets none.
     default_consumer_timeout_ms: Option<u64>,
     timeout_action: ConsumerTimeoutAction,
@@ -125,6 +129,7 @@ impl QueueActor {
             timeouts: BTreeSet::new(),
             had_consumer: false,
             last_used_ms: now_ms(),
+            batch_started_ms: now_ms(),
             store: startup.store,
             store_context: startup.store_context,
         }
@@ -140,6 +145,7 @@ impl QueueActor {
                     tokio::select! {
                         cmd = inbox.recv() => cmd,
                         _ = tokio::time::sleep(wait) => {
+                            self.batch_started_ms = now_ms();
                             if let Flow::Stop = self.on_timer() {
                                 break;
                             }
@@ -154,6 +160,7 @@ impl QueueActor {
                 None => inbox.recv().await,
             };
             let Some(cmd) = cmd else { break };
+            self.batch_started_ms = now_ms();
             if let Flow::Stop = self.handle_command(cmd) {
                 break;
             }
@@ -581,9 +588,10 @@ impl QueueActor {
         if self.consumers.is_empty() || self.ready.is_empty() {
             return;
         }
-        // Strictly past the deadline: a message with TTL 0 still goes to a consumer that can
-        // take it at once (RabbitMQ's rule); the timer expires it otherwise.
-        let now = now_ms().saturating_sub(1);
+        // Strictly past the deadline, as of the batch's start: a message with TTL 0 still goes
+        // to a consumer that can take it at once (RabbitMQ's rule), however long the batch
+        // took; the timer expires it otherwise.
+        let now = now_ms().min(self.batch_started_ms).saturating_sub(1);
         self.expire(now);
         while !self.ready.is_empty() {
             // A message that expired behind the head (its own TTL) is dropped when it gets
