@@ -385,3 +385,29 @@ def test_admin_forms_and_definitions(page, mgmt_url, tmp_path, unique):
         expect(page.locator(f"{table} tr", has_text=key)).to_have_count(0)
     assert api_status(mgmt_url, f"/api/users/{quote(user, safe='')}") == 404
     assert api_status(mgmt_url, f"/api/vhosts/{quote(vhost, safe='')}") == 404
+
+
+def test_connection_and_channel_pages(page, mgmt_url, connect, unique):
+    """From the connections list to one connection (client properties, its channels) and on to
+    one channel (its consumer)."""
+    before = {c["name"] for c in api_json(mgmt_url, "/api/connections")}
+    client = connect()
+    (name,) = {c["name"] for c in api_json(mgmt_url, "/api/connections")} - before
+    ch = client.channel()
+    q = unique("q")
+    ch.queue_declare(q, exclusive=True)
+    ch.basic_qos(prefetch_count=7)
+    ch.basic_consume(q, lambda *args: None, consumer_tag="page-test-consumer")
+    log_in(page, "guest", "guest")
+    expect(page.locator("#whoami")).to_have_text("guest")
+    page.goto("/#/connections")
+    page.fill("#connections-filter", name)
+    page.locator("a.connection-link").click()
+    expect(page.locator("#connection-name")).to_have_text(name)
+    expect(page.locator("#connection-client")).to_contain_text("Pika")
+    expect(page.locator("#connection-channel-count")).to_have_text("1")
+    page.locator("#connection-channels a").click()
+    expect(page.locator("#channel-name")).to_have_text(f"{name} (1)")
+    expect(page.locator("#channel-consumer-count")).to_have_text("1")
+    expect(page.locator("#channel-consumers")).to_contain_text("page-test-consumer")
+    expect(page.locator("main .error, #flash .err")).to_have_count(0)

@@ -71,7 +71,7 @@ async function addForm(done) {
   return f;
 }
 
-function props(pairs) {
+export function props(pairs) {
   return h('dl', { class: 'props' }, pairs.flatMap(([k, v, id]) => [h('dt', {}, k), h('dd', id ? { id } : {}, v)]));
 }
 
