@@ -462,6 +462,13 @@ impl Connections {
             .ok()
     }
 
+    /// Adds message events of the broker's own sessions (HTTP publish, moving messages:
+    /// `admin::messages`) to the totals, as a closed connection's are: `/metrics` and the
+    /// overview count them like any publisher's. Once per operation or batch, not per message.
+    pub fn count_internal(&self, counts: &MessageCounts) {
+        self.lock().churn.metrics.messages.add(counts);
+    }
+
     /// (open connections, open channels) over the whole broker.
     pub fn totals(&self) -> (u64, u64) {
         let inner = self.lock();

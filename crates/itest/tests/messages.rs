@@ -124,6 +124,19 @@ async fn publish_and_get_over_http() {
         "{v}"
     );
 
+    // The broker counts its own publishes as a publisher's (RabbitMQ's direct channel).
+    let (_, o) = http_json(addr, "GET", "/api/overview", ADMIN, "").await;
+    let stats = &o["message_stats"];
+    assert_eq!(
+        (
+            &stats["publish"],
+            &stats["confirm"],
+            &stats["drop_unroutable"]
+        ),
+        (&json!(3), &json!(2), &json!(1)),
+        "{stats}"
+    );
+
     // Get with requeue: both come back, in order, and stay in the queue.
     let get = json!({"count": 5, "ackmode": "ack_requeue_true", "encoding": "auto"});
     let path = format!("/api/queues/%2F/{q}/get");

@@ -28,6 +28,7 @@ use super::AdminError;
 use crate::args::as_i64;
 use crate::broker::Broker;
 use crate::confirm::ConfirmShare;
+use crate::connections::MessageCounts;
 use crate::consumer::{new_channel_key, ChannelKey, ClientEvent, ClientSender, Delivery};
 use crate::message::{Message, MessageRef};
 use crate::queue::{QueueCommand, QueueHandle};
@@ -300,9 +301,19 @@ impl Broker {
             );
         }
         if queues.is_empty() {
+            self.connections.count_internal(&MessageCounts {
+                published: 1,
+                dropped_unroutable: 1,
+                ..MessageCounts::default()
+            });
             return Ok(false);
         }
         Session::new().publish_confirmed(message, &queues).await?;
+        self.connections.count_internal(&MessageCounts {
+            published: 1,
+            confirmed: 1,
+            ..MessageCounts::default()
+        });
         Ok(true)
     }
 
@@ -459,6 +470,11 @@ impl Broker {
                     }
                 }
             }
+            self.connections.count_internal(&MessageCounts {
+                published: moved_ids.len() as u64,
+                confirmed: moved_ids.len() as u64,
+                ..MessageCounts::default()
+            });
             left -= (moved_ids.len() + unmoved_ids.len()) as u64;
             report.moved += moved_ids.len() as u64;
             session.settle(&source, moved_ids, None).await;
