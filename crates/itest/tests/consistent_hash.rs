@@ -379,3 +379,58 @@ fn with_header_k(count: usize) -> Vec<(String, BasicProperties)> {
         })
         .collect()
 }
+
+/// The management API and definitions take the new type string like any other: an import
+/// creates the exchange, its arguments and weighted bindings, and the export gives them back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_import_and_export_carry_the_type_its_arguments_and_weights() {
+    use serde_json::json;
+    let Some(broker) = start_broker_with(|_| {}).await else {
+        return;
+    };
+    let (addr, _stop) = serve_mgmt(broker.broker().expect("in-process").clone()).await;
+    let admin = ("guest", "guest");
+    let definitions = json!({
+        "exchanges": [{"name": "chx.defs", "vhost": "/", "type": TYPE, "durable": true,
+                       "auto_delete": false, "internal": false,
+                       "arguments": {"hash-property": "correlation_id"}}],
+        "queues": [{"name": "chx.defs.q", "vhost": "/", "durable": true,
+                    "auto_delete": false, "arguments": {}}],
+        "bindings": [{"source": "chx.defs", "vhost": "/", "destination": "chx.defs.q",
+                      "destination_type": "queue", "routing_key": "3", "arguments": {}}],
+    });
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/definitions",
+        admin,
+        &definitions.to_string(),
+    )
+    .await;
+    assert!((200..300).contains(&status), "import: {status} {body}");
+    let (status, exported) = http_json(addr, "GET", "/api/definitions", admin, "").await;
+    assert_eq!(status, 200);
+    let exchange = exported["exchanges"]
+        .as_array()
+        .and_then(|xs| xs.iter().find(|x| x["name"] == "chx.defs"))
+        .unwrap_or_else(|| panic!("exported: {exported}"));
+    assert_eq!(exchange["type"], TYPE);
+    assert_eq!(exchange["arguments"]["hash-property"], "correlation_id");
+    let binding = exported["bindings"]
+        .as_array()
+        .and_then(|bs| bs.iter().find(|b| b["source"] == "chx.defs"))
+        .unwrap_or_else(|| panic!("exported: {exported}"));
+    assert_eq!(binding["routing_key"], "3");
+    // The imported ring routes.
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let properties = BasicProperties::default().with_correlation_id("c-1".into());
+    publish_all(&ch, "chx.defs", vec![("any".to_owned(), properties)]).await;
+    assert_eq!(queue_counts(&ch, "chx.defs.q").await.0, 1);
+    // A bad weight in an import is refused like a bad queue.bind.
+    let bad = json!({"bindings": [{"source": "chx.defs", "vhost": "/",
+        "destination": "chx.defs.q", "destination_type": "queue", "routing_key": "zero",
+        "arguments": {}}]});
+    let (status, body) = http(addr, "POST", "/api/definitions", admin, &bad.to_string()).await;
+    assert!(status >= 400, "bad weight imported: {status} {body}");
+}

@@ -352,6 +352,7 @@ fn hash_decimal(n: impl Into<i128>) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::routing::Matcher;
     use std::collections::HashMap;
     use warren_protocol::ShortString;
 
@@ -602,5 +603,87 @@ mod tests {
         }
         assert!(ring.has_room_for(48));
         assert!(!ring.has_room_for(49));
+    }
+
+    /// The figure in docs/benchmarks.md: `cargo test --release -p warren-core --lib --
+    /// --ignored --nocapture routing_throughput_through_a_100_queue_ring`. One thread: the
+    /// publish path's routing (snapshot walk, key hash, binary search, queue lookup) per message.
+    #[tokio::test]
+    #[ignore]
+    async fn routing_throughput_through_a_100_queue_ring() {
+        use crate::exchange::{ExchangeDef, ExchangeKind};
+        use crate::queue::settings::QueueDefaults;
+        use crate::queue::QueueDef;
+        use crate::vhost::VHost;
+        use std::time::{Duration, Instant};
+
+        const QUEUES: usize = 100;
+        let vhost = VHost::new("/", QueueDefaults::default(), None);
+        for (name, kind) in [
+            ("chx", ExchangeKind::ConsistentHash),
+            ("dx", ExchangeKind::Direct),
+        ] {
+            let def = ExchangeDef {
+                name: ShortString::from(name),
+                kind,
+                durable: false,
+                auto_delete: false,
+                internal: false,
+                arguments: FieldTable::default(),
+            };
+            vhost
+                .declare_exchange(def, false)
+                .expect("declare exchange");
+        }
+        for i in 0..QUEUES {
+            let name = format!("shard-{i}");
+            let def = QueueDef {
+                name: ShortString::from(name.as_str()),
+                durable: false,
+                exclusive_owner: None,
+                auto_delete: false,
+                arguments: FieldTable::default(),
+            };
+            vhost.declare_queue(def, false).expect("declare queue");
+            for (x, key) in [("chx", "1"), ("dx", name.as_str())] {
+                let destination = Destination::Queue(ShortString::from(name.as_str()));
+                vhost
+                    .bind(x, destination, key.into(), FieldTable::default(), 1)
+                    .expect("bind");
+            }
+        }
+        let keys: Vec<String> = (0..QUEUES * 1000).map(|i| format!("order-{i}")).collect();
+        let direct_keys: Vec<String> = (0..QUEUES).map(|i| format!("shard-{i}")).collect();
+        let properties = AMQPProperties::default();
+        let routing = vhost.routing_snapshot();
+        let mut out = Vec::with_capacity(4);
+        for (x, keys) in [("chx", &keys), ("dx", &direct_keys)] {
+            let mut routed = 0u64;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(2) {
+                for key in keys.iter().take(10_000) {
+                    out.clear();
+                    routing.route_message(x, &[key.as_str()], &properties, &mut out);
+                    routed += out.len() as u64;
+                }
+            }
+            let rate = routed as f64 / started.elapsed().as_secs_f64();
+            println!("{x}: {rate:.0} msg/s routed on one thread ({QUEUES} queues)");
+        }
+        let Matcher::ConsistentHash(ring) = &routing.exchanges.get("chx").expect("chx").matcher
+        else {
+            panic!("not a ring");
+        };
+        let started = Instant::now();
+        let mut found = 0u64;
+        for key in &keys {
+            found += u64::from(ring.route(key, None, None).is_some());
+        }
+        let per_key = started.elapsed() / keys.len() as u32;
+        println!(
+            "ring lookup alone: {per_key:?} per key, {} points",
+            ring.point_count()
+        );
+        assert_eq!(found, keys.len() as u64);
     }
 }
