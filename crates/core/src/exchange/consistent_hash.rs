@@ -156,8 +156,8 @@ pub struct HashRing {
     hash_on: HashOn,
     /// Each binding's weight; a destination's weight is the sum of its bindings'.
     bindings: imbl::HashMap<BindingKey, u32>,
-    /// Every destination that ever held points; indices stay stable (a slot of a destination
-    /// without weight is kept, so owners need no renumbering).
+    /// The destinations with points, and free slots (weight 0); a destination keeps its index
+    /// while it has weight, so owners need no renumbering.
     destinations: Vec<(Destination, u32)>,
     points: Arc<Points>,
 }
@@ -199,8 +199,17 @@ impl HashRing {
     }
 
     fn reweigh(&mut self, destination: &Destination, change: impl FnOnce(u32) -> u32) {
-        let index = match self.destinations.iter().position(|(d, _)| d == destination) {
-            Some(index) => index,
+        let found = self.destinations.iter().position(|(d, _)| d == destination);
+        // A slot without weight owns no point: a new destination may take it over, so queue
+        // churn (server-named queues bound and deleted) does not grow the list.
+        let free = || self.destinations.iter().position(|(_, w)| *w == 0);
+        let index = match found.or_else(free) {
+            Some(index) => {
+                if found.is_none() {
+                    self.destinations[index] = (destination.clone(), 0);
+                }
+                index
+            }
             None => {
                 self.destinations.push((destination.clone(), 0));
                 self.destinations.len() - 1
@@ -502,6 +511,14 @@ mod tests {
         assert_eq!(ring.point_count(), 0);
         assert!(ring.route("k", None, None).is_none());
         assert!(HashRing::default().route("k", None, None).is_none());
+        // Churn reuses the free slot.
+        for i in 0..10 {
+            ring.add(&binding(&format!("churn-{i}"), 1));
+            ring.remove(&binding(&format!("churn-{i}"), 1));
+        }
+        ring.add(&binding("b", 2));
+        assert_eq!(ring.destinations.len(), 1);
+        assert_eq!(route(&ring, "k"), "b");
     }
 
     #[test]
