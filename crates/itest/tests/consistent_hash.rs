@@ -4,8 +4,10 @@
 //!
 //! Queue names are fixed (not `unique_name`): the ring depends only on names and weights, so
 //! with fixed names and keys the distribution is the same on every run, never flaky. Against
-//! an external RabbitMQ the names are deleted first; its plugin places points differently, so
-//! there the counts are only checked to be within the same 10 %.
+//! an external RabbitMQ the names are deleted first; its plugin places keys differently, so
+//! there the counts are only checked to be within the same 10 %. All tests pass against
+//! RabbitMQ 3.10.8 with `rabbitmq_consistent_hash_exchange` enabled (the restart and
+//! definitions tests need an in-process Warren and are skipped there).
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -246,11 +248,12 @@ async fn bad_weights_and_conflicting_arguments_are_refused_with_406() {
     let x = "chx.refusals";
     declare_chx(&ch, x, false, FieldTable::default()).await;
     fresh_queue(&ch, "chx.r.q", false).await;
+    // The texts are RabbitMQ 3.10.8's with the plugin (this test passes against it).
     for (key, text) in [
-        ("abc", "The binding key must be an integer"),
+        ("abc", r#"The binding key must be an integer: <<"abc">>"#),
         ("0", "The binding key must be greater than 0"),
         ("-3", "The binding key must be greater than 0"),
-        ("", "The binding key must be an integer"),
+        ("", "The binding key must be an integer: <<>>"),
     ] {
         let ch = conn.create_channel().await.expect("channel");
         let result = within(
@@ -265,7 +268,11 @@ async fn bad_weights_and_conflicting_arguments_are_refused_with_406() {
         )
         .await;
         let reply = expect_code(result, 406);
-        assert!(reply.contains(text), "weight {key:?}: {reply}");
+        assert_eq!(
+            reply,
+            format!("PRECONDITION_FAILED - {text}"),
+            "weight {key:?}"
+        );
     }
     for (args, text) in [
         (
@@ -289,7 +296,7 @@ async fn bad_weights_and_conflicting_arguments_are_refused_with_406() {
         )
         .await;
         let reply = expect_code(result, 406);
-        assert!(reply.contains(text), "{reply}");
+        assert_eq!(reply, format!("PRECONDITION_FAILED - {text}"));
     }
     let ch = conn.create_channel().await.expect("channel");
     delete_queue(&ch, "chx.r.q").await;

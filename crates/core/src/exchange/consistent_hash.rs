@@ -128,7 +128,10 @@ impl HashOn {
 pub fn parse_weight(key: &str) -> Result<u32, String> {
     let digits = key.strip_prefix(['+', '-']).unwrap_or(key);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("The binding key must be an integer: <<\"{key}\">>"));
+        return Err(format!(
+            "The binding key must be an integer: {}",
+            erlang_binary(key)
+        ));
     }
     if key.starts_with('-') || digits.bytes().all(|b| b == b'0') {
         return Err("The binding key must be greater than 0".into());
@@ -139,6 +142,21 @@ pub fn parse_weight(key: &str) -> Result<u32, String> {
             "The binding key must be at most {WEIGHT_MAX}: {key}"
         )),
     }
+}
+
+/// A binary as Erlang's `~p` prints it (`<<"abc">>` and `<<>>` checked against RabbitMQ 3.10):
+/// `<<>>`, `<<"text">>` with `"` and `\` escaped, and bytes in decimal (`<<195,169>>`) when any
+/// is outside printable ASCII (Erlang would print some latin-1 text; an approximation).
+fn erlang_binary(text: &str) -> String {
+    if text.is_empty() {
+        return "<<>>".into();
+    }
+    if text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        let escaped = text.replace('\\', "\\\\").replace('"', "\\\"");
+        return format!("<<\"{escaped}\">>");
+    }
+    let bytes: Vec<String> = text.bytes().map(|b| b.to_string()).collect();
+    format!("<<{}>>", bytes.join(","))
 }
 
 /// The sorted points of a ring, shared by every snapshot until a binding changes.
@@ -526,12 +544,19 @@ mod tests {
         assert_eq!(parse_weight("1"), Ok(1));
         assert_eq!(parse_weight("+7"), Ok(7));
         assert_eq!(parse_weight("007"), Ok(7));
-        for bad in ["", "a", "1.5", " 1", "1 ", "+", "-"] {
+        for bad in ["a", "1.5", " 1", "1 ", "+", "-"] {
             assert_eq!(
                 parse_weight(bad),
                 Err(format!("The binding key must be an integer: <<\"{bad}\">>"))
             );
         }
+        let text = |key| parse_weight(key).unwrap_err();
+        assert_eq!(text(""), "The binding key must be an integer: <<>>");
+        assert_eq!(
+            text("a\"b"),
+            r#"The binding key must be an integer: <<"a\"b">>"#
+        );
+        assert_eq!(text("é"), "The binding key must be an integer: <<195,169>>");
         for zero_or_less in ["0", "-1", "-0", "000"] {
             assert_eq!(
                 parse_weight(zero_or_less),
