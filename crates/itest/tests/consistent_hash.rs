@@ -233,6 +233,14 @@ async fn hash_header_and_hash_property_choose_what_is_hashed() {
         assert_eq!(owner.len(), 30);
         let used: HashSet<_> = owner.values().collect();
         assert!(used.len() >= 2, "{x}: 30 values spread over queues");
+        // Without the header or property: all go to one queue (the plugin's README says so).
+        publish_all(&ch, x, keyed("no-value", 40)).await;
+        let mut counts = Vec::new();
+        for q in &queues {
+            counts.push(queue_counts(&ch, q).await.0);
+        }
+        counts.sort();
+        assert_eq!(counts, vec![0, 0, 40], "{x}: messages without the value");
         for q in &queues {
             delete_queue(&ch, q).await;
         }
