@@ -7,8 +7,10 @@
 
 use std::sync::Arc;
 
+use warren_protocol::basic::AMQPProperties;
 use warren_protocol::{FieldTable, ShortString};
 
+use crate::exchange::consistent_hash::{HashOn, HashRing};
 use crate::exchange::headers::headers_match;
 use crate::exchange::topic::TopicTrie;
 use crate::exchange::{ExchangeKind, DEFAULT_EXCHANGE};
@@ -35,6 +37,8 @@ pub enum Matcher {
     Topic(TopicTrie<Destination>),
     /// One entry per binding (its identity → its arguments).
     Headers(imbl::HashMap<BindingKey, FieldTable>),
+    /// Every binding's weight on a ring; one destination per message.
+    ConsistentHash(HashRing),
 }
 
 /// A binding as the definitions keep it.
@@ -46,24 +50,27 @@ pub struct Binding {
 }
 
 impl Matcher {
-    /// A matcher without bindings.
-    pub fn empty(kind: ExchangeKind) -> Matcher {
+    /// A matcher without bindings for an exchange of `kind` declared with `arguments`.
+    pub fn empty(kind: ExchangeKind, arguments: &FieldTable) -> Matcher {
         match kind {
             ExchangeKind::Direct => Matcher::Direct(imbl::HashMap::new()),
             ExchangeKind::Fanout => Matcher::Fanout(imbl::HashSet::new()),
             ExchangeKind::Topic => Matcher::Topic(TopicTrie::new()),
             ExchangeKind::Headers => Matcher::Headers(imbl::HashMap::new()),
+            ExchangeKind::ConsistentHash => {
+                Matcher::ConsistentHash(HashRing::new(HashOn::of(arguments)))
+            }
         }
     }
 
     /// What the matcher holds once however many bindings share it: direct and topic
     /// matchers hold each (destination, routing key) pair once, fanout each destination
-    /// once; a headers matcher holds every binding (`None`).
+    /// once; headers and consistent-hash matchers hold every binding (`None`).
     pub fn shared_part(kind: ExchangeKind, key: &BindingKey) -> Option<(Destination, ShortString)> {
         match kind {
             ExchangeKind::Direct | ExchangeKind::Topic => Some((key.0.clone(), key.1.clone())),
             ExchangeKind::Fanout => Some((key.0.clone(), ShortString::from(""))),
-            ExchangeKind::Headers => None,
+            ExchangeKind::Headers | ExchangeKind::ConsistentHash => None,
         }
     }
 
@@ -86,6 +93,7 @@ impl Matcher {
             Matcher::Headers(bindings) => {
                 bindings.insert(key.clone(), arguments.clone());
             }
+            Matcher::ConsistentHash(ring) => ring.add(key),
         }
     }
 
@@ -114,10 +122,31 @@ impl Matcher {
             Matcher::Headers(bindings) => {
                 bindings.remove(key);
             }
+            Matcher::ConsistentHash(ring) => ring.remove(key),
         }
     }
 
+    /// Every destination the message matches, through the binding keys of each routing key
+    /// (the consistent-hash exchange: one destination, from the first key, as the plugin).
     fn matches(
+        &self,
+        routing_keys: &[&str],
+        message: Properties<'_>,
+        out: &mut dyn FnMut(&Destination),
+    ) {
+        if let Matcher::ConsistentHash(ring) = self {
+            let key = routing_keys.first().copied().unwrap_or("");
+            if let Some(dest) = ring.route(key, message.headers, message.properties) {
+                out(dest);
+            }
+            return;
+        }
+        for key in routing_keys {
+            self.matches_key(key, message.headers, out);
+        }
+    }
+
+    fn matches_key(
         &self,
         routing_key: &str,
         headers: Option<&FieldTable>,
@@ -138,8 +167,17 @@ impl Matcher {
                     }
                 }
             }
+            Matcher::ConsistentHash(_) => {}
         }
     }
+}
+
+/// What routing may look at besides the routing keys.
+#[derive(Clone, Copy)]
+struct Properties<'a> {
+    headers: Option<&'a FieldTable>,
+    /// Absent when only headers are known (tests, and callers that route on headers alone).
+    properties: Option<&'a AMQPProperties>,
 }
 
 /// What the publish path needs to know about one exchange.
@@ -165,12 +203,42 @@ pub const ROUTE_EXCHANGES_MAX: usize = 1024;
 
 impl RoutingTable {
     /// Routes a message published to `exchange` with the given routing keys (the key plus
-    /// any `CC`/`BCC` keys). Each destination queue is pushed to `out` once.
+    /// any `CC`/`BCC` keys) and properties. Each destination queue is pushed to `out` once.
+    pub fn route_message(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        properties: &AMQPProperties,
+        out: &mut Vec<QueueHandle>,
+    ) {
+        let message = Properties {
+            headers: properties.headers().as_ref(),
+            properties: Some(properties),
+        };
+        self.route_with(exchange, routing_keys, message, out);
+    }
+
+    /// `route_message` for a message known only by its headers (a consistent-hash exchange
+    /// that hashes a property sees it absent).
     pub fn route(
         &self,
         exchange: &str,
         routing_keys: &[&str],
         headers: Option<&FieldTable>,
+        out: &mut Vec<QueueHandle>,
+    ) {
+        let message = Properties {
+            headers,
+            properties: None,
+        };
+        self.route_with(exchange, routing_keys, message, out);
+    }
+
+    fn route_with(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        message: Properties<'_>,
         out: &mut Vec<QueueHandle>,
     ) {
         let mut found = Found {
@@ -195,8 +263,9 @@ impl RoutingTable {
             };
             let mut found_exchanges: Vec<&str> = Vec::new();
             let mut matched = false;
-            for key in routing_keys {
-                route.matcher.matches(key, headers, &mut |dest| match dest {
+            route
+                .matcher
+                .matches(routing_keys, message, &mut |dest| match dest {
                     Destination::Queue(q) => {
                         if let Some(handle) = self.queues.get(q) {
                             matched = true;
@@ -211,7 +280,6 @@ impl RoutingTable {
                         }
                     }
                 });
-            }
             if !matched {
                 if let Some((k, _)) = route
                     .alternate

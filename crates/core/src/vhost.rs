@@ -25,6 +25,7 @@ use crate::args::{
 };
 use crate::direct_reply::DirectReplies;
 use crate::durable::definitions::{self as def_records, DefinitionOp};
+use crate::exchange::consistent_hash;
 use crate::exchange::headers::validate_binding_args;
 use crate::exchange::{
     check_name, ExchangeDef, ExchangeKind, DEFAULT_EXCHANGE, STANDARD_EXCHANGES,
@@ -59,7 +60,7 @@ impl ExchangeEntry {
         let route = Arc::new(ExchangeRoute {
             internal: def.internal,
             alternate: alternate_of(&def),
-            matcher: Matcher::empty(def.kind),
+            matcher: Matcher::empty(def.kind, &def.arguments),
         });
         ExchangeEntry {
             def,
@@ -706,6 +707,10 @@ impl VHost {
                 )));
             }
         }
+        if def.kind == ExchangeKind::ConsistentHash {
+            consistent_hash::validate_exchange_args(&def.arguments)
+                .map_err(ProtocolError::precondition_failed)?;
+        }
         if def.durable {
             self.log_op(DefinitionOp::ExchangeDeclared(def.clone()))?;
         }
@@ -996,6 +1001,13 @@ impl VHost {
         if entry.def.kind == ExchangeKind::Headers {
             validate_binding_args(&arguments).map_err(ProtocolError::precondition_failed)?;
         }
+        let weight = match entry.def.kind {
+            ExchangeKind::ConsistentHash => Some(
+                consistent_hash::parse_weight(routing_key.as_str())
+                    .map_err(ProtocolError::precondition_failed)?,
+            ),
+            _ => None,
+        };
         let binding = Binding {
             destination,
             routing_key,
@@ -1003,6 +1015,15 @@ impl VHost {
         };
         if entry.bindings.contains_key(&binding_key(&binding)) {
             return Ok(());
+        }
+        if let (Some(weight), Matcher::ConsistentHash(ring)) = (weight, &entry.route.matcher) {
+            if !ring.has_room_for(weight) {
+                return Err(ProtocolError::precondition_failed(format!(
+                    "{} would hold more than {} ring points (weight {weight} refused)",
+                    self.exchange_what(source),
+                    consistent_hash::RING_POINTS_MAX
+                )));
+            }
         }
         if durable {
             self.log_op(DefinitionOp::Bound {

@@ -78,7 +78,7 @@ pub async fn overview(caller: Caller, State(state): State<AppState>) -> Json<Val
             sum
         }
     };
-    let exchange_types: Vec<Value> = ["direct", "fanout", "headers", "topic"]
+    let exchange_types: Vec<Value> = ["direct", "fanout", "headers", "topic", "x-consistent-hash"]
         .iter()
         .map(|t| json!({"name": t, "description": "", "enabled": true}))
         .collect();

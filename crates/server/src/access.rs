@@ -214,5 +214,6 @@ pub(crate) fn exchange_kind(routing: &RoutingTable, name: &str) -> Option<Exchan
         Matcher::Direct(_) => ExchangeKind::Direct,
         Matcher::Fanout(_) => ExchangeKind::Fanout,
         Matcher::Headers(_) => ExchangeKind::Headers,
+        Matcher::ConsistentHash(_) => ExchangeKind::ConsistentHash,
     })
 }

@@ -514,13 +514,13 @@ impl Connection {
             return Ok(());
         }
         let mut queues: Vec<QueueHandle> = Vec::new();
-        let headers = message.properties.headers().as_ref();
+        let properties = &*message.properties;
         let exchange = message.exchange.as_str();
         if extra_keys.is_empty() {
-            routing.route(
+            routing.route_message(
                 exchange,
                 &[message.routing_key.as_str()],
-                headers,
+                properties,
                 &mut queues,
             );
         } else {
@@ -528,7 +528,7 @@ impl Connection {
             let keys: Vec<&str> = std::iter::once(message.routing_key.as_str())
                 .chain(extra_keys.iter().map(|s| s.as_str()))
                 .collect();
-            routing.route(exchange, &keys, headers, &mut queues);
+            routing.route_message(exchange, &keys, properties, &mut queues);
         }
         if queues.is_empty() {
             if !method.mandatory {

@@ -293,10 +293,10 @@ impl Broker {
                     Some(_) => {}
                 }
             }
-            routing.route(
+            routing.route_message(
                 message.exchange.as_str(),
                 &[message.routing_key.as_str()],
-                message.properties.headers().as_ref(),
+                &message.properties,
                 &mut queues,
             );
         }

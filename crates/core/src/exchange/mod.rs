@@ -2,6 +2,7 @@
 //! destinations of its bindings; the matchers live in one file per type and are built into
 //! the routing snapshot (`crate::routing`), never consulted under a lock.
 
+pub mod consistent_hash;
 pub mod headers;
 pub mod topic;
 
@@ -25,6 +26,8 @@ pub enum ExchangeKind {
     Fanout,
     Topic,
     Headers,
+    /// `x-consistent-hash`: RabbitMQ's plugin, built in (`consistent_hash`).
+    ConsistentHash,
 }
 
 impl ExchangeKind {
@@ -35,6 +38,7 @@ impl ExchangeKind {
             "fanout" => Ok(ExchangeKind::Fanout),
             "topic" => Ok(ExchangeKind::Topic),
             "headers" => Ok(ExchangeKind::Headers),
+            consistent_hash::EXCHANGE_TYPE => Ok(ExchangeKind::ConsistentHash),
             other => Err(ProtocolError::command_invalid(format!(
                 "unknown exchange type '{other}'"
             ))),
@@ -47,6 +51,7 @@ impl ExchangeKind {
             ExchangeKind::Fanout => "fanout",
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
+            ExchangeKind::ConsistentHash => consistent_hash::EXCHANGE_TYPE,
         }
     }
 }

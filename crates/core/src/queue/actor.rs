@@ -912,12 +912,7 @@ impl QueueActor {
         {
             let routing = vhost.routing();
             let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
-            routing.route(
-                dlx.as_str(),
-                &keys,
-                dead.properties.headers().as_ref(),
-                &mut queues,
-            );
+            routing.route_message(dlx.as_str(), &keys, &dead.properties, &mut queues);
         }
         let dead = Arc::new(dead);
         for queue in queues {
