@@ -85,12 +85,12 @@ async fn run(
 
 /// The management API's or Prometheus's HTTP listeners (one per --bind address) and how
 /// to stop them.
-struct MgmtListeners {
+struct HttpListeners {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-impl MgmtListeners {
+impl HttpListeners {
     async fn stop(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
@@ -99,77 +99,83 @@ impl MgmtListeners {
     }
 }
 
-/// Binds every management address before serving any, so a taken port stops the start.
+/// Resolves when the listeners are told to stop.
+type Shutdown = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
+/// Binds every address before serving any, so a taken port stops the start; then serves
+/// each listener with `serve` in a task of its own until `HttpListeners::stop`.
+async fn start_http<F, Fut>(
+    addrs: &[std::net::SocketAddr],
+    what: &str,
+    serve: F,
+) -> anyhow::Result<HttpListeners>
+where
+    F: Fn(tokio::net::TcpListener, Shutdown) -> Fut,
+    Fut: std::future::Future<Output = std::io::Result<()>> + Send + 'static,
+{
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut listeners = Vec::new();
+    for addr in addrs {
+        let listener = warren_server::bind(*addr)
+            .with_context(|| format!("cannot listen for {what} on {addr}"))?;
+        info!(addr = %listener.local_addr()?, "{what} listening");
+        listeners.push(listener);
+    }
+    let tasks = listeners
+        .into_iter()
+        .map(|listener| {
+            let mut stopped = stopped.clone();
+            let shutdown: Shutdown = Box::pin(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            });
+            let served = serve(listener, shutdown);
+            let what = what.to_owned();
+            tokio::spawn(async move {
+                if let Err(e) = served.await {
+                    tracing::error!(error = %e, "{what} stopped");
+                }
+            })
+        })
+        .collect();
+    Ok(HttpListeners { stop, tasks })
+}
+
+/// The management API (over HTTPS with `tls`) on `addrs`.
 async fn start_mgmt(
     addrs: &[std::net::SocketAddr],
     handle: &warren_server::ServerHandle,
     tls: Option<std::sync::Arc<warren_server::tls::RustlsServerConfig>>,
-) -> anyhow::Result<MgmtListeners> {
+) -> anyhow::Result<HttpListeners> {
     let broker = handle.broker();
     let node = node_context(handle);
-    let what = if tls.is_some() { "HTTPS" } else { "HTTP" };
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut listeners = Vec::new();
-    for addr in addrs {
-        let listener = warren_server::bind(*addr)
-            .with_context(|| format!("cannot listen for the management API ({what}) on {addr}"))?;
-        info!(addr = %listener.local_addr()?, "management API listening ({what})");
-        listeners.push(listener);
-    }
-    let tasks = listeners
-        .into_iter()
-        .map(|listener| {
-            let mut stopped = stopped.clone();
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            let (broker, node, tls) = (broker.clone(), node.clone(), tls.clone());
-            tokio::spawn(async move {
-                let served = match tls {
-                    Some(tls) => {
-                        warren_mgmt::serve_tls_with(listener, tls, broker, node, shutdown).await
-                    }
-                    None => warren_mgmt::serve_with(listener, broker, node, shutdown).await,
-                };
-                if let Err(e) = served {
-                    tracing::error!(error = %e, "management API stopped");
+    let what = match tls {
+        Some(_) => "the management API (HTTPS)",
+        None => "the management API",
+    };
+    start_http(addrs, what, |listener, shutdown| {
+        let (broker, node, tls) = (broker.clone(), node.clone(), tls.clone());
+        async move {
+            match tls {
+                Some(tls) => {
+                    warren_mgmt::serve_tls_with(listener, tls, broker, node, shutdown).await
                 }
-            })
-        })
-        .collect();
-    Ok(MgmtListeners { stop, tasks })
+                None => warren_mgmt::serve_with(listener, broker, node, shutdown).await,
+            }
+        }
+    })
+    .await
 }
 
-/// Binds every Prometheus address before serving any, so a taken port stops the start.
+/// Prometheus metrics on `addrs`.
 async fn start_prometheus(
     addrs: &[std::net::SocketAddr],
     broker: &std::sync::Arc<warren_core::Broker>,
     node: impl Fn() -> warren_metrics::Node,
-) -> anyhow::Result<MgmtListeners> {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut listeners = Vec::new();
-    for addr in addrs {
-        let listener = warren_server::bind(*addr)
-            .with_context(|| format!("cannot listen for Prometheus metrics on {addr}"))?;
-        info!(addr = %listener.local_addr()?, "Prometheus metrics listening");
-        listeners.push(listener);
-    }
-    let tasks = listeners
-        .into_iter()
-        .map(|listener| {
-            let mut stopped = stopped.clone();
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            let (broker, node) = (broker.clone(), node());
-            tokio::spawn(async move {
-                if let Err(e) = warren_metrics::serve(listener, broker, node, shutdown).await {
-                    tracing::error!(error = %e, "Prometheus metrics stopped");
-                }
-            })
-        })
-        .collect();
-    Ok(MgmtListeners { stop, tasks })
+) -> anyhow::Result<HttpListeners> {
+    start_http(addrs, "Prometheus metrics", |listener, shutdown| {
+        warren_metrics::serve(listener, broker.clone(), node(), shutdown)
+    })
+    .await
 }
 
 /// What the management API shows of the node: the AMQP listeners and the resource alarms.
