@@ -287,7 +287,8 @@ def test_every_page_renders_and_names_are_text(page, connection, unique):
     expect(page.locator("#whoami")).to_have_text("guest")
     for path, heading in [("connections", "Connections"), ("channels", "Channels"),
                           ("exchanges", "Exchanges"), ("admin", "Admin"),
-                          ("definitions", "Definitions"), ("queues", "Queues")]:
+                          ("definitions", "Definitions"), ("nodes", "Nodes"),
+                          ("queues", "Queues")]:
         page.goto(f"/#/{path}")
         expect(page.locator("main h1")).to_have_text(heading)
         expect(page.locator("main table, main button").first).to_be_visible()
@@ -411,3 +412,14 @@ def test_connection_and_channel_pages(page, mgmt_url, connect, unique):
     expect(page.locator("#channel-consumer-count")).to_have_text("1")
     expect(page.locator("#channel-consumers")).to_contain_text("page-test-consumer")
     expect(page.locator("main .error, #flash .err")).to_have_count(0)
+
+
+def test_nodes_page(page, mgmt_url):
+    """One node, with its memory and descriptors and the AMQP and HTTP listeners."""
+    (node,) = api_json(mgmt_url, "/api/nodes")
+    log_in(page, "guest", "guest")
+    expect(page.locator("#whoami")).to_have_text("guest")
+    page.goto("/#/nodes")
+    expect(page.locator("#nodes tbody tr").first).to_contain_text(node["name"])
+    expect(page.locator("#nodes")).to_contain_text("amqp")
+    expect(page.locator("#nodes")).to_contain_text("http")

@@ -19,6 +19,7 @@ const routes = [
   [/^\/exchanges\/([^/]+)\/([^/]*)$/, 'exchanges', () => exchanges.renderDetail],
   [/^\/queues$/, 'queues', () => queues.renderList],
   [/^\/queues\/([^/]+)\/([^/]+)$/, 'queues', () => queues.renderDetail],
+  [/^\/nodes$/, 'nodes', () => overview.renderNodes],
   [/^\/admin$/, 'admin', () => admin.renderAdmin],
   [/^\/definitions$/, 'definitions', () => admin.renderDefinitions],
 ];

@@ -1,6 +1,6 @@
 // Overview: object totals, and live charts of message rates and queue depths drawn on
 // <canvas> (history kept in memory while the page stays open).
-import { api, h, fmtNum, fmtRate, get } from './lib.js';
+import { api, h, fmtNum, fmtRate, get, table, td } from './lib.js';
 
 const HISTORY_MAX = 120; // samples: 10 minutes at one per 5 s
 const MIN_SPAN_SECS = 60;
@@ -122,4 +122,36 @@ export async function render(main) {
   };
   window.addEventListener('resize', onResize);
   return { refresh, stop: () => window.removeEventListener('resize', onResize) };
+}
+
+const MIB = 1024 * 1024;
+const mib = (n) => `${fmtNum(Math.round((n || 0) / MIB))} MiB`;
+const duration = (ms) => {
+  const s = Math.floor((ms || 0) / 1000);
+  const d = Math.floor(s / 86400), hh = Math.floor((s % 86400) / 3600), mm = Math.floor((s % 3600) / 60);
+  return d ? `${d}d ${hh}h` : hh ? `${hh}h ${mm}m` : `${mm}m ${s % 60}s`;
+};
+
+// Nodes (Warren is one): memory and disk against their alarm limits, descriptors, uptime,
+// and the listeners. Needs the monitoring or administrator tag, as the API does.
+export async function renderNodes(main) {
+  const body = h('div', { id: 'nodes' });
+  async function refresh() {
+    const nodes = await api('GET', '/api/nodes');
+    const alarm = (on) => (on ? ' — alarm' : '');
+    body.replaceChildren(
+      table(['Node', 'Uptime', 'Memory (limit)', 'Disk free (limit)', 'File descriptors', 'Sockets', 'Threads', 'Cores'],
+        nodes.map((n) => h('tr', {}, td(n.name), td(duration(n.uptime)),
+          td(`${mib(n.mem_used)} (${mib(n.mem_limit)})${alarm(n.mem_alarm)}`, n.mem_alarm ? 'err' : ''),
+          td(`${mib(n.disk_free)} (${mib(n.disk_free_limit)})${alarm(n.disk_free_alarm)}`, n.disk_free_alarm ? 'err' : ''),
+          td(`${fmtNum(n.fd_used)} / ${fmtNum(n.fd_total)}`), td(fmtNum(n.sockets_used)),
+          td(fmtNum(n.proc_used)), td(fmtNum(n.processors))))),
+      h('h2', {}, 'Listeners'),
+      table(['Protocol', 'Address', 'Port'],
+        (nodes[0]?.listeners || []).map((l) => h('tr', {}, td(l.protocol), td(l.ip_address), td(String(l.port)))),
+        'No listeners known'));
+  }
+  await refresh();
+  main.append(h('h1', {}, 'Nodes'), body);
+  return { refresh };
 }
