@@ -61,12 +61,10 @@ impl Request {
     /// `family=a&family=b&vhost=%2F` (form-urlencoded; keys repeat).
     pub fn parse(query: &str) -> Request {
         let mut r = Request::default();
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let value = percent_decode(value);
-            match key {
-                "family" => r.families.push(value),
-                "vhost" => r.vhosts.push(value),
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "family" => r.families.push(value.into_owned()),
+                "vhost" => r.vhosts.push(value.into_owned()),
                 _ => {}
             }
         }
@@ -80,34 +78,6 @@ impl Request {
     fn vhost_allowed(&self, vhost: &str) -> bool {
         self.vhosts.is_empty() || self.vhosts.iter().any(|v| v == vhost)
     }
-}
-
-/// `%XX` and `+` decoded; a malformed escape is kept as written.
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => {
-                match std::str::from_utf8(&bytes[i + 1..i + 3])
-                    .ok()
-                    .and_then(|h| u8::from_str_radix(h, 16).ok())
-                {
-                    Some(b) => {
-                        out.push(b);
-                        i += 3;
-                        continue;
-                    }
-                    None => out.push(b'%'),
-                }
-            }
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Channel listings, asked of the connection tasks only when `channel_metrics` is wanted.

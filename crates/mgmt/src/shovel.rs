@@ -358,25 +358,11 @@ fn local_vhost(uri: &str) -> Option<String> {
     let path = path.map(|p| p.split('?').next().unwrap_or(""));
     match path {
         None | Some("") => Some("/".to_owned()),
-        Some(p) => percent_decode(p),
+        Some(p) => percent_encoding::percent_decode_str(p)
+            .decode_utf8()
+            .ok()
+            .map(|v| v.into_owned()),
     }
-}
-
-fn percent_decode(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
 }
 
 #[cfg(test)]

@@ -146,10 +146,8 @@ async fn a_move_cut_by_kill_9_loses_nothing() {
         "{twice} messages in both queues; at most one batch ({MOVE_BATCH_MAX}) may be"
     );
     assert!(seen.values().all(|n| *n <= 2));
-    // The kill came midway: some were moved, some were not.
-    assert!(
-        left_in_source > 0 && left_in_source < MESSAGES,
-        "{left_in_source} left"
-    );
+    // Some were moved before the kill (polled above). That some were left is likely but not
+    // certain on a fast disk, so it is reported rather than asserted.
+    assert!(left_in_source < MESSAGES, "{left_in_source} left");
     eprintln!("killed midway: {left_in_source} messages left in the source, {twice} in both");
 }
