@@ -160,17 +160,38 @@ def test_bad_login_shows_the_api_error(page, mgmt_url, unique):
     expect(page.locator("#login-error")).to_have_text("Login failed")
     expect(page.locator("#shell")).to_be_hidden()
 
-    # A user without a management tag: the API's 403 reason is what the form shows.
+    # A user without a management tag: the API's refusal (401, as RabbitMQ) is what the form shows.
     name = unique("plain")
     status, _ = api_call(mgmt_url, "PUT", f"/api/users/{quote(name, safe='')}",
                          {"password": "pw", "tags": ""})
     assert status in (201, 204)
     try:
         status, body = api_call(mgmt_url, "GET", "/api/whoami", user=f"{name}:pw".encode())
-        assert status == 403
+        assert status == 401
         log_in(page, name, "pw")
         expect(page.locator("#login-error")).to_have_text(f"Login failed: {body['reason']}")
         expect(page.locator("#shell")).to_be_hidden()
+    finally:
+        api_call(mgmt_url, "DELETE", f"/api/users/{quote(name, safe='')}")
+
+
+def test_a_refusal_does_not_log_out(page, mgmt_url, unique):
+    """RabbitMQ answers a logged-in user's refusal with 401 too: the UI must show it and stay
+    logged in (only wrong credentials log out)."""
+    name = unique("mgmtuser")
+    status, _ = api_call(mgmt_url, "PUT", f"/api/users/{quote(name, safe='')}",
+                         {"password": "pw", "tags": "management"})
+    assert status in (201, 204)
+    try:
+        status, body = api_call(mgmt_url, "GET", "/api/users", user=f"{name}:pw".encode())
+        assert status == 401 and body["reason"] == "Not administrator user"
+        log_in(page, name, "pw")
+        expect(page.locator("#whoami")).to_have_text(name)
+        page.goto("/#/admin")
+        expect(page.locator("main .error, #flash .err").first).to_contain_text(
+            "Not administrator user")
+        expect(page.locator("#shell")).to_be_visible()
+        expect(page.locator("#login")).to_be_hidden()
     finally:
         api_call(mgmt_url, "DELETE", f"/api/users/{quote(name, safe='')}")
 

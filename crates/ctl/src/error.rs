@@ -15,8 +15,8 @@ pub const EXIT_USAGE: u8 = 2;
 /// The API answered 404: the vhost, user, queue ... does not exist (or the endpoint is not
 /// served by this broker).
 pub const EXIT_NOT_FOUND: u8 = 3;
-/// The API answered 401 (wrong user or password) or 403 (the user's tags or permissions do
-/// not allow it).
+/// The API answered 401 (wrong user or password, or — as RabbitMQ and Warren answer it — the
+/// user's tags or permissions do not allow it) or 403 (the same, from other servers).
 pub const EXIT_ACCESS_REFUSED: u8 = 4;
 /// The API refused the request as it stands: 400 (bad request), 409 (conflict or failed
 /// precondition, e.g. `--if-empty` on a queue with messages), 405, 413 or another 4xx.
@@ -34,7 +34,7 @@ Exit codes:
   1  local failure (a file cannot be read or written, an answer is not JSON)
   2  usage error (unknown command or flag, missing or malformed argument)
   3  not found (HTTP 404)
-  4  access refused (HTTP 401 wrong credentials, 403 not allowed)
+  4  access refused (HTTP 401 or 403: wrong credentials, or not allowed)
   5  bad request or failed precondition (HTTP 400, 409, other 4xx)
   6  server error (HTTP 5xx)
   7  broker unreachable (connection refused, timeout)";

@@ -313,7 +313,7 @@ async fn moved_twice_counts_two_and_needs_permissions() {
         &to(&z),
     )
     .await;
-    assert_eq!(s, 403, "{v}");
+    assert_eq!(s, 401, "{v}");
     assert_eq!(queue_counts(&ch, &a).await.0, 1);
     let (s, v) = http_json(
         addr,

@@ -59,7 +59,7 @@ impl FromRequestParts<AppState> for Caller {
             state: state.clone(),
         };
         if !caller.is_management() {
-            return Err(ApiError::forbidden(
+            return Err(ApiError::refused(
                 "Not management user (the user has none of the tags management, policymaker, monitoring, administrator)",
             ));
         }
@@ -89,19 +89,19 @@ impl Caller {
         self.is_monitor() || self.is_policymaker() || self.user.has_tag(TAG_MANAGEMENT)
     }
 
-    /// 403 unless the caller is an administrator.
+    /// 401 (refused) unless the caller is an administrator.
     pub fn require_admin(&self) -> Result<(), ApiError> {
         match self.is_admin() {
             true => Ok(()),
-            false => Err(ApiError::forbidden("Not administrator user")),
+            false => Err(ApiError::refused("Not administrator user")),
         }
     }
 
-    /// 403 unless the caller may read everything.
+    /// 401 (refused) unless the caller may read everything.
     pub fn require_monitor(&self) -> Result<(), ApiError> {
         match self.is_monitor() {
             true => Ok(()),
-            false => Err(ApiError::forbidden("Not monitor user")),
+            false => Err(ApiError::refused("Not monitor user")),
         }
     }
 
@@ -119,20 +119,20 @@ impl Caller {
         self.is_monitor() || self.has_permissions_in(vhost)
     }
 
-    /// 404 for a vhost that does not exist, 403 for one the caller may not see.
+    /// 404 for a vhost that does not exist, 401 for one the caller may not see.
     pub fn require_vhost(&self, vhost: &str) -> Result<(), ApiError> {
         if !self.state.broker.access().vhosts.contains_key(vhost) {
             return Err(ApiError::not_found(format!("vhost '{vhost}'")));
         }
         match self.can_see_vhost(vhost) {
             true => Ok(()),
-            false => Err(ApiError::forbidden(format!(
+            false => Err(ApiError::refused(format!(
                 "User not authorised to access virtual host '{vhost}'"
             ))),
         }
     }
 
-    /// 403 unless the caller's permissions in `vhost` grant `access` on the `kind`
+    /// 401 (refused) unless the caller's permissions in `vhost` grant `access` on the `kind`
     /// (`queue`, `exchange`) called `name`, with RabbitMQ's AMQP text.
     pub fn require_resource(
         &self,
@@ -149,7 +149,7 @@ impl Caller {
             .is_some_and(|p| p.allows(access, name));
         match granted {
             true => Ok(()),
-            false => Err(ApiError::forbidden(format!(
+            false => Err(ApiError::refused(format!(
                 "access to {kind} '{}' in vhost '{vhost}' refused for user '{}'",
                 if name.is_empty() { "amq.default" } else { name },
                 self.user.name
@@ -165,13 +165,13 @@ impl Caller {
         if self.is_admin() || (self.is_policymaker() && self.has_permissions_in(vhost)) {
             return Ok(());
         }
-        Err(ApiError::forbidden(format!(
+        Err(ApiError::refused(format!(
             "Not policymaker user with permissions in virtual host '{vhost}'"
         )))
     }
 
     /// AMQP resource permission, as RabbitMQ's management applies it to changes: the vhost
-    /// exists (404), the caller has permissions in it, and `access` on `kind` `name` (403
+    /// exists (404), the caller has permissions in it, and `access` on `kind` `name` (401
     /// with RabbitMQ's ACCESS_REFUSED text). Administrators need permissions too.
     pub fn require_access(
         &self,
@@ -190,7 +190,7 @@ impl Caller {
             .is_some_and(|p| p.allows(access, name));
         match allowed {
             true => Ok(()),
-            false => Err(ApiError::forbidden(format!(
+            false => Err(ApiError::refused(format!(
                 "ACCESS_REFUSED - {} access to {kind} '{name}' in vhost '{vhost}' refused for user '{}'",
                 access.as_str(),
                 self.user.name
@@ -198,7 +198,7 @@ impl Caller {
         }
     }
 
-    /// The vhost, when it exists (404) and the caller may see it (403).
+    /// The vhost, when it exists (404) and the caller may see it (401).
     pub fn vhost(&self, name: &str) -> Result<Arc<VHost>, ApiError> {
         self.require_vhost(name)?;
         self.state

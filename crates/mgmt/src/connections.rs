@@ -131,7 +131,7 @@ async fn close(
 ) -> Result<StatusCode, ApiError> {
     let c = find(&caller, &state, &name)?;
     if !caller.is_admin() && c.user != caller.name() {
-        return Err(ApiError::forbidden("Not administrator user"));
+        return Err(ApiError::refused("Not administrator user"));
     }
     let reason = headers
         .get("x-reason")

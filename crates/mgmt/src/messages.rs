@@ -44,7 +44,16 @@ async fn publish(
     } else {
         &exchange
     };
-    caller.require_resource(&vhost, Access::Write, "exchange", checked)?;
+    // RabbitMQ's publish endpoint reports the channel's refusal as a bad request carrying the
+    // AMQP code (probed on 3.10.8), unlike every other endpoint's 401.
+    caller
+        .require_resource(&vhost, Access::Write, "exchange", checked)
+        .map_err(|e| match e {
+            ApiError::Refused(text) => {
+                ApiError::bad_request(format!("403 ACCESS_REFUSED - {text}"))
+            }
+            other => other,
+        })?;
     let routing_key = required_str(&body, "routing_key")?.to_owned();
     let payload = required_str(&body, "payload")?;
     let body_bytes = match opt_str(&body, "payload_encoding")?.unwrap_or("string") {

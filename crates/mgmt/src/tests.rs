@@ -124,7 +124,7 @@ async fn a_user_without_management_tags_is_forbidden() {
     let (s, body) = api
         .call_as(Some(("plain", "pw")), "GET", "/api/whoami", None)
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"], "not_authorised");
 }
 
@@ -179,7 +179,7 @@ async fn tag_rules() {
     let (s, _) = api
         .call_as(Some(("mgmt", "pw")), "GET", "/api/vhosts/other", None)
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (_, v) = api
         .call_as(Some(("mon", "pw")), "GET", "/api/vhosts", None)
         .await;
@@ -189,11 +189,11 @@ async fn tag_rules() {
         let (s, _) = api
             .call_as(Some((who, "pw")), "PUT", "/api/vhosts/x", None)
             .await;
-        assert_eq!(s, StatusCode::FORBIDDEN, "{who}");
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{who}");
         let (s, _) = api
             .call_as(Some((who, "pw")), "GET", "/api/users", None)
             .await;
-        assert_eq!(s, StatusCode::FORBIDDEN, "{who}");
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{who}");
     }
     // policymaker sets policies where it has permissions, not elsewhere; management never.
     let policy = r#"{"pattern":"^q","definition":{"max-length":5}}"#;
@@ -214,7 +214,7 @@ async fn tag_rules() {
             Some(policy),
         )
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, _) = api
         .call_as(
             Some(("mgmt", "pw")),
@@ -223,7 +223,7 @@ async fn tag_rules() {
             Some(policy),
         )
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, v) = api
         .call_as(Some(("mgmt", "pw")), "GET", "/api/policies", None)
         .await;

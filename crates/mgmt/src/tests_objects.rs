@@ -60,7 +60,7 @@ async fn queue_declare_show_list_purge_delete() {
         "{reason}"
     );
     let (s, _) = api.admin("PUT", "/api/queues/%2F/amq.q", Some("{}")).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     fill(&api, "/", "q1", 3).await;
     let (s, q) = api.admin("GET", "/api/queues/%2F/q1", None).await;
@@ -230,12 +230,12 @@ async fn exchanges_declare_list_delete_and_reserved_names() {
             Some(r#"{"type":"direct"}"#),
         )
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(v["reason"].as_str().unwrap().starts_with("ACCESS_REFUSED"));
     let (s, _) = api
         .admin("DELETE", "/api/exchanges/%2F/amq.direct", None)
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     // if-unused with a binding: 400; bindings listed from both ends.
     api.admin("PUT", "/api/queues/%2F/q", Some("{}")).await;
@@ -317,7 +317,7 @@ async fn bindings_create_show_delete() {
     let (s, _) = api
         .admin("POST", "/api/bindings/%2F/e/amq.default/q/q", Some("{}"))
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, _) = api
         .admin("GET", "/api/bindings/%2F/e/amq.direct/x/q", None)
         .await;
@@ -341,7 +341,7 @@ async fn resource_permissions_apply_to_changes() {
     let (s, v) = api
         .call_as(m, "PUT", "/api/queues/v/other", Some("{}"))
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert_eq!(
         v["reason"],
         "ACCESS_REFUSED - configure access to queue 'other' in vhost 'v' refused for user 'm'"
@@ -350,7 +350,7 @@ async fn resource_permissions_apply_to_changes() {
     let (s, _) = api
         .call_as(m, "DELETE", "/api/queues/v/other/contents", None)
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "purge needs read");
+    assert_eq!(s, StatusCode::UNAUTHORIZED, "purge needs read");
     let (s, _) = api
         .call_as(m, "DELETE", "/api/queues/v/mine.q/contents", None)
         .await;
@@ -376,7 +376,7 @@ async fn resource_permissions_apply_to_changes() {
             Some("{}"),
         )
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     // A management user sees only the vhosts it has permissions in.
     let (_, list) = api.call_as(m, "GET", "/api/queues", None).await;
     assert_eq!(names(&list), ["mine.q", "other"]);
@@ -384,13 +384,13 @@ async fn resource_permissions_apply_to_changes() {
     let (_, list) = api.call_as(m, "GET", "/api/queues", None).await;
     assert!(!names(&list).contains(&"root".to_owned()));
     let (s, _) = api.call_as(m, "GET", "/api/queues/%2F", None).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     let (s, _) = api.call_as(m, "GET", "/api/exchanges/%2F", None).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
     // Administrators need permissions in the vhost to change things in it, as in RabbitMQ.
     api.admin("PUT", "/api/vhosts/bare", None).await;
     let (s, _) = api.admin("PUT", "/api/queues/bare/q", Some("{}")).await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -520,7 +520,7 @@ async fn nodes_health_checks_and_aliveness() {
     let (s, _) = api
         .call_as(Some(("m", "pw")), "GET", "/api/nodes", None)
         .await;
-    assert_eq!(s, StatusCode::FORBIDDEN);
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 
     for ok in [
         "alarms",

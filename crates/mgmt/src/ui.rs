@@ -7,7 +7,7 @@
 //! touch: any `/api/...` route or broker state.
 
 use axum::extract::{Path, Request};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -17,6 +17,8 @@ use crate::AppState;
 
 /// The header the UI's `fetch` calls carry (`lib.js`).
 pub const UI_REQUEST_HEADER: &str = "x-warren-ui";
+/// Marks, for the UI, a 401 that means "wrong credentials" (see `no_browser_login_prompt`).
+pub const LOGIN_FAILED_HEADER: &str = "x-warren-login-failed";
 /// Assets may be cached briefly: the binary can be upgraded under the same URL.
 const CACHE_CONTROL: &str = "public, max-age=300";
 
@@ -84,13 +86,22 @@ async fn asset(Path(file): Path<String>) -> Response {
     }
 }
 
-/// A 401 carries `WWW-Authenticate: Basic`, which makes browsers show their own login dialog
-/// even for `fetch` calls; the UI has its own login form, so its calls get the 401 without it.
+/// A 401 for wrong credentials carries `WWW-Authenticate: Basic`, which makes browsers show
+/// their own login dialog even for `fetch` calls; the UI has its own login form, so its calls
+/// get the 401 without it, and `LOGIN_FAILED_HEADER` instead: a 401 without it is a refusal
+/// (tags, permissions), which must not log the UI out.
 pub async fn no_browser_login_prompt(request: Request, next: Next) -> Response {
     let from_ui = request.headers().contains_key(UI_REQUEST_HEADER);
     let mut response = next.run(request).await;
-    if from_ui && response.status() == StatusCode::UNAUTHORIZED {
-        response.headers_mut().remove(header::WWW_AUTHENTICATE);
+    if from_ui
+        && response
+            .headers_mut()
+            .remove(header::WWW_AUTHENTICATE)
+            .is_some()
+    {
+        response
+            .headers_mut()
+            .insert(LOGIN_FAILED_HEADER, HeaderValue::from_static("1"));
     }
     response
 }
@@ -162,6 +173,7 @@ mod tests {
         let (s, headers, body) = fetch("/api/whoami", true).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
         assert!(!headers.contains_key(header::WWW_AUTHENTICATE));
+        assert!(headers.contains_key(super::LOGIN_FAILED_HEADER));
         assert!(body.contains("not_authorised"));
     }
 }

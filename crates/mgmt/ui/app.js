@@ -96,7 +96,7 @@ document.getElementById('login-form').addEventListener('submit', async (ev) => {
   try {
     await api('GET', '/api/whoami', undefined, { auth });
   } catch (e) {
-    // The API's reason, e.g. "Login failed" (401) or why a user may not use the API (403).
+    // The API's reason, e.g. "Login failed" (401) or why a user may not use the API (also 401, as RabbitMQ).
     err.textContent = /login failed/i.test(e.message) ? e.message : `Login failed: ${e.message}`;
     return;
   }

@@ -41,7 +41,7 @@ export async function api(method, path, body, { auth = session.auth, headers = {
   let json = null;
   try { json = text ? JSON.parse(text) : null; } catch { json = null; }
   if (!res.ok) {
-    if (res.status === 401 && auth === session.auth) window.dispatchEvent(new Event('warren-logout'));
+    if (res.status === 401 && res.headers.get('x-warren-login-failed') && auth === session.auth) window.dispatchEvent(new Event('warren-logout'));
     const reason = (json && (json.reason || json.error)) || text || res.statusText;
     throw new ApiError(res.status, reason);
   }
