@@ -92,20 +92,23 @@ def tls_warren(tmp_path, pki):
     https_port = _free_port()
     while https_port in (port, tls_port):
         https_port = _free_port()
+    metrics_port = _free_port()
+    while metrics_port in (port, tls_port, https_port):
+        metrics_port = _free_port()
     log_path = tmp_path / "warren-tls.log"
     cmd = [str(binary), "--bind", "127.0.0.1", "--port", str(port), "--mgmt-port", "0", "--prometheus-port", "0",
            "--plain-listener", "false",
            "--tls-port", str(tls_port), "--tls-cert", pki["server_cert"],
            "--tls-key", pki["server_key"], "--tls-ca", pki["ca"],
            "--tls-verify-peer", "true", "--tls-fail-if-no-peer-cert", "true",
-           "--mgmt-tls-port", str(https_port),
+           "--mgmt-tls-port", str(https_port), "--prometheus-tls-port", str(metrics_port),
            "--data-dir", str(tmp_path / "data")]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + STARTUP_DEADLINE_S
-        waiting = [tls_port, https_port]
+        waiting = [tls_port, https_port, metrics_port]
         while waiting:
             assert proc.poll() is None, _log_tail(log_path)
             try:
@@ -119,7 +122,7 @@ def tls_warren(tmp_path, pki):
                 proc.wait(timeout=0.05)
             except subprocess.TimeoutExpired:
                 pass
-        yield port, tls_port, https_port
+        yield port, tls_port, https_port, metrics_port
     finally:
         _stop(proc)
 
@@ -142,7 +145,7 @@ def _parameters(tls_port, context, credentials):
                                          pika.credentials.ExternalCredentials()],
                          ids=["PLAIN", "EXTERNAL"])
 def test_pika_over_tls_with_a_client_certificate(tls_warren, pki, credentials):
-    _, tls_port, _ = tls_warren
+    _, tls_port, _, _ = tls_warren
     conn = pika.BlockingConnection(_parameters(tls_port, _context(pki), credentials))
     try:
         ch = conn.channel()
@@ -156,7 +159,7 @@ def test_pika_over_tls_with_a_client_certificate(tls_warren, pki, credentials):
 
 
 def test_a_client_without_a_certificate_is_refused(tls_warren, pki):
-    _, tls_port, _ = tls_warren
+    _, tls_port, _, _ = tls_warren
     params = _parameters(tls_port, _context(pki, client_certificate=False),
                          pika.PlainCredentials("guest", "guest"))
     with pytest.raises(pika.exceptions.AMQPConnectionError):
@@ -164,7 +167,7 @@ def test_a_client_without_a_certificate_is_refused(tls_warren, pki):
 
 
 def test_the_plain_listener_is_off(tls_warren):
-    port, _, _ = tls_warren
+    port, _, _, _ = tls_warren
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
 
@@ -175,7 +178,7 @@ def test_the_management_api_is_served_over_https_with_the_amqps_certificate(tls_
     import json
     import urllib.error
     import urllib.request
-    _, _, https_port = tls_warren
+    _, _, https_port, _ = tls_warren
     token = base64.b64encode(b"guest:guest").decode()
     request = urllib.request.Request(f"https://localhost:{https_port}/api/whoami",
                                      headers={"Authorization": f"Basic {token}"})
@@ -192,3 +195,18 @@ def test_the_management_api_is_served_over_https_with_the_amqps_certificate(tls_
                                    headers={"Authorization": f"Basic {token}"})
     with pytest.raises((urllib.error.URLError, http.client.HTTPException, OSError)):
         urllib.request.urlopen(plain, timeout=10)
+
+
+def test_prometheus_metrics_are_served_over_https_with_the_amqps_certificate(tls_warren, pki):
+    """RabbitMQ's `prometheus.ssl.port`: the same endpoints as on the plain port, no auth."""
+    import urllib.error
+    import urllib.request
+    _, _, _, metrics_port = tls_warren
+    url = f"https://localhost:{metrics_port}/metrics"
+    context = _context(pki, client_certificate=False)
+    with urllib.request.urlopen(url, context=context, timeout=10) as response:
+        assert response.status == 200
+        text = response.read().decode()
+    assert "rabbitmq_identity_info" in text and "rabbitmq_connections " in text
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=10)

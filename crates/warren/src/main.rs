@@ -61,7 +61,17 @@ async fn run(
         _ => None,
     };
     let node = || warren_metrics::Node::new(Some(handle.alarms().clone()), started_at);
-    let prometheus = start_prometheus(&settings.prometheus_listen, handle.broker(), node).await?;
+    let prometheus =
+        start_prometheus(&settings.prometheus_listen, handle.broker(), &node, None).await?;
+    let prometheus_https = match &settings.config.tls {
+        Some(tls) if !settings.prometheus_tls_listen.is_empty() => {
+            let config = warren_server::tls::http_server_config(tls)
+                .context("cannot set up HTTPS for Prometheus metrics")?;
+            let listen = &settings.prometheus_tls_listen;
+            Some(start_prometheus(listen, handle.broker(), &node, Some(config)).await?)
+        }
+        _ => None,
+    };
     info!(
         version = env!("CARGO_PKG_VERSION"),
         data_dir = %settings.config.data_dir.display(),
@@ -78,6 +88,9 @@ async fn run(
         https.stop().await;
     }
     prometheus.stop().await;
+    if let Some(https) = prometheus_https {
+        https.stop().await;
+    }
     handle.shutdown().await;
     info!("stopped");
     Ok(())
@@ -166,14 +179,27 @@ async fn start_mgmt(
     .await
 }
 
-/// Prometheus metrics on `addrs`.
+/// Prometheus metrics on `addrs` (over HTTPS with `tls`, through the management API's TLS
+/// listener: one accept path for every HTTPS port).
 async fn start_prometheus(
     addrs: &[std::net::SocketAddr],
     broker: &std::sync::Arc<warren_core::Broker>,
-    node: impl Fn() -> warren_metrics::Node,
+    node: &impl Fn() -> warren_metrics::Node,
+    tls: Option<std::sync::Arc<warren_server::tls::RustlsServerConfig>>,
 ) -> anyhow::Result<HttpListeners> {
-    start_http(addrs, "Prometheus metrics", |listener, shutdown| {
-        warren_metrics::serve(listener, broker.clone(), node(), shutdown)
+    let what = match tls {
+        Some(_) => "Prometheus metrics (HTTPS)",
+        None => "Prometheus metrics",
+    };
+    start_http(addrs, what, |listener, shutdown| {
+        let router = warren_metrics::router(broker.clone(), node());
+        let tls = tls.clone();
+        async move {
+            match tls {
+                Some(tls) => warren_mgmt::https::serve_tls(listener, tls, router, shutdown).await,
+                None => warren_metrics::serve_router(listener, router, shutdown).await,
+            }
+        }
     })
     .await
 }

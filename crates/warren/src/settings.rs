@@ -32,7 +32,7 @@ pub struct Args {
     /// memory_high_watermark, disk_free_limit, connection_max, consumer_max_per_channel,
     /// loopback_users, definitions, plain_listener, tls_port, tls_cert, tls_key, tls_ca,
     /// tls_verify_peer, tls_fail_if_no_peer_cert, mgmt_port, mgmt_listener, mgmt_tls_port,
-    /// prometheus_port, prometheus_listener).
+    /// prometheus_port, prometheus_listener, prometheus_tls_port).
     #[arg(long, env = "WARREN_CONFIG")]
     pub config: Option<PathBuf>,
     /// AMQP port [default: 5672]
@@ -65,6 +65,11 @@ pub struct Args {
     /// Serve Prometheus metrics on --prometheus-port; `false` turns it off [default: true]
     #[arg(long, env = "WARREN_PROMETHEUS_LISTENER")]
     pub prometheus_listener: Option<bool>,
+    /// Prometheus metrics over HTTPS (RabbitMQ's `prometheus.ssl.port`), with the amqps
+    /// certificate and key: on when --tls-cert is given and the Prometheus listener is on
+    /// [default: 15691]
+    #[arg(long, env = "WARREN_PROMETHEUS_TLS_PORT")]
+    pub prometheus_tls_port: Option<u16>,
     /// amqps (AMQP over TLS) port; the TLS listener is on only when --tls-cert is given
     /// [default: 5671]
     #[arg(long, env = "WARREN_TLS_PORT")]
@@ -177,6 +182,7 @@ struct FileSettings {
     mgmt_tls_port: Option<u16>,
     prometheus_port: Option<u16>,
     prometheus_listener: Option<bool>,
+    prometheus_tls_port: Option<u16>,
     tls_port: Option<u16>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
@@ -217,6 +223,8 @@ fn toml_text(value: toml::Value) -> String {
 pub const DEFAULT_MGMT_PORT: u16 = 15672;
 /// The management HTTP API's HTTPS port (RabbitMQ's `management.ssl.port` as documented).
 pub const DEFAULT_MGMT_TLS_PORT: u16 = 15671;
+/// Prometheus metrics over HTTPS (RabbitMQ's `prometheus.ssl.port` as documented).
+pub const DEFAULT_PROMETHEUS_TLS_PORT: u16 = 15691;
 /// The Prometheus metrics port (RabbitMQ's).
 pub use warren_metrics::DEFAULT_PROMETHEUS_PORT;
 
@@ -228,6 +236,8 @@ pub struct Settings {
     pub mgmt_tls_listen: Vec<SocketAddr>,
     /// Where Prometheus metrics are served (empty: off).
     pub prometheus_listen: Vec<SocketAddr>,
+    /// Where they are served over HTTPS (empty: off; on with the amqps certificate).
+    pub prometheus_tls_listen: Vec<SocketAddr>,
     pub runtime: RuntimeConfig,
     pub log_level: String,
 }
@@ -328,6 +338,16 @@ impl Settings {
             (Some(_), false) => listen_on(mgmt_tls_port.unwrap_or(DEFAULT_MGMT_TLS_PORT)),
             (None, _) if mgmt_tls_port.is_some() => {
                 bail!("--mgmt-tls-port is set but HTTPS needs --tls-cert and --tls-key")
+            }
+            _ => Vec::new(),
+        };
+        let prometheus_tls_port = args.prometheus_tls_port.or(file.prometheus_tls_port);
+        let prometheus_tls_listen = match (&tls, prometheus_listen.is_empty()) {
+            (Some(_), false) => {
+                listen_on(prometheus_tls_port.unwrap_or(DEFAULT_PROMETHEUS_TLS_PORT))
+            }
+            (None, _) if prometheus_tls_port.is_some() => {
+                bail!("--prometheus-tls-port is set but HTTPS needs --tls-cert and --tls-key")
             }
             _ => Vec::new(),
         };
@@ -457,6 +477,7 @@ impl Settings {
             mgmt_listen,
             mgmt_tls_listen,
             prometheus_listen,
+            prometheus_tls_listen,
             runtime: RuntimeConfig {
                 worker_threads,
                 busy_poll,
@@ -549,6 +570,41 @@ mod tests {
         let s = Settings::resolve(Args::parse_from(off)).unwrap();
         assert!(s.mgmt_tls_listen.is_empty(), "off with the management API");
         let err = Settings::resolve(Args::parse_from(["warren", "--mgmt-tls-port", "1"]));
+        assert!(
+            err.is_err(),
+            "an HTTPS port without a certificate is refused"
+        );
+    }
+
+    #[test]
+    fn prometheus_https_follows_the_amqps_certificate() {
+        let s = Settings::resolve(Args::parse_from(["warren"])).unwrap();
+        assert!(
+            s.prometheus_tls_listen.is_empty(),
+            "no certificate, no HTTPS"
+        );
+        let with_cert = [
+            "warren",
+            "--tls-cert",
+            "/c.pem",
+            "--tls-key",
+            "/k.pem",
+            "--bind",
+            "127.0.0.1",
+        ];
+        let s = Settings::resolve(Args::parse_from(with_cert)).unwrap();
+        assert_eq!(
+            s.prometheus_tls_listen,
+            [SocketAddr::from((
+                [127, 0, 0, 1],
+                DEFAULT_PROMETHEUS_TLS_PORT
+            ))]
+        );
+        let mut off = with_cert.to_vec();
+        off.extend(["--prometheus-listener", "false"]);
+        let s = Settings::resolve(Args::parse_from(off)).unwrap();
+        assert!(s.prometheus_tls_listen.is_empty(), "off with Prometheus");
+        let err = Settings::resolve(Args::parse_from(["warren", "--prometheus-tls-port", "1"]));
         assert!(
             err.is_err(),
             "an HTTPS port without a certificate is refused"
