@@ -8,12 +8,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use crate::consumer::{ChannelKey, ClientEvent, ClientSender};
+use crate::durable::record::MoveOrigin;
 
 struct Ticket {
     channel_key: ChannelKey,
     seq: u64,
     failed: AtomicBool,
     client: ClientSender,
+    /// Set by a move (`admin::messages`): written into the destinations' records.
+    origin: Option<MoveOrigin>,
 }
 
 impl Drop for Ticket {
@@ -40,12 +43,28 @@ impl ConfirmShare {
     /// A confirm for publish `seq` on a channel; clone it once per destination queue and
     /// drop the original (an unroutable message confirms at once).
     pub fn new(channel_key: ChannelKey, seq: u64, client: ClientSender) -> ConfirmShare {
+        Self::with_origin(channel_key, seq, client, None)
+    }
+
+    /// A confirm for a moved message: the queues that log it record where it came from.
+    pub fn with_origin(
+        channel_key: ChannelKey,
+        seq: u64,
+        client: ClientSender,
+        origin: Option<MoveOrigin>,
+    ) -> ConfirmShare {
         ConfirmShare(Arc::new(Ticket {
             channel_key,
             seq,
             failed: AtomicBool::new(false),
             client,
+            origin,
         }))
+    }
+
+    /// The move the message is part of, if it is.
+    pub fn origin(&self) -> Option<MoveOrigin> {
+        self.0.origin
     }
 
     /// The message could not be made safe: the publisher gets basic.nack.

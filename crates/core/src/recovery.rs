@@ -18,6 +18,7 @@ use warren_protocol::ShortString;
 use warren_store::{DefinitionsLog, Io, StoreError, SyncMode};
 
 use crate::access::AccessState;
+use crate::admin::move_journal::{self, LoadedQueue};
 use crate::broker::{Broker, BrokerSettings};
 use crate::durable::access::{self as access_records, AccessOp};
 use crate::durable::definitions::{self, DefinitionOp};
@@ -233,6 +234,7 @@ pub fn open(
     }
     let mut vhosts = HashMap::new();
     let mut live_dirs = BTreeSet::new();
+    let mut live_keys = HashSet::new();
     let mut messages = 0usize;
     for (name, state) in states {
         let vhost = VHost::new(&name, queue_defaults.clone(), Some(persistence.clone()));
@@ -243,12 +245,31 @@ pub fn open(
         for def in state.exchanges.into_values() {
             vhost.restore_exchange(def);
         }
+        // Every queue's log is read before any queue runs: an interrupted move's journal
+        // is settled between its source and destinations (`admin::move_journal`).
+        let mut loaded = Vec::new();
         for def in state.queues.into_values() {
             let dir = ctx.queue_dir(&name, def.name.as_str());
             live_dirs.insert(dir.clone());
-            match restore_queue(&vhost, &ctx, &dir, def.clone()) {
-                Ok(n) => messages += n,
+            live_keys.insert(StoreContext::queue_key(&name, def.name.as_str()));
+            match load_queue(
+                &ctx,
+                &dir,
+                StoreContext::queue_key(&name, def.name.as_str()),
+            ) {
+                Ok(queue) => loaded.push((def, queue)),
                 Err(e) => warn!(queue = %def.name.as_str(), error = %e, "cannot restore a queue"),
+            }
+        }
+        let (defs, mut queues): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
+        move_journal::reconcile(data_dir, &mut queues);
+        for (def, queue) in defs.into_iter().zip(queues) {
+            let n = queue.entries.len();
+            match vhost.restore_queue(def.clone(), queue.store, queue.entries) {
+                Ok(()) => messages += n,
+                Err(e) => {
+                    warn!(queue = %def.name.as_str(), error = %e.reply_text(), "cannot restore a queue")
+                }
             }
         }
         for (source, binding) in state.bindings.into_values() {
@@ -279,6 +300,7 @@ pub fn open(
         warn!(error = %e.text, "cannot store the default user and vhost");
     }
     remove_orphan_queue_dirs(&ctx, &live_dirs);
+    move_journal::remove_orphans(data_dir, &live_keys);
     info!(
         vhosts = vhosts.len(),
         messages,
@@ -324,17 +346,13 @@ fn seeded_vhost(ops: &[AccessOp], name: &str) -> bool {
         .any(|op| matches!(op, AccessOp::VHostPut { name: n, .. } if n == name))
 }
 
-/// Reopens a queue's log and turns its records into queue entries; returns how many.
-fn restore_queue(
-    vhost: &Arc<VHost>,
-    ctx: &StoreContext,
-    dir: &Path,
-    def: QueueDef,
-) -> Result<usize, String> {
+/// Reopens a queue's log and turns its records into queue entries (not started yet).
+fn load_queue(ctx: &StoreContext, dir: &Path, key: u64) -> Result<LoadedQueue, String> {
     let mut entries: Vec<Entry> = Vec::new();
+    let mut origins = HashMap::new();
     let mut undecodable = Vec::new();
     let log = warren_store::open_file_log_visit(dir, ctx.io.clone(), ctx.log_options(), &mut |r| {
-        let (message, expires_at_ms) = match record::decode(r.record) {
+        let (message, expires_at_ms, origin) = match record::decode_with_origin(r.record) {
             Ok(m) => m,
             Err(e) => {
                 warn!(dir = %dir.display(), id = r.id, error = ?e, "skipping an undecodable message record");
@@ -342,6 +360,9 @@ fn restore_queue(
                 return;
             }
         };
+        if let Some(origin) = origin {
+            origins.insert(origin, (r.at, expires_at_ms));
+        }
         let mut entry = Entry::new(r.id, Arc::new(message), expires_at_ms);
         entry.location = Some(r.at);
         // It may have been delivered before the restart: RabbitMQ marks such messages.
@@ -358,11 +379,12 @@ fn restore_queue(
     }
     // Segments are read in order, so ids already ascend; sort anyway (cheap when sorted).
     entries.sort_by_key(|e| e.id);
-    let n = entries.len();
-    vhost
-        .restore_queue(def, store, entries)
-        .map_err(|e| e.reply_text())?;
-    Ok(n)
+    Ok(LoadedQueue {
+        key,
+        store,
+        entries,
+        origins,
+    })
 }
 
 /// Rewrites the definitions log as the current state (dropping deleted definitions).

@@ -176,7 +176,14 @@ async fn action(
         None | Some(Value::Null) => None,
         Some(_) => Some(required_u64(&body, "count")?),
     };
-    let report = move_checked(&caller, &state, &vhost, &queue, &target, count, None).await?;
+    // In a task of its own: a client that hangs up must not cut a move between a batch's
+    // confirm and its ack on the source (it would be left in both queues until a restart).
+    let task = tokio::spawn(async move {
+        move_checked(&caller, &state, &vhost, &queue, &target, count, None).await
+    });
+    let report = task
+        .await
+        .map_err(|e| ApiError::Internal(format!("the move failed: {e}")))??;
     let mut out = json!({ "moved": report.moved });
     if let Some(why) = report.stopped {
         out["stopped"] = Value::String(why);

@@ -9,9 +9,10 @@
 //! client hung up midway) its unacked messages go back to their queues, as when a channel
 //! closes.
 //!
-//! Moving is at-least-once: a batch is confirmed by every destination queue (fsynced for a
-//! persistent message in a durable queue) before it is acked on the source, so a crash loses
-//! nothing; a crash between the two leaves that batch in both queues (docs/management.md).
+//! Moving is exactly-once for persistent messages in durable queues: a batch is confirmed by
+//! every destination queue (fsynced) before it is acked on the source, so a crash loses
+//! nothing; and it is journaled first (`move_journal`), so that a crash between the two is
+//! settled at the next start instead of leaving the batch in both queues.
 //!
 //! Owns: nothing lasting. Must not touch: connection state; queues other than through their
 //! command inboxes.
@@ -24,13 +25,16 @@ use tokio::sync::mpsc;
 use warren_protocol::basic::AMQPProperties;
 use warren_protocol::{AMQPValue, ShortString};
 
+use super::move_journal::Journal;
 use super::AdminError;
 use crate::args::as_i64;
 use crate::broker::Broker;
 use crate::confirm::ConfirmShare;
 use crate::connections::MessageCounts;
 use crate::consumer::{new_channel_key, ChannelKey, ClientEvent, ClientSender, Delivery};
+use crate::durable::record::MoveOrigin;
 use crate::message::{Message, MessageRef};
+use crate::queue::store::StoreContext;
 use crate::queue::{QueueCommand, QueueHandle};
 use crate::vhost::VHost;
 
@@ -145,11 +149,17 @@ impl Session {
     }
 
     /// Hands `message` to `queues` without waiting: its confirm comes later as
-    /// `ClientEvent::Confirmed` with the returned sequence number (`confirmed`).
-    async fn publish(&mut self, message: MessageRef, queues: &[QueueHandle]) -> u64 {
+    /// `ClientEvent::Confirmed` with the returned sequence number (`confirmed`). A moved
+    /// message carries its `origin` into the queues' records.
+    async fn publish(
+        &mut self,
+        message: MessageRef,
+        queues: &[QueueHandle],
+        origin: Option<MoveOrigin>,
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let share = ConfirmShare::new(self.key, seq, self.events_tx.clone());
+        let share = ConfirmShare::with_origin(self.key, seq, self.events_tx.clone(), origin);
         for q in queues {
             let sent = q
                 .send(QueueCommand::Publish(message.clone(), Some(share.clone())))
@@ -190,7 +200,7 @@ impl Session {
         message: MessageRef,
         queues: &[QueueHandle],
     ) -> Result<(), AdminError> {
-        let seq = self.publish(message, queues).await;
+        let seq = self.publish(message, queues, None).await;
         match self.confirmed(seq, 1).await[0] {
             true => Ok(()),
             false => Err(AdminError::Internal(
@@ -212,6 +222,16 @@ impl Session {
             })
             .await?;
         Ok(got.map(|(d, _)| d))
+    }
+
+    /// Waits until what `queue` wrote so far (this session's acks) is on disk.
+    async fn synced(&mut self, queue: &QueueHandle) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let share = ConfirmShare::new(self.key, seq, self.events_tx.clone());
+        if queue.send(QueueCommand::AfterSync(share)).await.is_ok() {
+            self.confirmed(seq, 1).await;
+        }
     }
 
     /// Settles deliveries taken from `queue`: `None` acks, `Some(requeue)` rejects.
@@ -402,6 +422,8 @@ impl Broker {
         let mut left = count.map_or(ready, |c| c.min(ready));
         let mut session = Session::new();
         let mut report = MoveReport::default();
+        let data_dir = self.persistence.as_ref().map(|p| p.store.data_dir.clone());
+        let mut journal: Option<Journal> = None;
         while left > 0 && report.stopped.is_none() {
             if stop.load(Ordering::Relaxed) {
                 report.stopped = Some("stopped on request".into());
@@ -420,12 +442,10 @@ impl Broker {
             if batch.is_empty() {
                 break;
             }
-            // The batch goes out in one go and is confirmed as a whole (one fsync of a
-            // durable destination for many messages); only confirmed ones leave the source.
-            let mut moved_ids = Vec::with_capacity(batch.len());
+            // Where each message goes; the first one no destination takes stops the move
+            // (it and those after it stay in the source, in order).
             let mut unmoved_ids = Vec::new();
-            let mut sent = Vec::with_capacity(batch.len());
-            let first_seq = session.next_seq;
+            let mut planned = Vec::with_capacity(batch.len());
             for d in batch {
                 if report.stopped.is_some() {
                     unmoved_ids.push(d.message_id);
@@ -455,10 +475,60 @@ impl Broker {
                     unmoved_ids.push(d.message_id);
                     continue;
                 }
-                session.publish(message, &queues).await;
-                sent.push(d.message_id);
+                planned.push((d.message_id, message, queues));
+            }
+            // Persistent messages are journaled (fsynced) before any of them goes out.
+            let nonce = match &data_dir {
+                Some(dir) if planned.iter().any(|(_, m, _)| m.is_persistent()) => {
+                    let entries = planned
+                        .iter()
+                        .filter(|(_, m, _)| m.is_persistent())
+                        .map(|(id, _, queues)| {
+                            let keys = queues
+                                .iter()
+                                .map(|q| StoreContext::queue_key(vhost, q.name().as_str()))
+                                .collect();
+                            (*id, keys)
+                        })
+                        .collect::<Vec<_>>();
+                    let taken = journal.take();
+                    let (dir, source_key) = (dir.clone(), StoreContext::queue_key(vhost, queue));
+                    let written = tokio::task::spawn_blocking(move || {
+                        let mut j = match taken {
+                            Some(j) => j,
+                            None => Journal::create(&dir, source_key)?,
+                        };
+                        j.append_batch(&entries)?;
+                        Ok::<_, std::io::Error>(j)
+                    })
+                    .await
+                    .map_err(|e| AdminError::Internal(format!("move journal: {e}")))?
+                    .map_err(|e| {
+                        AdminError::Internal(format!("cannot write the move journal: {e}"))
+                    })?;
+                    let nonce = written.nonce();
+                    journal = Some(written);
+                    Some(nonce)
+                }
+                _ => None,
+            };
+            // The batch goes out in one go and is confirmed as a whole (one fsync of a
+            // durable destination for many messages); only confirmed ones leave the source.
+            let first_seq = session.next_seq;
+            let mut sent = Vec::with_capacity(planned.len());
+            for (id, message, queues) in planned {
+                let origin = nonce
+                    .filter(|_| message.is_persistent())
+                    .map(|nonce| MoveOrigin {
+                        nonce,
+                        source_id: id,
+                    });
+                session.publish(message, &queues, origin).await;
+                sent.push(id);
             }
             let acks = session.confirmed(first_seq, sent.len()).await;
+            fault::after_confirm();
+            let mut moved_ids = Vec::with_capacity(sent.len());
             for (id, ack) in sent.into_iter().zip(acks) {
                 match ack {
                     true => moved_ids.push(id),
@@ -480,7 +550,33 @@ impl Broker {
             session.settle(&source, moved_ids, None).await;
             session.settle(&source, unmoved_ids, Some(true)).await;
         }
+        // The journal goes once the source's acks are on disk.
+        if let Some(journal) = journal {
+            session.synced(&source).await;
+            journal.remove();
+        }
         Ok(report)
+    }
+}
+
+/// A deterministic crash point for the process test of an interrupted move
+/// (`crates/warren/tests/move_crash.rs`): with `WARREN_FAULT_MOVE_ABORT_AFTER_CONFIRM=1` in its
+/// environment the process exits (status 137, as if killed; no core dump, nothing after this
+/// point runs, and what was written stays as written, as with `kill -9`) right after a batch
+/// was confirmed by its destinations and before it is acked on the source — the moment a
+/// crash would otherwise leave it in both.
+mod fault {
+    use std::sync::OnceLock;
+
+    /// The environment variable that arms it.
+    pub const ABORT_AFTER_CONFIRM: &str = "WARREN_FAULT_MOVE_ABORT_AFTER_CONFIRM";
+
+    pub fn after_confirm() {
+        static ARMED: OnceLock<bool> = OnceLock::new();
+        if *ARMED.get_or_init(|| std::env::var_os(ABORT_AFTER_CONFIRM).is_some_and(|v| v == "1")) {
+            tracing::error!("{ABORT_AFTER_CONFIRM} is set: exiting mid-move");
+            std::process::exit(137);
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use std::fmt;
 
 pub mod definitions;
 pub mod messages;
+pub mod move_journal;
 
 /// Why an administrative operation was refused. Each variant maps to one HTTP status in the
 /// management API (404, 400, 409, 500).

@@ -3,6 +3,7 @@
 //! Layout (little-endian):
 //! ```text
 //! version u8 (=1) | flags u8 | expires_at_ms u64 (0 = none)
+//! [flags & FLAG_MOVED: move nonce u64 | source message id u64]
 //! exchange: len u8, bytes | routing_key: len u8, bytes
 //! header_raw: len u32, bytes (the content header payload as received)
 //! body: the rest
@@ -17,13 +18,36 @@ use crate::message::Message;
 
 pub const RECORD_VERSION: u8 = 1;
 const FIXED_BYTES: usize = 1 + 1 + 8;
+/// Flag: the record carries a `MoveOrigin` after the fixed part. Other flag bits are unused
+/// (written 0, ignored when read).
+pub const FLAG_MOVED: u8 = 1;
+const ORIGIN_BYTES: usize = 16;
+
+/// Where a moved message came from (DLQ redrive, `admin::move_journal`): the move's nonce and
+/// the message's id in the source queue's log. Kept in the destination's record, invisible to
+/// clients, so that recovery can tell which journaled messages reached the destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MoveOrigin {
+    pub nonce: u64,
+    pub source_id: u64,
+}
 
 /// Encodes a message with its absolute expiry.
 pub fn encode(message: &Message, expires_at_ms: Option<u64>) -> Bytes {
+    encode_with_origin(message, expires_at_ms, None)
+}
+
+/// `encode`, with the move the message arrived by, if any.
+pub fn encode_with_origin(
+    message: &Message,
+    expires_at_ms: Option<u64>,
+    origin: Option<MoveOrigin>,
+) -> Bytes {
     let exchange = message.exchange.as_str().as_bytes();
     let routing_key = message.routing_key.as_str().as_bytes();
     let mut out = BytesMut::with_capacity(
         FIXED_BYTES
+            + if origin.is_some() { ORIGIN_BYTES } else { 0 }
             + 2
             + exchange.len()
             + routing_key.len()
@@ -32,8 +56,12 @@ pub fn encode(message: &Message, expires_at_ms: Option<u64>) -> Bytes {
             + message.body.len(),
     );
     out.put_u8(RECORD_VERSION);
-    out.put_u8(0);
+    out.put_u8(if origin.is_some() { FLAG_MOVED } else { 0 });
     out.put_u64_le(expires_at_ms.unwrap_or(0));
+    if let Some(o) = origin {
+        out.put_u64_le(o.nonce);
+        out.put_u64_le(o.source_id);
+    }
     out.put_u8(exchange.len() as u8);
     out.put_slice(exchange);
     out.put_u8(routing_key.len() as u8);
@@ -51,6 +79,14 @@ pub struct DecodeError(pub &'static str);
 
 /// Decodes a record; the message's body and header are slices of `record` (no copy).
 pub fn decode(record: Bytes) -> Result<(Message, Option<u64>), DecodeError> {
+    decode_with_origin(record).map(|(m, expires, _)| (m, expires))
+}
+
+/// A decoded record: the message, its absolute expiry, the move it arrived by.
+pub type Decoded = (Message, Option<u64>, Option<MoveOrigin>);
+
+/// `decode`, with the move the message arrived by, if the record says.
+pub fn decode_with_origin(record: Bytes) -> Result<Decoded, DecodeError> {
     let mut at = 0usize;
     let take = |at: &mut usize, n: usize| -> Result<std::ops::Range<usize>, DecodeError> {
         let end = at.checked_add(n).ok_or(DecodeError("length overflow"))?;
@@ -70,6 +106,23 @@ pub fn decode(record: Bytes) -> Result<(Message, Option<u64>), DecodeError> {
             .try_into()
             .map_err(|_| DecodeError("bad expiry"))?,
     );
+    let origin = match record[fixed.start + 1] & FLAG_MOVED {
+        0 => None,
+        _ => {
+            let r = take(&mut at, ORIGIN_BYTES)?;
+            let word = |i: usize| {
+                u64::from_le_bytes(
+                    record[r.start + i..r.start + i + 8]
+                        .try_into()
+                        .unwrap_or_default(),
+                )
+            };
+            Some(MoveOrigin {
+                nonce: word(0),
+                source_id: word(8),
+            })
+        }
+    };
     let short = |at: &mut usize| -> Result<ShortString, DecodeError> {
         let len = record[take(at, 1)?.start] as usize;
         let r = take(at, len)?;
@@ -99,6 +152,7 @@ pub fn decode(record: Bytes) -> Result<(Message, Option<u64>), DecodeError> {
             properties_bytes: header.decoded_bytes,
         },
         (expires != 0).then_some(expires),
+        origin,
     ))
 }
 
@@ -136,5 +190,19 @@ mod tests {
         let mut bad = BytesMut::from(&record[..]);
         bad[0] = 9;
         assert!(decode(bad.freeze()).is_err());
+
+        let origin = MoveOrigin {
+            nonce: 7,
+            source_id: 42,
+        };
+        let moved = encode_with_origin(&message, None, Some(origin));
+        let (back, expires, got) = decode_with_origin(moved.clone()).unwrap();
+        assert_eq!((expires, got), (None, Some(origin)));
+        assert_eq!(back.body, message.body);
+        assert_eq!(back.routing_key.as_str(), "rk");
+        assert_eq!(decode_with_origin(record).unwrap().2, None);
+        for cut in FIXED_BYTES..FIXED_BYTES + ORIGIN_BYTES {
+            assert!(decode(moved.slice(..cut)).is_err(), "cut at {cut}");
+        }
     }
 }

@@ -315,6 +315,12 @@ impl QueueActor {
                     store.synced(result, &self.handle);
                 }
             }
+            // Dropped at once (confirmed) without a log: nothing to wait for.
+            QueueCommand::AfterSync(share) => {
+                if let Some(store) = self.store.as_mut() {
+                    store.after_sync(share);
+                }
+            }
             QueueCommand::Delete {
                 if_unused,
                 if_empty,

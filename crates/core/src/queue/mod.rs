@@ -101,6 +101,9 @@ pub enum QueueCommand {
     },
     /// A sync job of the queue's log finished (from the blocking thread that ran it).
     Synced(Result<(), String>),
+    /// Confirm this share once everything the queue wrote before it is on disk (a move
+    /// waits so for its acks on the source before it drops its journal).
+    AfterSync(ConfirmShare),
     /// New settings after a policy change (the vhost's policy version: older ones are
     /// ignored). Boxed: the enum stays as small as a publish.
     ApplySettings {

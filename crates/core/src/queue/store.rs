@@ -52,7 +52,12 @@ impl StoreContext {
     pub fn queue_dir(&self, vhost: &str, queue: &str) -> PathBuf {
         self.data_dir
             .join("queues")
-            .join(format!("{:016x}", fnv1a(vhost, queue)))
+            .join(format!("{:016x}", Self::queue_key(vhost, queue)))
+    }
+
+    /// The key naming a durable queue's log directory (and its moves' journals).
+    pub fn queue_key(vhost: &str, queue: &str) -> u64 {
+        fnv1a(vhost, queue)
     }
 
     /// Where non-durable queues page out; emptied at every start.
@@ -134,7 +139,9 @@ impl QueueStore {
         expires_at_ms: Option<u64>,
         confirm: Option<ConfirmShare>,
     ) -> Option<Location> {
-        match self.log.append(id, &record::encode(message, expires_at_ms)) {
+        let origin = confirm.as_ref().and_then(ConfirmShare::origin);
+        let record = record::encode_with_origin(message, expires_at_ms, origin);
+        match self.log.append(id, &record) {
             Ok(at) => {
                 self.dirty = true;
                 self.waiting.extend(confirm);
@@ -165,6 +172,36 @@ impl QueueStore {
                 error!(dir = %self.dir.display(), error = ?e, "message store: undecodable record");
                 None
             }
+        }
+    }
+
+    /// Confirms `share` once everything written so far is on disk (at once when the queue
+    /// is not durable): how a move knows its acks on the source are durable.
+    pub fn after_sync(&mut self, share: ConfirmShare) {
+        if self.durable {
+            self.dirty = true;
+            self.waiting.push(share);
+        }
+    }
+
+    /// Recovery only (no actor yet): a moved message copied into this log, and its origin.
+    pub fn append_recovered(
+        &mut self,
+        id: u64,
+        message: &Message,
+        expires_at_ms: Option<u64>,
+        origin: record::MoveOrigin,
+    ) -> Result<Location, StoreError> {
+        let record = record::encode_with_origin(message, expires_at_ms, Some(origin));
+        self.log.append(id, &record)
+    }
+
+    /// Recovery only: writes and syncs what was appended or acked, on this thread.
+    pub fn sync_blocking(&mut self) -> Result<(), StoreError> {
+        self.dirty = false;
+        match self.log.prepare_sync()? {
+            Some(job) => job.run(),
+            None => Ok(()),
         }
     }
 

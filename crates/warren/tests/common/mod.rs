@@ -27,7 +27,19 @@ pub fn start(data_dir: &Path, port: u16) -> Broker {
 
 /// Starts `warren` with extra flags; its stdout (where it logs) goes to `stdout`.
 pub fn start_with(data_dir: &Path, port: u16, flags: &[&str], stdout: Stdio) -> Broker {
+    start_with_env(data_dir, port, flags, stdout, &[])
+}
+
+/// `start_with`, with extra environment variables (fault injection).
+pub fn start_with_env(
+    data_dir: &Path,
+    port: u16,
+    flags: &[&str],
+    stdout: Stdio,
+    env: &[(&str, &str)],
+) -> Broker {
     let mut command = Command::new(env!("CARGO_BIN_EXE_warren"));
+    command.envs(env.iter().copied());
     command.args(["--bind", "127.0.0.1", "--port", &port.to_string()]);
     if !flags.contains(&"--mgmt-port") {
         // A free port for the management API: tests run brokers side by side.
