@@ -111,25 +111,34 @@ impl ConnectionMetrics {
     }
 
     pub fn snapshot(&self) -> ConnectionMetricsSnapshot {
-        let m = |e: MessageEvent| self.messages[e as usize].load(Relaxed);
+        let counts: [u64; MessageEvent::COUNT] =
+            std::array::from_fn(|i| self.messages[i].load(Relaxed));
         ConnectionMetricsSnapshot {
             recv_oct: self.recv_oct.load(Relaxed),
             recv_cnt: self.recv_cnt.load(Relaxed),
             send_oct: self.send_oct.load(Relaxed),
             send_cnt: self.send_cnt.load(Relaxed),
-            messages: MessageCounts {
-                published: m(MessageEvent::Published),
-                confirmed: m(MessageEvent::Confirmed),
-                returned_unroutable: m(MessageEvent::ReturnedUnroutable),
-                dropped_unroutable: m(MessageEvent::DroppedUnroutable),
-                delivered_ack: m(MessageEvent::DeliveredAck),
-                delivered_no_ack: m(MessageEvent::DeliveredNoAck),
-                get_ack: m(MessageEvent::GetAck),
-                get_no_ack: m(MessageEvent::GetNoAck),
-                get_empty: m(MessageEvent::GetEmpty),
-                redelivered: m(MessageEvent::Redelivered),
-                acked: m(MessageEvent::Acked),
-            },
+            messages: MessageCounts::from_events(&counts),
+        }
+    }
+}
+
+impl MessageCounts {
+    /// From counts indexed by `MessageEvent` (a channel's plain counters).
+    pub fn from_events(counts: &[u64; MessageEvent::COUNT]) -> MessageCounts {
+        let m = |e: MessageEvent| counts[e as usize];
+        MessageCounts {
+            published: m(MessageEvent::Published),
+            confirmed: m(MessageEvent::Confirmed),
+            returned_unroutable: m(MessageEvent::ReturnedUnroutable),
+            dropped_unroutable: m(MessageEvent::DroppedUnroutable),
+            delivered_ack: m(MessageEvent::DeliveredAck),
+            delivered_no_ack: m(MessageEvent::DeliveredNoAck),
+            get_ack: m(MessageEvent::GetAck),
+            get_no_ack: m(MessageEvent::GetNoAck),
+            get_empty: m(MessageEvent::GetEmpty),
+            redelivered: m(MessageEvent::Redelivered),
+            acked: m(MessageEvent::Acked),
         }
     }
 }
@@ -228,6 +237,8 @@ pub struct ChannelStats {
     pub messages_unacknowledged: u64,
     pub confirm: bool,
     pub transactional: bool,
+    /// What happened on it (`message_stats` of `/api/channels`).
+    pub messages: MessageCounts,
 }
 
 /// How long `Connections::channels` waits for a connection task to answer.

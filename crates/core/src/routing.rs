@@ -14,6 +14,7 @@ use crate::exchange::consistent_hash::{HashOn, HashRing};
 use crate::exchange::headers::headers_match;
 use crate::exchange::topic::TopicTrie;
 use crate::exchange::{ExchangeKind, DEFAULT_EXCHANGE};
+use crate::exchange_counters::ExchangeCounters;
 use crate::queue::QueueHandle;
 
 /// Where a binding leads.
@@ -187,6 +188,8 @@ pub struct ExchangeRoute {
     /// Receives what this exchange's bindings cannot route.
     pub alternate: Option<ShortString>,
     pub matcher: Matcher,
+    /// Its `publish_in` / `publish_out` (kept by every clone: a binding change keeps them).
+    pub counters: Arc<ExchangeCounters>,
 }
 
 /// An immutable snapshot of a vhost's routing state.
@@ -195,6 +198,8 @@ pub struct RoutingTable {
     /// Persistent maps: a new snapshot shares everything that did not change.
     pub exchanges: imbl::HashMap<ShortString, Arc<ExchangeRoute>>,
     pub queues: imbl::HashMap<ShortString, QueueHandle>,
+    /// The default exchange's counters (it has no route of its own).
+    pub default_counters: Arc<ExchangeCounters>,
 }
 
 /// Fan-out through exchange-to-exchange bindings is bounded; beyond this many exchanges in
@@ -204,6 +209,7 @@ pub const ROUTE_EXCHANGES_MAX: usize = 1024;
 impl RoutingTable {
     /// Routes a message published to `exchange` with the given routing keys (the key plus
     /// any `CC`/`BCC` keys) and properties. Each destination queue is pushed to `out` once.
+    /// Counts it in the exchange's `publish_in` / `publish_out`.
     pub fn route_message(
         &self,
         exchange: &str,
@@ -215,7 +221,10 @@ impl RoutingTable {
             headers: properties.headers().as_ref(),
             properties: Some(properties),
         };
-        self.route_with(exchange, routing_keys, message, out);
+        let before = out.len();
+        if let Some(counters) = self.route_with(exchange, routing_keys, message, out) {
+            counters.count(out.len() - before);
+        }
     }
 
     /// `route_message` for a message known only by its headers (a consistent-hash exchange
@@ -234,13 +243,14 @@ impl RoutingTable {
         self.route_with(exchange, routing_keys, message, out);
     }
 
+    /// Routes; returns the counters of `exchange` if it exists.
     fn route_with(
         &self,
         exchange: &str,
         routing_keys: &[&str],
         message: Properties<'_>,
         out: &mut Vec<QueueHandle>,
-    ) {
+    ) -> Option<&ExchangeCounters> {
         let mut found = Found {
             out,
             ids: std::collections::HashSet::new(),
@@ -251,8 +261,9 @@ impl RoutingTable {
                     found.push(q);
                 }
             }
-            return;
+            return Some(&self.default_counters);
         }
+        let mut entry = None;
         let mut visited: Vec<&str> = vec![exchange];
         let mut next = 0;
         while next < visited.len() && next < ROUTE_EXCHANGES_MAX {
@@ -261,6 +272,9 @@ impl RoutingTable {
             let Some(route) = self.exchanges.get(name) else {
                 continue;
             };
+            if next == 1 {
+                entry = Some(&*route.counters);
+            }
             let mut found_exchanges: Vec<&str> = Vec::new();
             let mut matched = false;
             route
@@ -295,6 +309,7 @@ impl RoutingTable {
                 }
             }
         }
+        entry
     }
 }
 

@@ -61,6 +61,7 @@ impl ExchangeEntry {
             internal: def.internal,
             alternate: alternate_of(&def),
             matcher: Matcher::empty(def.kind, &def.arguments),
+            counters: Default::default(),
         });
         ExchangeEntry {
             def,

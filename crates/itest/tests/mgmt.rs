@@ -190,6 +190,16 @@ async fn queue_made_over_http_is_filled_consumed_purged_and_deleted() {
     assert_eq!(listed["consumer_count"], 1);
     assert_eq!(listed["user"], "guest");
     assert_eq!(channels.as_array().unwrap().len(), 2);
+    // The publishing channel's message_stats: what it published and had confirmed.
+    let publisher = channels
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] != channel_name.as_str())
+        .unwrap();
+    assert_eq!(publisher["message_stats"]["publish"], MESSAGES, "{publisher}");
+    assert_eq!(publisher["message_stats"]["confirm"], MESSAGES, "{publisher}");
+    assert_eq!(publisher["message_stats"]["deliver_get"], 0, "{publisher}");
     let (_, body) = http(addr, "GET", "/api/connections", admin, "").await;
     let connection = &json(&body)[0];
     assert_eq!(connection["channels"], 2);
@@ -230,6 +240,15 @@ async fn queue_made_over_http_is_filled_consumed_purged_and_deleted() {
         json(&body)["messages_unacknowledged"] == PREFETCH
     })
     .await;
+    // ... and written to the consumer's channel, which counts them.
+    let channel_path = format!("/api/channels/{}", percent_encode(&channel_name));
+    eventually("the consumer's channel counts its deliveries", || async {
+        let (_, body) = http(addr, "GET", &channel_path, admin, "").await;
+        json(&body)["message_stats"]["deliver"] == PREFETCH
+    })
+    .await;
+    let (_, body) = http(addr, "GET", &channel_path, admin, "").await;
+    assert_eq!(json(&body)["message_stats"]["publish"], 0);
 
     // The consumer goes; its deliveries return. Purge empties, then if-empty succeeds.
     consumer_ch.close(200, "bye".into()).await.unwrap();
@@ -254,4 +273,80 @@ async fn queue_made_over_http_is_filled_consumed_purged_and_deleted() {
     let _ = stop.send(());
     server.await.unwrap().unwrap();
     b.stop().await;
+}
+
+/// Exchange `message_stats`: `publish_in` counts what clients published to an exchange,
+/// `publish_out` the queue copies its routing made; an exchange nobody published to has
+/// none (as RabbitMQ); the default exchange counts too; a vhost's `message_stats` sums its
+/// queues'.
+#[tokio::test]
+async fn exchanges_and_vhosts_report_message_stats() {
+    let Some(b) = start_broker_with(|_| {}).await else {
+        return;
+    };
+    let (addr, _stop) = serve_mgmt(b.broker().expect("in-process").clone()).await;
+    let admin = ("guest", "guest");
+    let conn = b.connect().await;
+    let ch = confirm_channel(&conn).await;
+    for name in ["xs.fan", "xs.quiet"] {
+        ch.exchange_declare(
+            name.into(),
+            lapin::ExchangeKind::Fanout,
+            lapin::options::ExchangeDeclareOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    for q in ["xs.a", "xs.b"] {
+        declare_queue(&ch, q).await;
+        ch.queue_bind(
+            q.into(),
+            "xs.fan".into(),
+            "".into(),
+            lapin::options::QueueBindOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    }
+    let props = lapin::BasicProperties::default;
+    for _ in 0..5 {
+        publish_confirmed(&ch, "xs.fan", "", b"m", props()).await;
+    }
+    for _ in 0..3 {
+        publish_confirmed(&ch, "", "xs.a", b"m", props()).await;
+        // Routed nowhere: in, not out.
+        publish_confirmed(&ch, "", "xs.nowhere", b"m", props()).await;
+    }
+
+    let (s, fan) = http_json(addr, "GET", "/api/exchanges/%2F/xs.fan", admin, "").await;
+    assert_eq!(s, 200, "{fan}");
+    assert_eq!(fan["message_stats"]["publish_in"], 5, "{fan}");
+    assert_eq!(fan["message_stats"]["publish_out"], 10, "{fan}");
+    assert!(fan["message_stats"]["publish_in_details"]["rate"].is_number());
+    let (_, quiet) = http_json(addr, "GET", "/api/exchanges/%2F/xs.quiet", admin, "").await;
+    assert_eq!(quiet["name"], "xs.quiet");
+    assert!(quiet.get("message_stats").is_none(), "{quiet}");
+    let (_, default) = http_json(addr, "GET", "/api/exchanges/%2F/amq.default", admin, "").await;
+    assert_eq!(default["message_stats"]["publish_in"], 6, "{default}");
+    assert_eq!(default["message_stats"]["publish_out"], 3, "{default}");
+    // The listing carries the same figures, and sorts by them.
+    let (_, list) = http_json(
+        addr,
+        "GET",
+        "/api/exchanges/%2F?sort=message_stats.publish_in&sort_reverse=true&columns=name,message_stats.publish_in",
+        admin,
+        "",
+    )
+    .await;
+    assert_eq!(list[0]["name"], "", "{list}");
+    assert_eq!(list[1]["name"], "xs.fan", "{list}");
+
+    // A passive declare is answered after the queue published its metrics.
+    assert_eq!(queue_counts(&ch, "xs.a").await.0, 8);
+    assert_eq!(queue_counts(&ch, "xs.b").await.0, 5);
+    let (_, vhost) = http_json(addr, "GET", "/api/vhosts/%2F", admin, "").await;
+    // Five to each of xs.a and xs.b through the fanout, three more to xs.a.
+    assert_eq!(vhost["message_stats"]["publish"], 13, "{vhost}");
 }

@@ -23,7 +23,7 @@ pub const TAG_MANAGEMENT: &str = "management";
 /// The authenticated user of a request.
 pub struct Caller {
     pub user: Arc<User>,
-    state: AppState,
+    pub(crate) state: AppState,
 }
 
 impl FromRequestParts<AppState> for Caller {

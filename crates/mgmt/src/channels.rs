@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
-use warren_core::connections::{ChannelStats, ConnectionInfo};
+use warren_core::connections::{ChannelStats, ConnectionInfo, MessageCounts};
 
 use crate::auth::Caller;
 use crate::connections::{name_of, visible};
@@ -91,6 +91,26 @@ fn channel_json(c: &ChannelOf) -> Value {
         "confirm": ch.confirm,
         "transactional": ch.transactional,
         "state": "running",
+        "message_stats": channel_message_stats(&ch.messages),
+    })
+}
+
+/// RabbitMQ's `message_stats` of a channel: counts since it opened (no `_details` rates:
+/// channels are read by asking their connection, not sampled).
+fn channel_message_stats(m: &MessageCounts) -> Value {
+    json!({
+        "publish": m.published,
+        "confirm": m.confirmed,
+        "return_unroutable": m.returned_unroutable,
+        "drop_unroutable": m.dropped_unroutable,
+        "deliver": m.delivered_ack,
+        "deliver_no_ack": m.delivered_no_ack,
+        "get": m.get_ack,
+        "get_no_ack": m.get_no_ack,
+        "get_empty": m.get_empty,
+        "deliver_get": m.delivered_ack + m.delivered_no_ack + m.get_ack + m.get_no_ack,
+        "redeliver": m.redelivered,
+        "ack": m.acked,
     })
 }
 

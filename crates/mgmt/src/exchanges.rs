@@ -22,6 +22,8 @@ use crate::auth::Caller;
 use crate::bindings::binding_json;
 use crate::body::{arguments, opt_bool, opt_str, JsonObject};
 use crate::listing::ListQuery;
+use crate::queues::details;
+use crate::rates::{exchange_key, RatesView};
 use crate::{ApiError, AppState};
 
 /// How RabbitMQ's paths name the default exchange (its real name is "").
@@ -53,8 +55,8 @@ pub fn from_path(name: &str) -> &str {
     }
 }
 
-fn exchange_json(vhost: &str, x: &ExchangeInfo) -> Value {
-    json!({
+fn exchange_json(vhost: &str, x: &ExchangeInfo, rates: &RatesView<'_>) -> Value {
+    let mut out = json!({
         "name": x.name.as_str(),
         "vhost": vhost,
         "type": x.kind.as_str(),
@@ -64,7 +66,19 @@ fn exchange_json(vhost: &str, x: &ExchangeInfo) -> Value {
         "arguments": table_to_json(&x.arguments),
         "user_who_performed_action": "",
         "policy": x.policy.policy,
-    })
+    });
+    // As RabbitMQ: only once something was published to it.
+    let (publish_in, publish_out) = x.counters.read();
+    if publish_in > 0 {
+        let r = rates.exchange(exchange_key(&x.counters));
+        out["message_stats"] = json!({
+            "publish_in": publish_in,
+            "publish_in_details": details(r.publish_in),
+            "publish_out": publish_out,
+            "publish_out_details": details(r.publish_out),
+        });
+    }
+    out
 }
 
 fn list(
@@ -72,15 +86,11 @@ fn list(
     vhosts: Vec<std::sync::Arc<warren_core::VHost>>,
     q: &ListQuery,
 ) -> Result<Value, ApiError> {
-    let _ = caller;
-    let items = vhosts
+    let infos: Vec<_> = vhosts.iter().map(|v| (v, v.exchange_infos())).collect();
+    let rates = caller.state.rates.view();
+    let items = infos
         .iter()
-        .flat_map(|v| {
-            v.exchange_infos()
-                .iter()
-                .map(|x| exchange_json(v.name(), x))
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|(v, xs)| xs.iter().map(|x| exchange_json(v.name(), x, &rates)))
         .collect();
     q.respond(items)
 }
@@ -109,11 +119,12 @@ async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let vhost = caller.vhost(&vhost_name)?;
     let name = from_path(&name);
-    vhost
-        .exchange_infos()
+    let infos = vhost.exchange_infos();
+    let rates = caller.state.rates.view();
+    infos
         .iter()
         .find(|x| x.name.as_str() == name)
-        .map(|x| Json(exchange_json(&vhost_name, x)))
+        .map(|x| Json(exchange_json(&vhost_name, x, &rates)))
         .ok_or_else(|| not_found(&vhost_name, name))
 }
 

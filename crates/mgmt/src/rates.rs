@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use warren_core::connections::ConnectionMetricsSnapshot;
+use warren_core::exchange_counters::ExchangeCounters;
 use warren_core::queue::metrics::QueueMetricsSnapshot;
 use warren_core::Broker;
 
@@ -24,6 +25,26 @@ pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
 /// Most queues whose rates are kept: twice the 100,000-queue scale target. A sample is
 /// ~230 bytes (two readings' worth of counters and the map entry), so at most ~46 MB.
 pub const SAMPLED_QUEUES_MAX: usize = 200_000;
+/// Most exchanges whose rates are kept (~100 bytes a sample).
+pub const SAMPLED_EXCHANGES_MAX: usize = 200_000;
+
+/// An exchange's incarnation for the sampler: the address of its counters.
+pub fn exchange_key(counters: &Arc<ExchangeCounters>) -> usize {
+    Arc::as_ptr(counters) as usize
+}
+
+/// Per-second rates of an exchange's `publish_in` and `publish_out`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ExchangeRates {
+    pub publish_in: f64,
+    pub publish_out: f64,
+}
+
+struct ExchangeSample {
+    counters: (u64, u64),
+    rates: ExchangeRates,
+    round: u64,
+}
 
 /// Per-second rates of one queue (or a sum of queues).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -135,6 +156,7 @@ struct Sample {
 struct Inner {
     queues: HashMap<u64, Sample>,
     connections: HashMap<u64, ConnectionSample>,
+    exchanges: HashMap<usize, ExchangeSample>,
     /// The registry's totals at the last sample, and their rates.
     totals: Option<ConnectionMetricsSnapshot>,
     total_rates: ConnectionRates,
@@ -166,6 +188,15 @@ impl RatesView<'_> {
             .unwrap_or_default()
     }
 
+    /// An exchange's rates (0/s for one not sampled yet); `key` is `exchange_key`.
+    pub fn exchange(&self, key: usize) -> ExchangeRates {
+        self.0
+            .exchanges
+            .get(&key)
+            .map(|s| s.rates)
+            .unwrap_or_default()
+    }
+
     /// The rates of every connection's counters, open and closed ones.
     pub fn totals(&self) -> ConnectionRates {
         self.0.total_rates
@@ -193,6 +224,20 @@ impl Rates {
                     .queues
                     .values()
                     .map(|q| (q.id(), q.metrics()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let exchanges: Vec<(usize, (u64, u64))> = broker
+            .vhost_handles()
+            .values()
+            .flat_map(|v| {
+                let routing = v.routing_snapshot();
+                routing
+                    .exchanges
+                    .values()
+                    .map(|x| &x.counters)
+                    .chain(std::iter::once(&routing.default_counters))
+                    .map(|c| (exchange_key(c), c.read()))
                     .collect::<Vec<_>>()
             })
             .collect();
@@ -243,6 +288,29 @@ impl Rates {
             sample.round = round;
         }
         inner.connections.retain(|_, s| s.round == round);
+        for (key, counters) in exchanges {
+            if let Some(s) = inner.exchanges.get_mut(&key) {
+                let per_sec =
+                    |o: u64, n: u64| secs.map_or(0.0, |secs| n.saturating_sub(o) as f64 / secs);
+                s.rates = ExchangeRates {
+                    publish_in: per_sec(s.counters.0, counters.0),
+                    publish_out: per_sec(s.counters.1, counters.1),
+                };
+                s.counters = counters;
+                s.round = round;
+            } else if inner.exchanges.len() < SAMPLED_EXCHANGES_MAX {
+                let rates = ExchangeRates::default();
+                inner.exchanges.insert(
+                    key,
+                    ExchangeSample {
+                        counters,
+                        rates,
+                        round,
+                    },
+                );
+            }
+        }
+        inner.exchanges.retain(|_, s| s.round == round);
         inner.total_rates = match (inner.totals, secs) {
             (Some(old), Some(secs)) => ConnectionRates::between(&old, &totals, secs),
             _ => ConnectionRates::default(),

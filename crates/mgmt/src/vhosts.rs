@@ -11,6 +11,8 @@ use warren_core::overview::VHostOverview;
 use crate::auth::Caller;
 use crate::body::{opt_str, tags, JsonObject};
 use crate::listing::ListQuery;
+use crate::queues::message_stats;
+use crate::rates::QueueRates;
 use crate::{ApiError, AppState};
 
 pub fn routes() -> Router<AppState> {
@@ -19,10 +21,11 @@ pub fn routes() -> Router<AppState> {
         .route("/api/vhosts/{vhost}", get(show).put(put).delete(delete))
 }
 
-fn to_json(info: &VHostInfo, totals: Option<VHostOverview>) -> Value {
+fn to_json(info: &VHostInfo, totals: Option<VHostOverview>, rates: QueueRates) -> Value {
     let totals = totals.unwrap_or_default();
     let q = &totals.queue_totals;
     json!({
+        "message_stats": message_stats(q, &rates),
         "messages": q.messages(),
         "messages_ready": q.messages_ready,
         "messages_unacknowledged": q.messages_unacknowledged,
@@ -39,6 +42,18 @@ fn to_json(info: &VHostInfo, totals: Option<VHostOverview>) -> Value {
     })
 }
 
+/// A vhost's rates: the sum of its queues' (as the overview's).
+fn vhost_rates(state: &AppState, vhost: &str) -> QueueRates {
+    let mut rates = QueueRates::default();
+    if let Some(v) = state.broker.vhost(vhost) {
+        let view = state.rates.view();
+        for q in v.routing_snapshot().queues.values() {
+            rates.add(&view.queue(q.id()));
+        }
+    }
+    rates
+}
+
 async fn list(
     caller: Caller,
     State(state): State<AppState>,
@@ -49,7 +64,13 @@ async fn list(
         .vhosts()
         .iter()
         .filter(|v| caller.can_see_vhost(&v.name))
-        .map(|v| to_json(v, state.broker.vhost_overview(&v.name)))
+        .map(|v| {
+            to_json(
+                v,
+                state.broker.vhost_overview(&v.name),
+                vhost_rates(&state, &v.name),
+            )
+        })
         .collect();
     q.respond(vhosts).map(Json)
 }
@@ -66,7 +87,12 @@ async fn show(
         .into_iter()
         .find(|v| v.name == name)
         .ok_or_else(|| ApiError::not_found(format!("vhost '{name}'")))?;
-    Ok(Json(to_json(&info, state.broker.vhost_overview(&name))))
+    let rates = vhost_rates(&state, &name);
+    Ok(Json(to_json(
+        &info,
+        state.broker.vhost_overview(&name),
+        rates,
+    )))
 }
 
 async fn put(

@@ -259,14 +259,14 @@ impl Connection {
             .await?;
         match got {
             None => {
-                self.metrics.count(MessageEvent::GetEmpty, 1);
+                self.count(ch, MessageEvent::GetEmpty, 1);
                 self.send_method(
                     ch,
                     AMQPClass::Basic(basic::AMQPMethod::GetEmpty(basic::GetEmpty {})),
                 )
             }
             Some((d, remaining)) => {
-                self.count_delivery(d.needs_ack, d.redelivered, MessageEvent::GetAck);
+                self.count_delivery(ch, d.needs_ack, d.redelivered, MessageEvent::GetAck);
                 let frame_max = self.frame_max;
                 let c = self.channel(ch)?;
                 let tag = c.next_tag;
@@ -353,7 +353,7 @@ impl Connection {
         let counted = taken.values().filter(|u| u.counted).count() as u32;
         let resume = c.limiter.release(counted);
         if requeue.is_none() {
-            self.metrics.count(MessageEvent::Acked, taken.len() as u64);
+            self.count(ch, MessageEvent::Acked, taken.len() as u64);
         }
         // Group by queue, keeping order; usually there is one queue.
         let mut groups: Vec<(QueueHandle, Vec<u64>)> = Vec::new();
@@ -499,7 +499,7 @@ impl Connection {
         body: Bytes,
         confirm: Option<ConfirmShare>,
     ) -> Result<(), ProtocolError> {
-        self.metrics.count(MessageEvent::Published, 1);
+        self.count(ch, MessageEvent::Published, 1);
         let properties_bytes = header.decoded_bytes;
         let (properties, header_raw, extra_keys) = sender_selected(header, body.len() as u64);
         let message = Arc::new(Message {
@@ -532,9 +532,9 @@ impl Connection {
         }
         if queues.is_empty() {
             if !method.mandatory {
-                self.metrics.count(MessageEvent::DroppedUnroutable, 1);
+                self.count(ch, MessageEvent::DroppedUnroutable, 1);
             } else {
-                self.metrics.count(MessageEvent::ReturnedUnroutable, 1);
+                self.count(ch, MessageEvent::ReturnedUnroutable, 1);
                 self.send_method(
                     ch,
                     AMQPClass::Basic(basic::AMQPMethod::Return(basic::Return {
@@ -590,6 +590,7 @@ impl Connection {
             if let Some(c) = self.channels.get_mut(&ch) {
                 if !c.closing {
                     let confirmed = c.confirms.flush(&mut self.out, ch);
+                    c.counts[MessageEvent::Confirmed as usize] += confirmed;
                     self.metrics.count(MessageEvent::Confirmed, confirmed);
                 }
             }
@@ -690,7 +691,7 @@ impl Connection {
     /// basic.deliver + header + body for a consumer delivery.
     pub(crate) fn write_delivery(&mut self, d: Delivery) {
         let id = Channel::number_of(d.channel_key);
-        self.count_delivery(d.needs_ack, d.redelivered, MessageEvent::DeliveredAck);
+        self.count_delivery(id, d.needs_ack, d.redelivered, MessageEvent::DeliveredAck);
         let Some(c) = self.channels.get_mut(&id) else {
             return;
         };
@@ -723,15 +724,38 @@ impl Connection {
 }
 
 impl Connection {
-    /// Counts one consume delivery (`DeliveredAck`) or get-ok (`GetAck`) for `/metrics`.
+    /// Counts `n` message events on channel `ch`: in the connection's atomics (`/metrics`,
+    /// the overview) and the channel's own counters (`/api/channels`, read by asking this
+    /// task).
     #[inline]
-    fn count_delivery(&self, needs_ack: bool, redelivered: bool, with_ack: MessageEvent) {
+    pub(crate) fn count(&mut self, ch: u16, event: MessageEvent, n: u64) {
+        self.metrics.count(event, n);
+        if let Some(c) = self.channels.get_mut(&ch) {
+            c.counts[event as usize] += n;
+        }
+    }
+
+    /// Counts one consume delivery (`DeliveredAck`) or get-ok (`GetAck`) on channel `ch`.
+    #[inline]
+    fn count_delivery(
+        &mut self,
+        ch: u16,
+        needs_ack: bool,
+        redelivered: bool,
+        with_ack: MessageEvent,
+    ) {
         let event = match (needs_ack, with_ack) {
             (true, _) => with_ack,
             (false, MessageEvent::GetAck) => MessageEvent::GetNoAck,
             (false, _) => MessageEvent::DeliveredNoAck,
         };
         self.metrics.count(event, 1);
+        if let Some(c) = self.channels.get_mut(&ch) {
+            c.counts[event as usize] += 1;
+            if redelivered {
+                c.counts[MessageEvent::Redelivered as usize] += 1;
+            }
+        }
         if redelivered {
             self.metrics.count(MessageEvent::Redelivered, 1);
         }

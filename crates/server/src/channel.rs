@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tracing::warn;
+use warren_core::connections::MessageEvent;
 use warren_core::consumer::{ChannelKey, ChannelLimiter};
 use warren_core::direct_reply::Registration;
 use warren_core::queue::QueueCommand;
@@ -75,6 +76,8 @@ pub(crate) struct Channel {
     /// The last exchange this channel was allowed to publish to, and the access generation
     /// that allowed it (`access.rs`).
     pub publish_grant: Option<(u64, ShortString)>,
+    /// Message events on this channel, indexed by `MessageEvent` (`Connection::count`).
+    pub counts: [u64; MessageEvent::COUNT],
 }
 
 impl Channel {
@@ -95,6 +98,7 @@ impl Channel {
             last_queue: None,
             reply_consumer: None,
             publish_grant: None,
+            counts: [0; MessageEvent::COUNT],
         }
     }
 
@@ -109,6 +113,7 @@ impl Channel {
             messages_unacknowledged: self.unacked.len() as u64,
             confirm: self.mode == Mode::Confirm,
             transactional: self.mode == Mode::Tx,
+            messages: warren_core::connections::MessageCounts::from_events(&self.counts),
         }
     }
 

@@ -105,8 +105,9 @@ impl Connection {
         };
         let tag = c.next_tag;
         c.next_tag += 1;
-        self.metrics
-            .count(warren_core::connections::MessageEvent::DeliveredNoAck, 1);
+        let event = warren_core::connections::MessageEvent::DeliveredNoAck;
+        c.counts[event as usize] += 1;
+        self.metrics.count(event, 1);
         encode::deliver(
             &mut self.out,
             ch,

@@ -10,7 +10,10 @@
 use warren_protocol::{FieldTable, ShortString};
 
 use super::{PolicyNames, VHost};
+use std::sync::Arc;
+
 use crate::exchange::{ExchangeKind, DEFAULT_EXCHANGE};
+use crate::exchange_counters::ExchangeCounters;
 use crate::queue::metrics::QueueMetricsSnapshot;
 use crate::queue::QueueHandle;
 use crate::routing::Destination;
@@ -43,8 +46,7 @@ pub struct QueuePage {
     pub items: Vec<QueueInfo>,
 }
 
-/// One exchange as the management API shows it (no message rates: see ARCHITECTURE.md,
-/// "Statistics").
+/// One exchange as the management API shows it.
 #[derive(Clone, Debug)]
 pub struct ExchangeInfo {
     /// "" is the default exchange.
@@ -55,6 +57,9 @@ pub struct ExchangeInfo {
     pub internal: bool,
     pub arguments: FieldTable,
     pub policy: PolicyNames,
+    /// Its `message_stats.publish_in` / `publish_out` (`ExchangeCounters::read`); the
+    /// pointer identifies the exchange's incarnation for the rates sampler.
+    pub counters: Arc<ExchangeCounters>,
 }
 
 /// One binding as the management API shows it.
@@ -183,6 +188,7 @@ impl VHost {
             defs.exchanges
                 .values()
                 .map(|x| ExchangeInfo {
+                    counters: x.route.counters.clone(),
                     name: x.def.name.clone(),
                     kind: x.def.kind,
                     durable: x.def.durable,
@@ -196,6 +202,7 @@ impl VHost {
         if !infos.iter().any(|x| x.name.as_str() == DEFAULT_EXCHANGE) {
             // Routed by queue name without an entry of its own; RabbitMQ lists it.
             infos.push(ExchangeInfo {
+                counters: self.routing().default_counters.clone(),
                 name: ShortString::from(DEFAULT_EXCHANGE),
                 kind: ExchangeKind::Direct,
                 durable: true,
