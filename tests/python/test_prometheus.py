@@ -85,3 +85,16 @@ def test_counters_move_with_traffic(prometheus_url, connection, unique):
     assert sample(after, "rabbitmq_connections") >= 1
     assert sample(after, "rabbitmq_process_resident_memory_bytes") > 0
     assert 'rabbitmq_identity_info{rabbitmq_node="' in after
+
+
+def test_the_overview_lists_the_prometheus_listener(prometheus_url, mgmt_url):
+    """RabbitMQ's overview shows `http/prometheus` among the node's listeners."""
+    import base64
+    import json
+    request = urllib.request.Request(mgmt_url + "/api/overview", headers={
+        "Authorization": "Basic " + base64.b64encode(b"guest:guest").decode()})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        listeners = json.load(response)["listeners"]
+    port = int(prometheus_url.rsplit(":", 1)[1])
+    assert {"protocol": "http/prometheus", "port": port} in [
+        {"protocol": entry["protocol"], "port": entry["port"]} for entry in listeners], listeners

@@ -197,8 +197,14 @@ async fn queue_made_over_http_is_filled_consumed_purged_and_deleted() {
         .iter()
         .find(|c| c["name"] != channel_name.as_str())
         .unwrap();
-    assert_eq!(publisher["message_stats"]["publish"], MESSAGES, "{publisher}");
-    assert_eq!(publisher["message_stats"]["confirm"], MESSAGES, "{publisher}");
+    assert_eq!(
+        publisher["message_stats"]["publish"], MESSAGES,
+        "{publisher}"
+    );
+    assert_eq!(
+        publisher["message_stats"]["confirm"], MESSAGES,
+        "{publisher}"
+    );
     assert_eq!(publisher["message_stats"]["deliver_get"], 0, "{publisher}");
     let (_, body) = http(addr, "GET", "/api/connections", admin, "").await;
     let connection = &json(&body)[0];

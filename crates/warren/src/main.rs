@@ -51,15 +51,6 @@ async fn run(
     let handle = warren_server::start(settings.config.clone())
         .await
         .context("cannot start the AMQP listener")?;
-    let mgmt = start_mgmt(&settings.mgmt_listen, &handle, None).await?;
-    let https = match &settings.config.tls {
-        Some(tls) if !settings.mgmt_tls_listen.is_empty() => {
-            let config = warren_server::tls::http_server_config(tls)
-                .context("cannot set up HTTPS for the management API")?;
-            Some(start_mgmt(&settings.mgmt_tls_listen, &handle, Some(config)).await?)
-        }
-        _ => None,
-    };
     let node = || warren_metrics::Node::new(Some(handle.alarms().clone()), started_at);
     let prometheus =
         start_prometheus(&settings.prometheus_listen, handle.broker(), &node, None).await?;
@@ -69,6 +60,20 @@ async fn run(
                 .context("cannot set up HTTPS for Prometheus metrics")?;
             let listen = &settings.prometheus_tls_listen;
             Some(start_prometheus(listen, handle.broker(), &node, Some(config)).await?)
+        }
+        _ => None,
+    };
+    // The overview lists the Prometheus listeners as RabbitMQ does.
+    let mut extra = prometheus.listed("http/prometheus");
+    if let Some(https) = &prometheus_https {
+        extra.extend(https.listed("https/prometheus"));
+    }
+    let mgmt = start_mgmt(&settings.mgmt_listen, &handle, &extra, None).await?;
+    let https = match &settings.config.tls {
+        Some(tls) if !settings.mgmt_tls_listen.is_empty() => {
+            let config = warren_server::tls::http_server_config(tls)
+                .context("cannot set up HTTPS for the management API")?;
+            Some(start_mgmt(&settings.mgmt_tls_listen, &handle, &extra, Some(config)).await?)
         }
         _ => None,
     };
@@ -101,9 +106,22 @@ async fn run(
 struct HttpListeners {
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Where they listen (ports chosen by the system included).
+    addrs: Vec<std::net::SocketAddr>,
 }
 
 impl HttpListeners {
+    /// The listeners as the management API's overview shows them.
+    fn listed(&self, protocol: &str) -> Vec<warren_mgmt::node::Listener> {
+        self.addrs
+            .iter()
+            .map(|addr| warren_mgmt::node::Listener {
+                protocol: protocol.into(),
+                addr: *addr,
+            })
+            .collect()
+    }
+
     async fn stop(self) {
         let _ = self.stop.send(true);
         for task in self.tasks {
@@ -128,10 +146,13 @@ where
 {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut listeners = Vec::new();
+    let mut bound = Vec::new();
     for addr in addrs {
         let listener = warren_server::bind(*addr)
             .with_context(|| format!("cannot listen for {what} on {addr}"))?;
-        info!(addr = %listener.local_addr()?, "{what} listening");
+        let local = listener.local_addr()?;
+        info!(addr = %local, "{what} listening");
+        bound.push(local);
         listeners.push(listener);
     }
     let tasks = listeners
@@ -150,17 +171,24 @@ where
             })
         })
         .collect();
-    Ok(HttpListeners { stop, tasks })
+    Ok(HttpListeners {
+        stop,
+        tasks,
+        addrs: bound,
+    })
 }
 
-/// The management API (over HTTPS with `tls`) on `addrs`.
+/// The management API (over HTTPS with `tls`) on `addrs`; `extra` are listeners it shows
+/// besides the AMQP ones and its own.
 async fn start_mgmt(
     addrs: &[std::net::SocketAddr],
     handle: &warren_server::ServerHandle,
+    extra: &[warren_mgmt::node::Listener],
     tls: Option<std::sync::Arc<warren_server::tls::RustlsServerConfig>>,
 ) -> anyhow::Result<HttpListeners> {
     let broker = handle.broker();
-    let node = node_context(handle);
+    let mut node = node_context(handle);
+    node.listeners.extend(extra.iter().cloned());
     let what = match tls {
         Some(_) => "the management API (HTTPS)",
         None => "the management API",
