@@ -210,3 +210,33 @@ def test_prometheus_metrics_are_served_over_https_with_the_amqps_certificate(tls
     assert "rabbitmq_identity_info" in text and "rabbitmq_connections " in text
     with pytest.raises(urllib.error.URLError):
         urllib.request.urlopen(url, context=ssl.create_default_context(), timeout=10)
+
+
+def test_certificate_expiration_health_check_reads_the_certificate(tls_warren, pki):
+    """The test certificate is valid for 30 days: fine within a week, expiring within a
+    month (503 naming the TLS listeners, as RabbitMQ's check)."""
+    import base64
+    import json
+    import urllib.error
+    import urllib.request
+    _, tls_port, https_port, _ = tls_warren
+    token = base64.b64encode(b"guest:guest").decode()
+    context = _context(pki, client_certificate=False)
+
+    def check(within, unit):
+        request = urllib.request.Request(
+            f"https://localhost:{https_port}/api/health/checks/certificate-expiration/{within}/{unit}",
+            headers={"Authorization": f"Basic {token}"})
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                return response.status, json.load(response)
+        except urllib.error.HTTPError as e:
+            return e.code, json.load(e)
+
+    assert check(1, "weeks") == (200, {"status": "ok"})
+    status, body = check(1, "months")
+    assert status == 503, body
+    assert body["status"] == "failed" and body["reason"] == "Certificates expiring"
+    assert {"protocol": "amqp/ssl", "port": tls_port} in [
+        {"protocol": e["protocol"], "port": e["port"]} for e in body["expired"]], body
+    assert check(1, "fortnights")[0] == 400

@@ -29,6 +29,8 @@ pub const ALIVENESS_BODY: &[u8] = b"test_message";
 const ALIVENESS_CHANNEL_KEY: u64 = 0;
 /// Units `certificate-expiration/{within}/{unit}` accepts (RabbitMQ's).
 pub const CERTIFICATE_EXPIRATION_UNITS: [&str; 4] = ["days", "weeks", "months", "years"];
+/// Each unit in days (a month is 30, a year 365).
+const CERTIFICATE_EXPIRATION_UNIT_DAYS: [i64; 4] = [1, 7, 30, 365];
 
 pub fn routes() -> Router<AppState> {
     Router::new()
@@ -160,20 +162,51 @@ async fn protocol_listener(
 /// docs/management.md).
 async fn certificate_expiration(
     _caller: Caller,
+    State(state): State<AppState>,
     Path((within, unit)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    if within.parse::<u32>().is_err() {
+    let Ok(within) = within.parse::<u32>() else {
         return Err(ApiError::bad_request(format!(
             "invalid expiration value '{within}'"
         )));
-    }
-    if !CERTIFICATE_EXPIRATION_UNITS.contains(&unit.as_str()) {
+    };
+    let Some(days) = CERTIFICATE_EXPIRATION_UNITS
+        .iter()
+        .position(|u| *u == unit)
+        .map(|i| CERTIFICATE_EXPIRATION_UNIT_DAYS[i])
+    else {
         return Err(ApiError::bad_request(format!(
             "invalid unit '{unit}': use one of {}",
             CERTIFICATE_EXPIRATION_UNITS.join(", ")
         )));
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let deadline = now.saturating_add(i64::from(within) * days * 86_400);
+    let expiring: Vec<Value> = state
+        .node
+        .certificates
+        .iter()
+        .filter(|c| c.not_after <= deadline)
+        .map(|c| {
+            json!({
+                "node": crate::overview::node_name(),
+                "protocol": c.listener.protocol,
+                "interface": c.listener.addr.ip().to_string(),
+                "port": c.listener.addr.port(),
+                "certfile": c.certfile,
+                "expires": c.not_after,
+            })
+        })
+        .collect();
+    if expiring.is_empty() {
+        return Ok(passed());
     }
-    Ok(passed())
+    Ok(failed(
+        "Certificates expiring".into(),
+        json!({ "expired": expiring }),
+    ))
 }
 
 /// Declares `aliveness-test` (durable=false), publishes one message into it and gets it back

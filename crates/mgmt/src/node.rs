@@ -44,6 +44,15 @@ pub struct Listener {
     pub addr: SocketAddr,
 }
 
+/// A TLS listener's certificate, for the certificate-expiration health check.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerCertificate {
+    pub listener: Listener,
+    pub certfile: String,
+    /// The leaf certificate's `notAfter`, Unix seconds.
+    pub not_after: i64,
+}
+
 /// What the API knows of the node besides the broker. `Default`: no listeners known and no
 /// alarm reader (alarms read as off, limits as 0).
 #[derive(Clone)]
@@ -52,6 +61,8 @@ pub struct NodeContext {
     pub alarms: Option<AlarmReader>,
     /// When the node started (`uptime`).
     pub started: Instant,
+    /// The TLS listeners' certificates (empty without TLS).
+    pub certificates: Vec<ListenerCertificate>,
 }
 
 impl Default for NodeContext {
@@ -60,6 +71,7 @@ impl Default for NodeContext {
             listeners: Vec::new(),
             alarms: None,
             started: Instant::now(),
+            certificates: Vec::new(),
         }
     }
 }

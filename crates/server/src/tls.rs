@@ -183,6 +183,15 @@ pub(crate) async fn handshake(
     Ok((stream, peer))
 }
 
+/// When the first (leaf) certificate of a PEM chain expires: its `notAfter`, in Unix seconds
+/// (the certificate-expiration health check).
+pub fn leaf_not_after(chain: &Path) -> io::Result<i64> {
+    let certs = load_certs(chain, "--tls-cert")?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(certs[0].as_ref())
+        .map_err(|e| invalid(format!("--tls-cert {}: {e}", chain.display())))?;
+    Ok(parsed.validity().not_after.timestamp())
+}
+
 /// The subject's first common name (RabbitMQ's `ssl_cert_login_from = common_name`).
 pub(crate) fn common_name(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;

@@ -68,12 +68,28 @@ async fn run(
     if let Some(https) = &prometheus_https {
         extra.extend(https.listed("https/prometheus"));
     }
-    let mgmt = start_mgmt(&settings.mgmt_listen, &handle, &extra, None).await?;
+    let mgmt = start_mgmt(
+        &settings.mgmt_listen,
+        &handle,
+        &extra,
+        settings.config.tls.as_ref(),
+        None,
+    )
+    .await?;
     let https = match &settings.config.tls {
         Some(tls) if !settings.mgmt_tls_listen.is_empty() => {
             let config = warren_server::tls::http_server_config(tls)
                 .context("cannot set up HTTPS for the management API")?;
-            Some(start_mgmt(&settings.mgmt_tls_listen, &handle, &extra, Some(config)).await?)
+            Some(
+                start_mgmt(
+                    &settings.mgmt_tls_listen,
+                    &handle,
+                    &extra,
+                    Some(tls),
+                    Some(config),
+                )
+                .await?,
+            )
         }
         _ => None,
     };
@@ -184,11 +200,13 @@ async fn start_mgmt(
     addrs: &[std::net::SocketAddr],
     handle: &warren_server::ServerHandle,
     extra: &[warren_mgmt::node::Listener],
+    tls_config: Option<&warren_server::TlsConfig>,
     tls: Option<std::sync::Arc<warren_server::tls::RustlsServerConfig>>,
 ) -> anyhow::Result<HttpListeners> {
     let broker = handle.broker();
     let mut node = node_context(handle);
     node.listeners.extend(extra.iter().cloned());
+    node.certificates = certificates(tls_config, &node.listeners);
     let what = match tls {
         Some(_) => "the management API (HTTPS)",
         None => "the management API",
@@ -230,6 +248,38 @@ async fn start_prometheus(
         }
     })
     .await
+}
+
+/// The certificate of every TLS listener among `listeners` (they share the amqps one), for
+/// the certificate-expiration health check; none if it cannot be read (logged).
+fn certificates(
+    tls: Option<&warren_server::TlsConfig>,
+    listeners: &[warren_mgmt::node::Listener],
+) -> Vec<warren_mgmt::node::ListenerCertificate> {
+    let Some(tls) = tls else {
+        return Vec::new();
+    };
+    let not_after = match warren_server::tls::leaf_not_after(&tls.cert_chain) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the certificate's expiry");
+            return Vec::new();
+        }
+    };
+    listeners
+        .iter()
+        .filter(|l| {
+            matches!(
+                l.protocol.as_str(),
+                "amqp/ssl" | "https" | "https/prometheus"
+            )
+        })
+        .map(|l| warren_mgmt::node::ListenerCertificate {
+            listener: l.clone(),
+            certfile: tls.cert_chain.display().to_string(),
+            not_after,
+        })
+        .collect()
 }
 
 /// What the management API shows of the node: the AMQP listeners and the resource alarms.
