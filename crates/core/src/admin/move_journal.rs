@@ -272,6 +272,108 @@ fn settle(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::Message;
+    use crate::queue::store::StoreContext;
+    use std::sync::Arc;
+
+    fn message(body: &'static str) -> Arc<Message> {
+        let props = warren_protocol::basic::AMQPProperties::default().with_delivery_mode(2);
+        let body = bytes::Bytes::from_static(body.as_bytes());
+        Arc::new(Message {
+            exchange: "x".into(),
+            routing_key: "k".into(),
+            header_raw: warren_protocol::encode::header_payload(&props, body.len() as u64),
+            properties: Box::new(props),
+            body,
+            properties_bytes: 0,
+        })
+    }
+
+    fn queue(key: u64) -> LoadedQueue {
+        let ctx = StoreContext {
+            data_dir: std::path::PathBuf::from("/nonexistent"),
+            io: warren_store::RealIo::shared(),
+            sync_mode: warren_store::SyncMode::None,
+        };
+        LoadedQueue {
+            key,
+            store: QueueStore::new(
+                warren_store::memory_log(),
+                Path::new("/nonexistent"),
+                true,
+                &ctx,
+            ),
+            entries: Vec::new(),
+            origins: HashMap::new(),
+        }
+    }
+
+    /// Appends `body` as the queue's next message, moved by `origin` if given.
+    fn put(q: &mut LoadedQueue, body: &'static str, origin: Option<MoveOrigin>) {
+        let id = q.entries.last().map_or(1, |e| e.id + 1);
+        let m = message(body);
+        let at = match origin {
+            Some(o) => q.store.append_recovered(id, &m, None, o).unwrap(),
+            None => q.store.append(id, &m, None, None).unwrap(),
+        };
+        if let Some(o) = origin {
+            q.origins.insert(o, (at, None));
+        }
+        let mut e = Entry::new(id, m, None);
+        e.location = Some(at);
+        q.entries.push(e);
+    }
+
+    fn bodies(q: &mut LoadedQueue) -> Vec<String> {
+        let locations: Vec<_> = q.entries.iter().map(|e| e.location.unwrap()).collect();
+        locations
+            .into_iter()
+            .map(|at| String::from_utf8(q.store.load(at).unwrap().body.to_vec()).unwrap())
+            .collect()
+    }
+
+    /// A crash after the batch reached its destinations, before the source's acks: each
+    /// message ends in exactly one place, and a fanout copy that one destination missed is
+    /// made from the one that has it.
+    #[test]
+    fn settling_acks_what_arrived_copies_what_a_fanout_missed_and_keeps_the_rest() {
+        let nonce = 99;
+        let origin = |source_id| MoveOrigin { nonce, source_id };
+        let (mut source, mut a, mut b) = (queue(1), queue(2), queue(3));
+        for body in ["m1", "m2", "m3", "m4"] {
+            put(&mut source, body, None);
+        }
+        put(
+            &mut a,
+            "old",
+            Some(MoveOrigin {
+                nonce: 1,
+                source_id: 3,
+            }),
+        ); // another move's
+        put(&mut a, "m1", Some(origin(1)));
+        put(&mut a, "m2", Some(origin(2)));
+        put(&mut b, "m2", Some(origin(2)));
+        // m1 went to a and b (b missed it), m2 to a and b, m3 to a (never arrived), m4 was
+        // acked before the crash (not in the source any more).
+        source.entries.pop();
+        let batch = [(1, vec![2, 3]), (2, vec![2, 3]), (3, vec![2]), (4, vec![2])];
+        let mut queues = vec![source, a, b];
+        let by_key = queues.iter().enumerate().map(|(i, q)| (q.key, i)).collect();
+        assert_eq!(
+            settle(&mut queues, &by_key, 0, nonce, &batch).unwrap(),
+            (2, 1)
+        );
+        assert_eq!(bodies(&mut queues[0]), ["m3"]);
+        assert_eq!(bodies(&mut queues[1]), ["old", "m1", "m2"]);
+        assert_eq!(bodies(&mut queues[2]), ["m2", "m1"]);
+        assert!(queues[2].origins.contains_key(&origin(1)));
+        // Settling again changes nothing: recovery may run it twice after a second crash.
+        assert_eq!(
+            settle(&mut queues, &by_key, 0, nonce, &batch).unwrap(),
+            (0, 0)
+        );
+    }
 
     #[test]
     fn journal_frames_read_back_and_a_torn_tail_is_ignored() {
