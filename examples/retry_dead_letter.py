@@ -48,8 +48,10 @@ def main():
     ch.exchange_declare(PARKING_X, "fanout")
     ch.queue_declare(PARKING)
     ch.queue_bind(PARKING, PARKING_X)
-    ch.queue_declare(WORK, arguments={"x-dead-letter-exchange": PARKING_X,
-                                      "x-delivery-limit": DELIVERY_LIMIT})
+    # A quorum queue, so that x-delivery-limit works on RabbitMQ too (Warren has it on any queue).
+    ch.queue_declare(WORK, durable=True, arguments={"x-queue-type": "quorum",
+                                                    "x-dead-letter-exchange": PARKING_X,
+                                                    "x-delivery-limit": DELIVERY_LIMIT})
     for attempt, ttl in enumerate(BACKOFF_MS, start=1):
         ch.queue_declare(wait_queue(attempt), arguments={
             "x-message-ttl": ttl,                 # the back-off
@@ -82,7 +84,7 @@ def main():
         ch.basic_ack(method.delivery_tag)
 
     def on_parked(ch, method, props, body):
-        parked[body.decode()] = props.headers.get("x-last-death-reason")
+        parked[body.decode()] = props.headers["x-death"][0]["reason"]  # most recent death
         print(f"parking lot: {body.decode()} ({parked[body.decode()]})")
 
     ch.basic_consume(WORK, on_work)
