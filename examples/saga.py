@@ -26,25 +26,17 @@ params = pika.URLParameters(args.url)
 
 RUN = uuid.uuid4().hex[:8]
 stop = threading.Event()
-compensations = []  # (service, action, order) in the order they were executed
+journal = []  # (order, service, action): every command, in the order it was executed
 
 # Each service: its own state, and its actions (a command returns True on success).
 reserved, charged, booked = set(), set(), set()
-
-
-def book_courier(order):
-    if order == "order-B":  # no courier available for order B: this step fails
-        return False
-    booked.add(order)
-    return True
-
-
 SERVICES = {
     "inventory": {"reserve": lambda o: reserved.add(o) or True,
                   "release": lambda o: reserved.discard(o) or True},
     "payment": {"charge": lambda o: charged.add(o) or True,
                 "refund": lambda o: charged.discard(o) or True},
-    "shipping": {"book": book_courier, "cancel": lambda o: booked.discard(o) or True},
+    "shipping": {"book": lambda o: o != "order-B" and (booked.add(o) or True),  # no courier
+                 "cancel": lambda o: booked.discard(o) or True},             # for order B
 }
 # The saga: (service, action, compensating action)
 STEPS = [("inventory", "reserve", "release"), ("payment", "charge", "refund"),
@@ -63,8 +55,7 @@ def run_service(name, ready):
     def on_command(ch, method, props, body):
         cmd = json.loads(body)
         ok = SERVICES[name][cmd["action"]](cmd["order"])
-        if cmd.get("compensation"):
-            compensations.append((name, cmd["action"], cmd["order"]))
+        journal.append((cmd["order"], name, cmd["action"]))
         ch.basic_publish("", props.reply_to, json.dumps({"ok": ok}).encode(),
                          pika.BasicProperties(correlation_id=props.correlation_id))
         ch.basic_ack(method.delivery_tag)
@@ -85,9 +76,9 @@ class Orchestrator:
                               on_message_callback=lambda c, m, p, b: self.replies.update(
                                   {p.correlation_id: json.loads(b)}))
 
-    def send(self, service, action, order, compensation=False):
+    def send(self, service, action, order):
         corr = str(uuid.uuid4())
-        body = json.dumps({"action": action, "order": order, "compensation": compensation})
+        body = json.dumps({"action": action, "order": order})
         self.ch.basic_publish("", queue_of(service), body.encode(), pika.BasicProperties(
             reply_to="amq.rabbitmq.reply-to", correlation_id=corr))
         deadline = time.monotonic() + 5
@@ -103,7 +94,7 @@ class Orchestrator:
                 continue
             print(f"{order}: {service}.{action} failed, compensating")
             for service_done, undo in reversed(done):
-                self.send(service_done, undo, order, compensation=True)
+                self.send(service_done, undo, order)
             return False
         return True
 
@@ -127,11 +118,12 @@ def main():
 
     print(f"results: {result}")
     print(f"reserved: {sorted(reserved)}, charged: {sorted(charged)}, booked: {sorted(booked)}")
-    print(f"compensations: {compensations}")
+    steps_b = [f"{service}.{action}" for order, service, action in journal if order == "order-B"]
+    print(f"order-B: {' -> '.join(steps_b)}")
     ok = (result == {"order-A": True, "order-B": False}
           and reserved == charged == booked == {"order-A"}
-          and compensations == [("payment", "refund", "order-B"),
-                                ("inventory", "release", "order-B")])
+          and steps_b == ["inventory.reserve", "payment.charge", "shipping.book",
+                          "payment.refund", "inventory.release"])
     print("OK" if ok else "FAILED")
     return 0 if ok else 1
 

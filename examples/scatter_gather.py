@@ -63,7 +63,7 @@ def request_quotes(ch, kg):
                      pika.BasicProperties(reply_to="amq.rabbitmq.reply-to", correlation_id=corr_id))
     deadline = time.monotonic() + DEADLINE_S
     while len(quotes) < len(SERVICES) and time.monotonic() < deadline:
-        ch.connection.process_data_events(time_limit=deadline - time.monotonic())
+        ch.connection.process_data_events(time_limit=max(0.0, deadline - time.monotonic()))
     return list(quotes)  # whatever arrives after the deadline is not part of the answer
 
 

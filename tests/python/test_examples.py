@@ -26,7 +26,8 @@ EXPECTED_LINE = {
     "scatter_gather": "best: parcel-co",
     "pipes_and_filters": "validate: dropped {\"sku\": \"fig\"",
     "claim_check": "payloads left in the store: 0",
-    "saga": "compensations: [('payment', 'refund', 'order-B'), ('inventory', 'release', 'order-B')]",
+    "saga": "order-B: inventory.reserve -> payment.charge -> shipping.book -> payment.refund -> "
+            "inventory.release",
     "retry_dead_letter": "parking lot: crasher (delivery_limit)",
     "scale_out_by_key": "each customer on exactly one worker, in order: True",
 }
