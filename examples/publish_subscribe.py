@@ -55,8 +55,10 @@ def main():
     try:
         for t in threads:
             t.start()
-        for name in SUBSCRIBERS:  # publish once everybody is bound (events are not stored
-            ready[name].wait(5)   # for subscribers that do not exist yet)
+        # Publish once everybody is bound: a fanout exchange keeps nothing for queues that do
+        # not exist yet (a subscriber only sees the events published after it subscribed).
+        for name in SUBSCRIBERS:
+            ready[name].wait(5)
         for event in EVENTS:
             ch.basic_publish(EXCHANGE, "", event)
         all_done = all(done[name].wait(5) for name in SUBSCRIBERS)
