@@ -21,7 +21,8 @@ import uuid
 import pika
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"))
+parser.add_argument("--url", help="broker URL (default: $AMQP_URL, else guest@localhost)",
+                    default=os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"))
 args = parser.parse_args()
 
 RUN = uuid.uuid4().hex[:8]

@@ -17,7 +17,8 @@ import pika
 from pika.exceptions import UnroutableError
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"))
+parser.add_argument("--url", help="broker URL (default: $AMQP_URL, else guest@localhost)",
+                    default=os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"))
 args = parser.parse_args()
 
 EXCHANGE = f"examples.routing.logs.{uuid.uuid4().hex[:8]}"
@@ -54,7 +55,8 @@ def main():
     # Wait for the deliveries (each queue keeps publication order, so once the last expected
     # line is there, any unexpected one would have shown up before it).
     deadline = time.monotonic() + 5
-    while not all(len(received[s]) >= len(expected[s]) for s in INTERESTS) and time.monotonic() < deadline:
+    while (any(len(received[s]) < len(expected[s]) for s in INTERESTS)
+           and time.monotonic() < deadline):
         conn.process_data_events(time_limit=0.05)
     ch.exchange_delete(EXCHANGE)
     conn.close()

@@ -16,7 +16,8 @@ import uuid
 import pika
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--url", default=os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"))
+parser.add_argument("--url", help="broker URL (default: $AMQP_URL, else guest@localhost)",
+                    default=os.environ.get("AMQP_URL", "amqp://guest:guest@localhost:5672/%2f"))
 args = parser.parse_args()
 
 EXCHANGE = f"examples.topics.logs.{uuid.uuid4().hex[:8]}"
@@ -46,7 +47,8 @@ def main():
 
     # Queues keep publication order: once the last expected key arrived, nothing else will.
     deadline = time.monotonic() + 5
-    while not all(len(received[n]) >= len(EXPECTED[n]) for n in PATTERNS) and time.monotonic() < deadline:
+    while (any(len(received[n]) < len(EXPECTED[n]) for n in PATTERNS)
+           and time.monotonic() < deadline):
         conn.process_data_events(time_limit=0.05)
     ch.exchange_delete(EXCHANGE)
     conn.close()
