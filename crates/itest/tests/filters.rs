@@ -8,6 +8,7 @@
 
 use std::path::Path;
 
+use warren_core::definitions_json;
 use warren_itest::lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -500,4 +501,62 @@ async fn a_durable_filter_binding_survives_a_restart() {
     }
     within("broker shutdown", server.shutdown()).await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Exported definitions carry `x-filter` as an ordinary argument; importing them into another
+/// broker gives a binding that filters the same way. A bad policy in a document fails the
+/// whole import (nothing declared), naming the entry and the problem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_export_and_import_carry_the_filter() {
+    let (Some(source), Some(target)) = (
+        start_broker_with(|_| {}).await,
+        start_broker_with(|_| {}).await,
+    ) else {
+        return;
+    };
+    let policy = r#"{"fare": [{"numeric": [">=", 10]}]}"#;
+    {
+        let (_conn, ch) = source.channel().await;
+        declare_exchange(&ch, "fares", ExchangeKind::Headers).await;
+        declare_queue(&ch, "expensive").await;
+        try_bind(&ch, "expensive", "fares", filter_args(policy, None))
+            .await
+            .expect("bind");
+    }
+    let exported =
+        definitions_json::to_json(&source.broker().expect("broker").export_definitions());
+    assert!(exported.contains(r#"\"numeric\""#), "{exported}");
+    let defs = definitions_json::parse(&exported).expect("parse");
+    let target_broker = target.broker().expect("broker");
+    within("import", target_broker.import_definitions(&defs))
+        .await
+        .expect("import");
+    let (_conn, ch) = target.channel().await;
+    let mut subscriber = Subscriber::new(&ch, "fares").await;
+    let fare = |n: i32| headers(&[("fare", AMQPValue::LongInt(n))]);
+    subscriber
+        .received(&ch, &[("cheap", fare(9)), ("dear", fare(10))])
+        .await;
+    assert_eq!(drain_queue(&ch, "expensive").await, vec!["dear"]);
+
+    let bad = exported
+        .replace("\\\"numeric\\\"", "\\\"numerc\\\"")
+        .replace("\"fares\"", "\"fares2\"")
+        .replace("\"expensive\"", "\"expensive2\"");
+    assert!(bad.contains("numerc"), "{bad}");
+    let defs = definitions_json::parse(&bad).expect("parse");
+    let error = within("import", target_broker.import_definitions(&defs))
+        .await
+        .expect_err("a bad policy fails the import");
+    assert!(
+        error
+            .text()
+            .contains(r#"unknown operator "numerc" at key "fare""#),
+        "{error}"
+    );
+    let vhost = target_broker.vhost("/").expect("vhost");
+    assert!(
+        vhost.routing().exchanges.get("fares2").is_none(),
+        "nothing of the bad document was applied"
+    );
 }
