@@ -113,6 +113,15 @@ enum Bound {
     Exclusive(f64),
 }
 
+impl Bound {
+    fn value(self) -> Option<f64> {
+        match self {
+            Bound::Open => None,
+            Bound::Inclusive(n) | Bound::Exclusive(n) => Some(n),
+        }
+    }
+}
+
 /// One value found at a key path, as the matcher sees it.
 #[derive(Clone, Copy, Debug)]
 enum Scalar<'v> {
@@ -191,18 +200,45 @@ impl Filter {
         self.root.matches(&BodyDocument(body))
     }
 
-    /// The top-level keys whose every listed value is an exact string and which the whole
-    /// policy requires (not under an `"$or"`): any of them can index the filter.
-    fn index_terms(&self) -> Vec<(&str, Vec<&str>)> {
+    /// The leaves the whole policy requires (not under an `"$or"`), for header scope only.
+    fn required_leaves(&self) -> &[Node] {
         if self.scope != Scope::Headers {
-            return Vec::new();
+            return &[];
         }
-        let leaves: &[Node] = match &self.root {
+        match &self.root {
             Node::All(children) => children,
             leaf @ Node::Leaf { .. } => std::slice::from_ref(leaf),
             Node::Any(_) => &[],
-        };
-        leaves
+        }
+    }
+
+    /// The required top-level keys whose every condition is a closed numeric interval (an
+    /// exact number is one of width 0), with those intervals: any of them can index the filter.
+    fn numeric_terms(&self) -> Vec<(&str, Vec<(f64, f64)>)> {
+        self.required_leaves()
+            .iter()
+            .filter_map(|node| match node {
+                Node::Leaf { path, conditions } if path.len() == 1 => {
+                    let intervals: Option<Vec<(f64, f64)>> = conditions
+                        .iter()
+                        .map(|c| match c {
+                            Condition::Range { lower, upper } => {
+                                Some((lower.value()?, upper.value()?))
+                            }
+                            _ => None,
+                        })
+                        .collect();
+                    Some((&*path[0], intervals?))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The required top-level keys whose every condition is an exact string, with those
+    /// strings: any of them can index the filter.
+    fn index_terms(&self) -> Vec<(&str, Vec<&str>)> {
+        self.required_leaves()
             .iter()
             .filter_map(|node| match node {
                 Node::Leaf { path, conditions } if path.len() == 1 => {
@@ -660,9 +696,63 @@ enum Placement {
     Scan,
     /// Under one header name, in the bucket of each value it lists.
     Indexed(Arc<str>, Arc<[Arc<str>]>),
+    /// Under one header name, at the (width class, lower end) of each interval it lists.
+    Numeric(Arc<str>, Arc<[(i32, Lower)]>),
 }
 
 type Bucket<K> = imbl::HashMap<K, Arc<Filter>>;
+
+/// An interval's lower end, ordered (policy numbers are finite).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Lower(f64);
+
+impl Eq for Lower {}
+
+impl PartialOrd for Lower {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Lower {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// The width class of exact numbers (intervals of width 0).
+const POINT_CLASS: i32 = i32::MIN;
+
+/// Intervals are grouped by width class: class `c` holds widths in (2^(c-1), 2^c], so an
+/// interval of class `c` containing `v` starts in [v - 2^c, v], and a lookup per class
+/// reads at most about twice the intervals that contain `v`.
+fn width_class(width: f64) -> i32 {
+    if width <= 0.0 {
+        return POINT_CLASS;
+    }
+    // Policy numbers lie within ±10^9, so widths are within (0, 2·10^9]: the class fits.
+    width.log2().ceil() as i32
+}
+
+fn class_width(class: i32) -> f64 {
+    if class == POINT_CLASS {
+        0.0
+    } else {
+        2f64.powi(class)
+    }
+}
+
+/// Of a filter's numeric terms, the one whose intervals are narrowest in total.
+fn narrowest(terms: Vec<(&str, Vec<(f64, f64)>)>) -> Option<(&str, Vec<(f64, f64)>)> {
+    let span =
+        |intervals: &[(f64, f64)]| -> f64 { intervals.iter().map(|(low, high)| high - low).sum() };
+    terms
+        .into_iter()
+        .min_by(|a, b| span(&a.1).total_cmp(&span(&b.1)))
+}
+
+/// One header's numeric intervals: width class → lower end → filters.
+type Intervals<K> = imbl::OrdMap<i32, imbl::OrdMap<Lower, Bucket<K>>>;
 
 /// One exchange's filter bindings. A filter that requires a top-level header to equal one
 /// of some strings sits in the buckets of those strings under that header's name (of its
@@ -672,6 +762,8 @@ type Bucket<K> = imbl::HashMap<K, Arc<Filter>>;
 #[derive(Clone, Debug)]
 pub struct FilterSet<K: Clone + Hash + Eq> {
     index: imbl::HashMap<Arc<str>, imbl::HashMap<Arc<str>, Bucket<K>>>,
+    /// Filters without an exact-string term but with a closed numeric interval on a header.
+    numeric: imbl::HashMap<Arc<str>, Intervals<K>>,
     scan: Bucket<K>,
     placed: imbl::HashMap<K, Placement>,
     /// Body-scoped filters in `scan`: when none, a body is never parsed.
@@ -682,6 +774,7 @@ impl<K: Clone + Hash + Eq> Default for FilterSet<K> {
     fn default() -> Self {
         FilterSet {
             index: imbl::HashMap::new(),
+            numeric: imbl::HashMap::new(),
             scan: imbl::HashMap::new(),
             placed: imbl::HashMap::new(),
             body_filters: 0,
@@ -704,32 +797,66 @@ impl<K: Clone + Hash + Eq> FilterSet<K> {
             return;
         }
         let filter = Arc::new(filter);
-        let chosen = filter
+        let exact = filter
             .index_terms()
             .into_iter()
             .min_by_key(|(name, values)| (self.bucket_sizes(name, values), values.len()));
-        let placement = match chosen {
-            None => {
-                if filter.scope == Scope::Body {
-                    self.body_filters += 1;
+        let placement = match exact {
+            Some((name, values)) => self.insert_exact(&key, &filter, name, values),
+            None => match narrowest(filter.numeric_terms()) {
+                Some((name, intervals)) => self.insert_numeric(&key, &filter, name, intervals),
+                None => {
+                    if filter.scope == Scope::Body {
+                        self.body_filters += 1;
+                    }
+                    self.scan.insert(key.clone(), filter);
+                    Placement::Scan
                 }
-                self.scan.insert(key.clone(), filter);
-                Placement::Scan
-            }
-            Some((name, values)) => {
-                let name: Arc<str> = name.into();
-                let values: Arc<[Arc<str>]> = values.into_iter().map(Arc::from).collect();
-                let buckets = self.index.entry(name.clone()).or_default();
-                for value in values.iter() {
-                    buckets
-                        .entry(value.clone())
-                        .or_default()
-                        .insert(key.clone(), filter.clone());
-                }
-                Placement::Indexed(name, values)
-            }
+            },
         };
         self.placed.insert(key, placement);
+    }
+
+    fn insert_exact(
+        &mut self,
+        key: &K,
+        filter: &Arc<Filter>,
+        name: &str,
+        values: Vec<&str>,
+    ) -> Placement {
+        let name: Arc<str> = name.into();
+        let values: Arc<[Arc<str>]> = values.into_iter().map(Arc::from).collect();
+        let buckets = self.index.entry(name.clone()).or_default();
+        for value in values.iter() {
+            buckets
+                .entry(value.clone())
+                .or_default()
+                .insert(key.clone(), filter.clone());
+        }
+        Placement::Indexed(name, values)
+    }
+
+    fn insert_numeric(
+        &mut self,
+        key: &K,
+        filter: &Arc<Filter>,
+        name: &str,
+        intervals: Vec<(f64, f64)>,
+    ) -> Placement {
+        let name: Arc<str> = name.into();
+        let by_class = self.numeric.entry(name.clone()).or_default();
+        let mut places = Vec::with_capacity(intervals.len());
+        for (low, high) in intervals {
+            let place = (width_class(high - low), Lower(low));
+            by_class
+                .entry(place.0)
+                .or_default()
+                .entry(place.1)
+                .or_default()
+                .insert(key.clone(), filter.clone());
+            places.push(place);
+        }
+        Placement::Numeric(name, places.into())
     }
 
     fn bucket_sizes(&self, name: &str, values: &[&str]) -> usize {
@@ -767,6 +894,66 @@ impl<K: Clone + Hash + Eq> FilterSet<K> {
                 }
                 if buckets.is_empty() {
                     self.index.remove(&name);
+                }
+            }
+            Some(Placement::Numeric(name, places)) => {
+                let Some(by_class) = self.numeric.get_mut(&name) else {
+                    return;
+                };
+                for (class, lower) in places.iter() {
+                    let class_empty = by_class.get_mut(class).is_some_and(|by_lower| {
+                        let bucket_empty = by_lower.get_mut(lower).is_some_and(|bucket| {
+                            bucket.remove(key);
+                            bucket.is_empty()
+                        });
+                        if bucket_empty {
+                            by_lower.remove(lower);
+                        }
+                        by_lower.is_empty()
+                    });
+                    if class_empty {
+                        by_class.remove(class);
+                    }
+                }
+                if by_class.is_empty() {
+                    self.numeric.remove(&name);
+                }
+            }
+        }
+    }
+
+    /// Reports the filters among one header's intervals that match, looking only at the
+    /// intervals that may contain a number of the header's `value`.
+    fn route_numeric(
+        &self,
+        headers: Option<&FieldTable>,
+        by_class: &Intervals<K>,
+        value: &AMQPValue,
+        out: &mut dyn FnMut(&K),
+    ) {
+        let mut lookup = |v: f64| {
+            for (class, by_lower) in by_class {
+                let from = Lower(v - class_width(*class));
+                for (_, bucket) in by_lower.range(from..=Lower(v)) {
+                    for (key, filter) in bucket {
+                        if filter.matches_headers(headers) {
+                            out(key);
+                        }
+                    }
+                }
+            }
+        };
+        match value {
+            AMQPValue::FieldArray(items) => {
+                for item in items.as_slice() {
+                    if let Scalar::Number(v) = amqp_scalar(item) {
+                        lookup(v);
+                    }
+                }
+            }
+            _ => {
+                if let Scalar::Number(v) = amqp_scalar(value) {
+                    lookup(v);
                 }
             }
         }
@@ -813,6 +1000,13 @@ impl<K: Clone + Hash + Eq> FilterSet<K> {
                     if let Some(value) = table.inner().get(&**name) {
                         check(name, value);
                     }
+                }
+            }
+        }
+        if let Some(table) = headers.filter(|_| !self.numeric.is_empty()) {
+            for (name, by_class) in &self.numeric {
+                if let Some(value) = table.inner().get(&**name) {
+                    self.route_numeric(headers, by_class, value, out);
                 }
             }
         }
@@ -1170,6 +1364,116 @@ mod tests {
             set.remove(&key);
         }
         assert!(set.is_empty() && set.index.is_empty() && set.scan.is_empty());
+    }
+
+    /// The indexes only preselect: whatever they hold, routing reports exactly the filters
+    /// that match one by one (random policies over a few keys and values, and removals).
+    #[test]
+    fn filter_set_agrees_with_matching_one_by_one() {
+        let mut seed = 0x2545_F491_4F6C_DD1Du64;
+        let mut below = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let keys = ["a", "b", "n", "m"];
+        let condition = |below: &mut dyn FnMut(usize) -> usize| -> String {
+            let low = below(20) as i64 - 5;
+            match below(7) {
+                0 => format!(r#""v{}""#, below(4)),
+                1 => format!(r#"["v{}", "v{}"]"#, below(4), below(4)),
+                2 => format!(
+                    r#"{{"numeric": [">=", {low}, "<", {}]}}"#,
+                    low + 1 + below(8) as i64
+                ),
+                3 => format!(r#"{{"numeric": ["=", {low}]}}"#),
+                4 => format!("{low}"),
+                5 => format!(r#"{{"numeric": [">", {low}]}}"#),
+                _ => format!(r#"{{"prefix": "v{}"}}"#, below(2)),
+            }
+        };
+        let mut policies = Vec::new();
+        for _ in 0..400 {
+            let mut terms = Vec::new();
+            for key in keys {
+                if below(2) == 0 {
+                    let c = condition(&mut below);
+                    let list = if c.starts_with('[') {
+                        c
+                    } else {
+                        format!("[{c}]")
+                    };
+                    terms.push(format!(r#""{key}": {list}"#));
+                }
+            }
+            if below(4) == 0 {
+                let (x, y) = (condition(&mut below), condition(&mut below));
+                let (x, y) = (
+                    x.trim_matches(['[', ']']).to_owned(),
+                    y.trim_matches(['[', ']']).to_owned(),
+                );
+                terms.push(format!(r#""$or": [{{"a": [{x}]}}, {{"n": [{y}]}}]"#));
+            }
+            if terms.is_empty() {
+                terms.push(r#""a": [{"exists": true}]"#.to_owned());
+            }
+            policies.push(format!("{{{}}}", terms.join(", ")));
+        }
+        let filters: Vec<Filter> = policies
+            .iter()
+            .map(|p| Filter::compile(p, Scope::Headers).expect(p))
+            .collect();
+        let mut set = FilterSet::default();
+        for (i, filter) in filters.iter().enumerate() {
+            set.insert(i as u32, filter.clone());
+        }
+        assert!(!set.index.is_empty() && !set.numeric.is_empty() && !set.scan.is_empty());
+        let mut removed = std::collections::HashSet::new();
+        for round in 0..400 {
+            let mut entries = Vec::new();
+            for key in keys {
+                match below(5) {
+                    0 => {}
+                    1 => entries.push((key, s(&format!("v{}", below(4))))),
+                    2 => entries.push((key, AMQPValue::LongInt(below(30) as i32 - 8))),
+                    3 => entries.push((key, AMQPValue::Double(below(60) as f64 / 2.0 - 8.0))),
+                    _ => entries.push((
+                        key,
+                        AMQPValue::FieldArray(FieldArray::from(vec![
+                            AMQPValue::LongInt(below(30) as i32 - 8),
+                            s(&format!("v{}", below(4))),
+                        ])),
+                    )),
+                }
+            }
+            let headers = table(&entries);
+            let expected: Vec<u32> = (0..filters.len())
+                .filter(|i| !removed.contains(i) && filters[*i].matches_headers(Some(&headers)))
+                .map(|i| i as u32)
+                .collect();
+            assert_eq!(routed(&set, &headers, None), expected, "{headers:?}");
+            if round % 2 == 0 {
+                let gone = below(filters.len());
+                set.remove(&(gone as u32));
+                removed.insert(gone);
+            }
+        }
+        for i in 0..filters.len() {
+            set.remove(&(i as u32));
+        }
+        assert!(set.is_empty() && set.index.is_empty() && set.numeric.is_empty());
+        assert!(set.scan.is_empty());
+    }
+
+    #[test]
+    fn width_classes_bound_the_interval_lookup() {
+        assert_eq!(width_class(0.0), POINT_CLASS);
+        for width in [1e-5, 0.3, 1.0, 1.5, 2.0, 3.0, 1000.0, 2e9] {
+            let class = width_class(width);
+            assert!(class_width(class) >= width, "{width}");
+            assert!(class_width(class - 1) < width, "{width}");
+        }
     }
 
     #[test]
