@@ -6,9 +6,9 @@
 //! policy once at bind time into a `Filter`, matching a `Filter` against a message's
 //! `headers` table (never converted to JSON) or its body parsed as a JSON object, and
 //! `FilterSet`, a persistent (O(1) clone, O(log n) change) collection of one exchange's
-//! filter bindings indexed by an exact-string header value. It knows nothing of queues,
-//! vhosts or the classic `all`/`any` modes (`headers.rs`), and never parses a policy per
-//! message.
+//! filter bindings indexed by an exact-string header value or a numeric interval. It knows
+//! nothing of queues, vhosts or the classic `all`/`any` modes (`headers.rs`), and never
+//! parses a policy per message.
 //!
 //! Semantics follow SNS message filtering: keys combine with AND, the values listed for a
 //! key with OR; a key must be present for any condition but `{"exists": false}` to match;
@@ -757,8 +757,11 @@ type Intervals<K> = imbl::OrdMap<i32, imbl::OrdMap<Lower, Bucket<K>>>;
 /// One exchange's filter bindings. A filter that requires a top-level header to equal one
 /// of some strings sits in the buckets of those strings under that header's name (of its
 /// candidate headers, the one whose buckets were smallest when it was bound, so a header
-/// whose values are distinct per binding wins over one shared by many); a message checks
-/// only the buckets of the header values it carries, plus the filters without such a term.
+/// whose values are distinct per binding wins over one shared by many). Failing that, a
+/// filter that requires a top-level header to lie in closed numeric intervals sits at those
+/// intervals (`Intervals`, the narrowest such header). A message checks only the buckets of
+/// its string values, the intervals that may contain its numbers, and the filters with
+/// neither term (`scan`); every candidate is matched in full, so the indexes only preselect.
 #[derive(Clone, Debug)]
 pub struct FilterSet<K: Clone + Hash + Eq> {
     index: imbl::HashMap<Arc<str>, imbl::HashMap<Arc<str>, Bucket<K>>>,
