@@ -11,6 +11,7 @@ use warren_protocol::basic::AMQPProperties;
 use warren_protocol::{FieldTable, ShortString};
 
 use crate::exchange::consistent_hash::{HashOn, HashRing};
+use crate::exchange::filter::{is_filter_binding, Filter, FilterSet};
 use crate::exchange::headers::headers_match;
 use crate::exchange::topic::TopicTrie;
 use crate::exchange::{ExchangeKind, DEFAULT_EXCHANGE};
@@ -36,10 +37,20 @@ pub enum Matcher {
     /// Each destination once, whatever its bindings' keys.
     Fanout(imbl::HashSet<Destination>),
     Topic(TopicTrie<Destination>),
-    /// One entry per binding (its identity → its arguments).
-    Headers(imbl::HashMap<BindingKey, FieldTable>),
+    /// One entry per binding: classic ones by identity → arguments, content filters
+    /// (`x-match: filter`) compiled.
+    Headers(HeadersBindings),
     /// Every binding's weight on a ring; one destination per message.
     ConsistentHash(HashRing),
+}
+
+/// A headers exchange's bindings.
+#[derive(Clone, Debug, Default)]
+pub struct HeadersBindings {
+    /// The `all`/`any`/`*-with-x` bindings: identity → arguments.
+    pub classic: imbl::HashMap<BindingKey, FieldTable>,
+    /// The `x-match: filter` bindings (`crate::exchange::filter`).
+    pub filters: FilterSet<BindingKey>,
 }
 
 /// A binding as the definitions keep it.
@@ -57,7 +68,7 @@ impl Matcher {
             ExchangeKind::Direct => Matcher::Direct(imbl::HashMap::new()),
             ExchangeKind::Fanout => Matcher::Fanout(imbl::HashSet::new()),
             ExchangeKind::Topic => Matcher::Topic(TopicTrie::new()),
-            ExchangeKind::Headers => Matcher::Headers(imbl::HashMap::new()),
+            ExchangeKind::Headers => Matcher::Headers(HeadersBindings::default()),
             ExchangeKind::ConsistentHash => {
                 Matcher::ConsistentHash(HashRing::new(HashOn::of(arguments)))
             }
@@ -91,8 +102,16 @@ impl Matcher {
             Matcher::Topic(trie) => {
                 trie.insert(routing_key.as_str(), destination.clone());
             }
+            Matcher::Headers(bindings) if is_filter_binding(arguments) => {
+                match Filter::from_binding_args(arguments) {
+                    Ok(filter) => bindings.filters.insert(key.clone(), filter),
+                    // Refused at bind time; only a stored binding from a broker with other
+                    // limits gets here. It matches nothing rather than failing the restore.
+                    Err(error) => tracing::warn!(%error, "filter binding ignored"),
+                }
+            }
             Matcher::Headers(bindings) => {
-                bindings.insert(key.clone(), arguments.clone());
+                bindings.classic.insert(key.clone(), arguments.clone());
             }
             Matcher::ConsistentHash(ring) => ring.add(key),
         }
@@ -121,7 +140,8 @@ impl Matcher {
                 trie.remove(routing_key.as_str(), destination);
             }
             Matcher::Headers(bindings) => {
-                bindings.remove(key);
+                bindings.classic.remove(key);
+                bindings.filters.remove(key);
             }
             Matcher::ConsistentHash(ring) => ring.remove(key),
         }
@@ -141,6 +161,15 @@ impl Matcher {
                 out(dest);
             }
             return;
+        }
+        if let Matcher::Headers(bindings) = self {
+            // Filters ignore the routing key: matched once, not once per CC/BCC key.
+            if !bindings.filters.is_empty() {
+                let headers = message.headers;
+                bindings
+                    .filters
+                    .route(headers, message.body, &mut |key| out(&key.0));
+            }
         }
         for key in routing_keys {
             self.matches_key(key, message.headers, out);
@@ -162,7 +191,7 @@ impl Matcher {
             Matcher::Fanout(dests) => dests.iter().for_each(out),
             Matcher::Topic(trie) => trie.route(routing_key, out),
             Matcher::Headers(bindings) => {
-                for ((dest, _, _), args) in bindings {
+                for ((dest, _, _), args) in &bindings.classic {
                     if headers_match(args, headers) {
                         out(dest);
                     }
@@ -179,6 +208,8 @@ struct Properties<'a> {
     headers: Option<&'a FieldTable>,
     /// Absent when only headers are known (tests, and callers that route on headers alone).
     properties: Option<&'a AMQPProperties>,
+    /// The body, for body-scoped content filters; absent where only properties are known.
+    body: Option<&'a [u8]>,
 }
 
 /// What the publish path needs to know about one exchange.
@@ -220,6 +251,25 @@ impl RoutingTable {
         let message = Properties {
             headers: properties.headers().as_ref(),
             properties: Some(properties),
+            body: None,
+        };
+        self.route_with(exchange, routing_keys, message, out);
+    }
+
+    /// `route_message` for a message whose body is known too (content filters with
+    /// `x-filter-scope: body` see it; elsewhere it matches nothing).
+    pub fn route_content(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        properties: &AMQPProperties,
+        body: &[u8],
+        out: &mut Vec<QueueHandle>,
+    ) {
+        let message = Properties {
+            headers: properties.headers().as_ref(),
+            properties: Some(properties),
+            body: Some(body),
         };
         let before = out.len();
         if let Some(counters) = self.route_with(exchange, routing_keys, message, out) {
@@ -239,6 +289,7 @@ impl RoutingTable {
         let message = Properties {
             headers,
             properties: None,
+            body: None,
         };
         self.route_with(exchange, routing_keys, message, out);
     }

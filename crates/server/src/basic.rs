@@ -517,10 +517,11 @@ impl Connection {
         let properties = &*message.properties;
         let exchange = message.exchange.as_str();
         if extra_keys.is_empty() {
-            routing.route_message(
+            routing.route_content(
                 exchange,
                 &[message.routing_key.as_str()],
                 properties,
+                &message.body,
                 &mut queues,
             );
         } else {
@@ -528,7 +529,7 @@ impl Connection {
             let keys: Vec<&str> = std::iter::once(message.routing_key.as_str())
                 .chain(extra_keys.iter().map(|s| s.as_str()))
                 .collect();
-            routing.route_message(exchange, &keys, properties, &mut queues);
+            routing.route_content(exchange, &keys, properties, &message.body, &mut queues);
         }
         if queues.is_empty() {
             if !method.mandatory {

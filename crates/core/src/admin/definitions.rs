@@ -499,10 +499,17 @@ impl Broker {
                 };
                 let routing_key = ShortString::try_new(b.routing_key.as_str())
                     .map_err(|_| "routing key longer than 255 bytes".to_owned())?;
+                let arguments = json_to_table(&b.arguments)?;
+                // A content filter is checked here, so a bad policy fails the whole import
+                // instead of the bind after the exchanges and queues were declared.
+                if crate::exchange::filter::is_filter_binding(&arguments) {
+                    crate::exchange::filter::Filter::from_binding_args(&arguments)
+                        .map_err(|error| error.to_string())?;
+                }
                 Ok(Some(Binding {
                     destination,
                     routing_key,
-                    arguments: json_to_table(&b.arguments)?,
+                    arguments,
                 }))
             })();
             match entry("bindings", i, &b.source, Some(&b.vhost), r)? {

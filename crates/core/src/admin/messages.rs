@@ -313,10 +313,11 @@ impl Broker {
                     Some(_) => {}
                 }
             }
-            routing.route_message(
+            routing.route_content(
                 message.exchange.as_str(),
                 &[message.routing_key.as_str()],
                 &message.properties,
+                &message.body,
                 &mut queues,
             );
         }

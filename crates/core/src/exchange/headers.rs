@@ -26,6 +26,7 @@
 //! in a table; it is treated as a long string.
 
 use crate::args::type_name;
+use crate::exchange::filter;
 use amq_protocol::types::{AMQPValue, FieldArray, FieldTable};
 
 /// The binding argument that selects the match mode; it never takes part in matching.
@@ -72,6 +73,11 @@ pub fn validate_binding_args(args: &FieldTable) -> Result<(), String> {
     let Some(value) = args.inner().get(X_MATCH) else {
         return Ok(());
     };
+    if filter::is_filter_binding(args) {
+        return filter::Filter::from_binding_args(args)
+            .map(drop)
+            .map_err(|error| error.to_string());
+    }
     let mut text = Vec::new();
     match long_string_bytes(value) {
         Some(bytes) if MatchMode::parse(bytes).is_some() => return Ok(()),

@@ -3,6 +3,7 @@
 //! the routing snapshot (`crate::routing`), never consulted under a lock.
 
 pub mod consistent_hash;
+pub mod filter;
 pub mod headers;
 pub mod topic;
 

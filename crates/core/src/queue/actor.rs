@@ -918,7 +918,13 @@ impl QueueActor {
         {
             let routing = vhost.routing();
             let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
-            routing.route_message(dlx.as_str(), &keys, &dead.properties, &mut queues);
+            routing.route_content(
+                dlx.as_str(),
+                &keys,
+                &dead.properties,
+                &dead.body,
+                &mut queues,
+            );
         }
         let dead = Arc::new(dead);
         for queue in queues {
