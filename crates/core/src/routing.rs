@@ -253,7 +253,10 @@ impl RoutingTable {
             properties: Some(properties),
             body: None,
         };
-        self.route_with(exchange, routing_keys, message, out);
+        let before = out.len();
+        if let Some(counters) = self.route_with(exchange, routing_keys, message, out) {
+            counters.count(out.len() - before);
+        }
     }
 
     /// `route_message` for a message whose body is known too (content filters with
