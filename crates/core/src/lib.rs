@@ -16,6 +16,7 @@ pub mod definitions_json;
 pub mod direct_reply;
 pub mod durable;
 pub mod exchange;
+pub mod firehose;
 pub mod message;
 pub mod overview;
 pub mod policy;

@@ -9,7 +9,7 @@ use warren_core::access::VHostInfo;
 use warren_core::overview::VHostOverview;
 
 use crate::auth::Caller;
-use crate::body::{opt_str, tags, JsonObject};
+use crate::body::{opt_bool, opt_str, tags, JsonObject};
 use crate::listing::ListQuery;
 use crate::{ApiError, AppState};
 
@@ -19,7 +19,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/vhosts/{vhost}", get(show).put(put).delete(delete))
 }
 
-fn to_json(info: &VHostInfo, totals: Option<VHostOverview>) -> Value {
+fn to_json(info: &VHostInfo, totals: Option<VHostOverview>, tracing: bool) -> Value {
     let totals = totals.unwrap_or_default();
     let q = &totals.queue_totals;
     json!({
@@ -35,7 +35,7 @@ fn to_json(info: &VHostInfo, totals: Option<VHostOverview>) -> Value {
             "tags": info.tags,
             "default_queue_type": info.default_queue_type.as_deref().unwrap_or("classic"),
         },
-        "tracing": false,
+        "tracing": tracing,
     })
 }
 
@@ -49,7 +49,10 @@ async fn list(
         .vhosts()
         .iter()
         .filter(|v| caller.can_see_vhost(&v.name))
-        .map(|v| to_json(v, state.broker.vhost_overview(&v.name)))
+        .map(|v| {
+            let tracing = state.broker.vhost_tracing(&v.name);
+            to_json(v, state.broker.vhost_overview(&v.name), tracing)
+        })
         .collect();
     q.respond(vhosts).map(Json)
 }
@@ -66,7 +69,12 @@ async fn show(
         .into_iter()
         .find(|v| v.name == name)
         .ok_or_else(|| ApiError::not_found(format!("vhost '{name}'")))?;
-    Ok(Json(to_json(&info, state.broker.vhost_overview(&name))))
+    let tracing = state.broker.vhost_tracing(&name);
+    Ok(Json(to_json(
+        &info,
+        state.broker.vhost_overview(&name),
+        tracing,
+    )))
 }
 
 async fn put(
@@ -77,8 +85,17 @@ async fn put(
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     let existing = state.broker.vhosts().into_iter().find(|v| v.name == name);
+    let tracing = match body.get("tracing") {
+        None => None,
+        Some(_) => Some(opt_bool(&body, "tracing", false)?),
+    };
+    // `{"tracing": ...}` alone (what `warrenctl trace on|off` sends) keeps the metadata.
+    if let (Some(on), Some(_), 1) = (tracing, &existing, body.len()) {
+        state.broker.set_vhost_tracing(&name, on)?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let info = VHostInfo {
-        name,
+        name: name.clone(),
         description: opt_str(&body, "description")?
             .unwrap_or_default()
             .to_owned(),
@@ -89,6 +106,9 @@ async fn put(
         limits: Default::default(),
     };
     state.broker.put_vhost(info)?;
+    if let Some(on) = tracing {
+        state.broker.set_vhost_tracing(&name, on)?;
+    }
     Ok(match existing {
         Some(_) => StatusCode::NO_CONTENT,
         None => StatusCode::CREATED,
