@@ -465,6 +465,28 @@ fn move_sends_the_action() {
 }
 
 #[test]
+fn trace_on_and_off_put_the_tracing_field_alone() {
+    let (requests, output) = run(
+        &[(204, Value::Null), (204, Value::Null)],
+        &["trace", "on", "--vhost", "a/b"],
+        None,
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    assert_eq!(
+        (requests[0].method.as_str(), requests[0].target.as_str()),
+        ("PUT", "/api/vhosts/a%2Fb")
+    );
+    assert_eq!(requests[0].json(), json!({"tracing": true}));
+    assert_eq!(stdout(&output), "tracing of vhost 'a/b' is on\n");
+    let r = one(&["trace", "off"]);
+    assert_eq!(r.target, "/api/vhosts/%2F");
+    assert_eq!(r.json(), json!({"tracing": false}));
+    let (_, output) = run(&[], &["trace", "maybe"], None);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+}
+
+#[test]
 fn close_connection_sends_the_reason_header() {
     let r = one(&[
         "close",
