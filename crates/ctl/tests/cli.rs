@@ -388,6 +388,9 @@ fn trace_on_and_off_switch_the_vhost_tracing() {
     assert_eq!(vhost["description"], "kept", "switching keeps the metadata");
     b.ctl(&["trace", "off", "--vhost", "traced"]).ok();
     assert_eq!(tracing_of(&b).expect("listed")["tracing"], false);
+    let missing = b.ctl(&["trace", "on", "--vhost", "no-such-vhost"]);
+    assert_eq!(missing.code, EXIT_NOT_FOUND, "{missing:?}");
+    assert!(named(&b.list("vhosts", &[]), "no-such-vhost").is_none());
 }
 
 #[test]

@@ -62,10 +62,12 @@ pub fn set(ctx: &Ctx, what: Set) -> Result<(), CtlError> {
 }
 
 /// `trace on|off`: `PUT /api/vhosts/{vhost}` with `{"tracing": bool}` alone (the broker keeps
-/// the vhost's description and tags).
+/// the vhost's description and tags). The vhost is looked up first: a PUT would create a
+/// misspelt one, so a missing vhost is "not found" (exit 3) instead.
 pub fn trace(ctx: &Ctx, switch: TraceSwitch) -> Result<(), CtlError> {
     let on = switch == TraceSwitch::On;
     let path = api(&["vhosts", &segment(ctx.vhost())]);
+    ctx.client.get(&path)?;
     let answer = ctx.client.put(&path, &json!({ "tracing": on }))?;
     let state = if on { "on" } else { "off" };
     ctx.done(
