@@ -17,6 +17,11 @@ use warren_protocol::{FieldTable, ProtocolError};
 
 use crate::consumer::{ClientEvent, ClientSender};
 
+/// A connection's name as `/api/connections` and the firehose tracer show it.
+pub fn connection_name(peer: SocketAddr, id: u64) -> String {
+    format!("{peer} -> #{id}")
+}
+
 /// What the registry knows of one connection (fixed once it is open; the counters change
 /// behind `metrics`).
 #[derive(Clone, Debug)]

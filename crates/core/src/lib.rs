@@ -17,6 +17,7 @@ pub mod direct_reply;
 pub mod durable;
 pub mod exchange;
 pub mod exchange_counters;
+pub mod firehose;
 pub mod message;
 pub mod overview;
 pub mod policy;

@@ -373,6 +373,9 @@ pub struct VHost {
     deleted: AtomicBool,
     /// The vhost's `max-queues` limit (u64::MAX: none).
     max_queues: AtomicU64,
+    /// Firehose tracing is on (`crate::firehose`): read once per publish and per delivery.
+    /// Not persisted, as in RabbitMQ.
+    tracing: AtomicBool,
 }
 
 impl VHost {
@@ -390,7 +393,8 @@ impl VHost {
                     kind: *kind,
                     durable: true,
                     auto_delete: false,
-                    internal: false,
+                    // `amq.rabbitmq.trace` is internal, as in RabbitMQ.
+                    internal: *x == crate::firehose::TRACE_EXCHANGE,
                     arguments: FieldTable::default(),
                 });
             }
@@ -408,6 +412,7 @@ impl VHost {
                 me: me.clone(),
                 deleted: AtomicBool::new(false),
                 max_queues: AtomicU64::new(u64::MAX),
+                tracing: AtomicBool::new(false),
             };
             vhost.publish(&mut vhost.lock());
             vhost
@@ -422,6 +427,17 @@ impl VHost {
     pub fn set_limits(&self, limits: crate::access::VHostLimits) {
         self.max_queues
             .store(limits.max_queues.unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// Whether firehose tracing is on (one relaxed load: the publish path's only cost).
+    #[inline]
+    pub fn tracing(&self) -> bool {
+        self.tracing.load(Ordering::Relaxed)
+    }
+
+    /// Turns firehose tracing on or off; open connections see it at their next publish.
+    pub fn set_tracing(&self, on: bool) {
+        self.tracing.store(on, Ordering::Relaxed);
     }
 
     /// Whether the vhost was deleted (connections still holding it get 320 soon).

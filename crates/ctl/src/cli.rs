@@ -45,10 +45,7 @@ pub struct Args {
 }
 
 fn after_help() -> String {
-    format!(
-        "{EXIT_CODES_HELP}\n\nNot available yet: `trace on|off` (the broker has no message \
-         tracing yet).\nSee docs/cli.md for every command with an example."
-    )
+    format!("{EXIT_CODES_HELP}\n\nSee docs/cli.md for every command with an example.")
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -99,6 +96,18 @@ pub enum Command {
     Set(Set),
     /// The broker's name, version and object totals
     Overview,
+    /// Switch the firehose tracer of --vhost: copies of every message published and
+    /// delivered in it go to the exchange `amq.rabbitmq.trace`
+    Trace {
+        #[arg(value_enum)]
+        switch: TraceSwitch,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TraceSwitch {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

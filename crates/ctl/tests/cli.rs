@@ -375,6 +375,25 @@ fn limits_are_set_and_removed() {
 }
 
 #[test]
+fn trace_on_and_off_switch_the_vhost_tracing() {
+    let b = Broker::start();
+    b.ctl(&["declare", "vhost", "traced", "--description", "kept"])
+        .ok();
+    let tracing_of = |b: &Broker| named(&b.list("vhosts", &[]), "traced").cloned();
+    assert_eq!(tracing_of(&b).expect("listed")["tracing"], false);
+    let on = b.ctl(&["trace", "on", "--vhost", "traced"]).ok();
+    assert!(on.stdout.contains("is on"), "{on:?}");
+    let vhost = tracing_of(&b).expect("listed");
+    assert_eq!(vhost["tracing"], true);
+    assert_eq!(vhost["description"], "kept", "switching keeps the metadata");
+    b.ctl(&["trace", "off", "--vhost", "traced"]).ok();
+    assert_eq!(tracing_of(&b).expect("listed")["tracing"], false);
+    let missing = b.ctl(&["trace", "on", "--vhost", "no-such-vhost"]);
+    assert_eq!(missing.code, EXIT_NOT_FOUND, "{missing:?}");
+    assert!(named(&b.list("vhosts", &[]), "no-such-vhost").is_none());
+}
+
+#[test]
 fn a_wrong_password_is_access_refused() {
     let b = Broker::start();
     let run = b.ctl_as(("guest", "not-the-password"), &["list", "vhosts"], None);

@@ -465,6 +465,39 @@ fn move_sends_the_action() {
 }
 
 #[test]
+fn trace_on_and_off_put_the_tracing_field_alone() {
+    let vhost = json!({"name": "a/b", "tracing": false});
+    let (requests, output) = run(
+        &[(200, vhost.clone()), (204, Value::Null)],
+        &["trace", "on", "--vhost", "a/b"],
+        None,
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    assert_eq!(
+        (requests[0].method.as_str(), requests[0].target.as_str()),
+        ("GET", "/api/vhosts/a%2Fb")
+    );
+    assert_eq!(
+        (requests[1].method.as_str(), requests[1].target.as_str()),
+        ("PUT", "/api/vhosts/a%2Fb")
+    );
+    assert_eq!(requests[1].json(), json!({"tracing": true}));
+    assert_eq!(stdout(&output), "tracing of vhost 'a/b' is on\n");
+    let (requests, output) = run(&[(200, vhost), (204, Value::Null)], &["trace", "off"], None);
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(requests[1].target, "/api/vhosts/%2F");
+    assert_eq!(requests[1].json(), json!({"tracing": false}));
+    // A missing vhost is not created by a PUT: not found, exit 3, nothing sent after the GET.
+    let missing = json!({"error": "Object Not Found", "reason": "Not Found"});
+    let (requests, output) = run(&[(404, missing)], &["trace", "on", "--vhost", "typo"], None);
+    assert_eq!(output.status.code(), Some(3), "{output:?}");
+    assert_eq!(requests.len(), 1, "{requests:?}");
+    let (_, output) = run(&[], &["trace", "maybe"], None);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+}
+
+#[test]
 fn close_connection_sends_the_reason_header() {
     let r = one(&[
         "close",

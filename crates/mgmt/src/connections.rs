@@ -28,7 +28,7 @@ pub fn routes() -> Router<AppState> {
 }
 
 pub fn name_of(c: &ConnectionInfo) -> String {
-    format!("{} -> #{}", c.peer, c.id)
+    warren_core::connections::connection_name(c.peer, c.id)
 }
 
 fn to_json(state: &AppState, c: &ConnectionInfo) -> Value {

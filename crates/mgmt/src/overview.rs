@@ -16,9 +16,9 @@ use warren_core::connections::ConnectionMetricsSnapshot;
 pub const MANAGEMENT_VERSION: &str = "3.13.0";
 
 /// RabbitMQ names nodes `rabbit@host`; Warren is one node.
+/// One definition, shared with the firehose tracer's `node` header.
 pub fn node_name() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
-    format!("warren@{host}")
+    warren_core::firehose::node_name().to_owned()
 }
 
 pub async fn whoami(caller: Caller) -> Json<Value> {

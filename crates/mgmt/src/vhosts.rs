@@ -9,7 +9,7 @@ use warren_core::access::VHostInfo;
 use warren_core::overview::VHostOverview;
 
 use crate::auth::Caller;
-use crate::body::{opt_str, tags, JsonObject};
+use crate::body::{opt_bool, opt_str, tags, JsonObject};
 use crate::listing::ListQuery;
 use crate::queues::message_stats;
 use crate::rates::QueueRates;
@@ -21,7 +21,12 @@ pub fn routes() -> Router<AppState> {
         .route("/api/vhosts/{vhost}", get(show).put(put).delete(delete))
 }
 
-fn to_json(info: &VHostInfo, totals: Option<VHostOverview>, rates: QueueRates) -> Value {
+fn to_json(
+    info: &VHostInfo,
+    totals: Option<VHostOverview>,
+    rates: QueueRates,
+    tracing: bool,
+) -> Value {
     let totals = totals.unwrap_or_default();
     let q = &totals.queue_totals;
     json!({
@@ -38,7 +43,7 @@ fn to_json(info: &VHostInfo, totals: Option<VHostOverview>, rates: QueueRates) -
             "tags": info.tags,
             "default_queue_type": info.default_queue_type.as_deref().unwrap_or("classic"),
         },
-        "tracing": false,
+        "tracing": tracing,
     })
 }
 
@@ -65,10 +70,12 @@ async fn list(
         .iter()
         .filter(|v| caller.can_see_vhost(&v.name))
         .map(|v| {
+            let tracing = state.broker.vhost_tracing(&v.name);
             to_json(
                 v,
                 state.broker.vhost_overview(&v.name),
                 vhost_rates(&state, &v.name),
+                tracing,
             )
         })
         .collect();
@@ -88,10 +95,12 @@ async fn show(
         .find(|v| v.name == name)
         .ok_or_else(|| ApiError::not_found(format!("vhost '{name}'")))?;
     let rates = vhost_rates(&state, &name);
+    let tracing = state.broker.vhost_tracing(&name);
     Ok(Json(to_json(
         &info,
         state.broker.vhost_overview(&name),
         rates,
+        tracing,
     )))
 }
 
@@ -103,8 +112,17 @@ async fn put(
 ) -> Result<StatusCode, ApiError> {
     caller.require_admin()?;
     let existing = state.broker.vhosts().into_iter().find(|v| v.name == name);
+    let tracing = match body.get("tracing") {
+        None => None,
+        Some(_) => Some(opt_bool(&body, "tracing", false)?),
+    };
+    // `{"tracing": ...}` alone (what `warrenctl trace on|off` sends) keeps the metadata.
+    if let (Some(on), Some(_), 1) = (tracing, &existing, body.len()) {
+        state.broker.set_vhost_tracing(&name, on)?;
+        return Ok(StatusCode::NO_CONTENT);
+    }
     let info = VHostInfo {
-        name,
+        name: name.clone(),
         description: opt_str(&body, "description")?
             .unwrap_or_default()
             .to_owned(),
@@ -115,6 +133,9 @@ async fn put(
         limits: Default::default(),
     };
     state.broker.put_vhost(info)?;
+    if let Some(on) = tracing {
+        state.broker.set_vhost_tracing(&name, on)?;
+    }
     Ok(match existing {
         Some(_) => StatusCode::NO_CONTENT,
         None => StatusCode::CREATED,

@@ -266,6 +266,9 @@ impl Connection {
                 )
             }
             Some((d, remaining)) => {
+                if self.tracing() {
+                    self.trace_deliver(ch, &d.queue, &d.message, d.redelivered);
+                }
                 self.count_delivery(ch, d.needs_ack, d.redelivered, MessageEvent::GetAck);
                 let frame_max = self.frame_max;
                 let c = self.channel(ch)?;
@@ -511,6 +514,9 @@ impl Connection {
             properties_bytes,
         });
         if message.exchange.as_str().is_empty() && self.deliver_reply(&message) {
+            if self.tracing() {
+                self.trace_publish(routing, ch, &message, &extra_keys, &[]);
+            }
             return Ok(());
         }
         let mut queues: Vec<QueueHandle> = Vec::new();
@@ -530,6 +536,9 @@ impl Connection {
                 .chain(extra_keys.iter().map(|s| s.as_str()))
                 .collect();
             routing.route_content(exchange, &keys, properties, &message.body, &mut queues);
+        }
+        if self.tracing() {
+            self.trace_publish(routing, ch, &message, &extra_keys, &queues);
         }
         if queues.is_empty() {
             if !method.mandatory {
@@ -693,6 +702,9 @@ impl Connection {
     pub(crate) fn write_delivery(&mut self, d: Delivery) {
         let id = Channel::number_of(d.channel_key);
         self.count_delivery(id, d.needs_ack, d.redelivered, MessageEvent::DeliveredAck);
+        if self.tracing() {
+            self.trace_deliver(id, &d.queue, &d.message, d.redelivered);
+        }
         let Some(c) = self.channels.get_mut(&id) else {
             return;
         };

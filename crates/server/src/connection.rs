@@ -74,7 +74,7 @@ enum End {
 pub(crate) struct Connection {
     pub(crate) id: u64,
     /// The client's TCP address (for amqps too: the pump is in between, not a proxy).
-    peer: SocketAddr,
+    pub(crate) peer: SocketAddr,
     pub(crate) ctx: Arc<ServerContext>,
     reader: ReadHalf,
     inbuf: BytesMut,

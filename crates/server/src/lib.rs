@@ -11,6 +11,7 @@ pub mod config;
 mod confirms;
 mod connection;
 mod definitions;
+mod firehose;
 #[doc(hidden)]
 pub mod fuzz_support;
 mod properties;

@@ -265,6 +265,25 @@ impl Broker {
         Ok(())
     }
 
+    /// Turns a vhost's firehose tracing on or off (`crate::firehose`). Like RabbitMQ, the
+    /// switch is not persisted: a restarted broker traces nothing.
+    pub fn set_vhost_tracing(&self, name: &str, on: bool) -> Result<(), AdminError> {
+        let vhost = self
+            .vhost(name)
+            .filter(|_| self.access().vhosts.contains_key(name))
+            .ok_or_else(|| AdminError::not_found(format!("vhost '{name}'")))?;
+        if vhost.tracing() != on {
+            tracing::info!(vhost = name, on, "firehose tracing switched");
+        }
+        vhost.set_tracing(on);
+        Ok(())
+    }
+
+    /// Whether a vhost's firehose tracing is on (false for an unknown vhost).
+    pub fn vhost_tracing(&self, name: &str) -> bool {
+        self.vhost(name).is_some_and(|v| v.tracing())
+    }
+
     /// Deletes a vhost: closes its connections (320), deletes every queue (with its files),
     /// exchange, binding, policy and permission in it, and nothing of any other vhost.
     pub async fn delete_vhost(&self, name: &str) -> Result<(), AdminError> {

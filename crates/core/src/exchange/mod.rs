@@ -19,6 +19,8 @@ pub const STANDARD_EXCHANGES: &[(&str, ExchangeKind)] = &[
     ("amq.topic", ExchangeKind::Topic),
     ("amq.headers", ExchangeKind::Headers),
     ("amq.match", ExchangeKind::Headers),
+    // Internal (see `VHost::new`): the firehose tracer's (`crate::firehose`).
+    ("amq.rabbitmq.trace", ExchangeKind::Topic),
 ];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

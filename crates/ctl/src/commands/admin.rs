@@ -1,4 +1,5 @@
-//! `close connection` and `set limits` / `set user-limits`: the operator's levers on clients.
+//! `close connection`, `set limits` / `set user-limits` and `trace on|off`: the operator's
+//! levers on clients.
 //!
 //! Owns: the names of limits on RabbitMQ's paths (`max-connections`, `max-queues`,
 //! `max-channels`).
@@ -6,7 +7,7 @@
 use serde_json::json;
 
 use super::Ctx;
-use crate::cli::{Close, Set};
+use crate::cli::{Close, Set, TraceSwitch};
 use crate::error::CtlError;
 use crate::path::{api, segment};
 
@@ -57,5 +58,21 @@ pub fn set(ctx: &Ctx, what: Set) -> Result<(), CtlError> {
         };
         ctx.done(&message, answer.body.as_ref());
     }
+    Ok(())
+}
+
+/// `trace on|off`: `PUT /api/vhosts/{vhost}` with `{"tracing": bool}` alone (the broker keeps
+/// the vhost's description and tags). The vhost is looked up first: a PUT would create a
+/// misspelt one, so a missing vhost is "not found" (exit 3) instead.
+pub fn trace(ctx: &Ctx, switch: TraceSwitch) -> Result<(), CtlError> {
+    let on = switch == TraceSwitch::On;
+    let path = api(&["vhosts", &segment(ctx.vhost())]);
+    ctx.client.get(&path)?;
+    let answer = ctx.client.put(&path, &json!({ "tracing": on }))?;
+    let state = if on { "on" } else { "off" };
+    ctx.done(
+        &format!("tracing of vhost '{}' is {state}", ctx.vhost()),
+        answer.body.as_ref(),
+    );
     Ok(())
 }

@@ -88,6 +88,7 @@ pub fn run(args: Args) -> Result<(), CtlError> {
         Command::Move(moving) => messages::move_messages(&ctx, moving),
         Command::Close(what) => admin::close(&ctx, what),
         Command::Set(what) => admin::set(&ctx, what),
+        Command::Trace { switch } => admin::trace(&ctx, switch),
         Command::Export { file } => definitions::export(&ctx, &file),
         Command::Import { file } => definitions::import(&ctx, &file),
     }
