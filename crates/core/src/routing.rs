@@ -10,7 +10,9 @@ use std::sync::Arc;
 use warren_protocol::basic::AMQPProperties;
 use warren_protocol::{FieldTable, ShortString};
 
+use crate::confirm::ConfirmShare;
 use crate::exchange::consistent_hash::{HashOn, HashRing};
+use crate::exchange::deduplication::{self, DedupCache};
 use crate::exchange::headers::headers_match;
 use crate::exchange::topic::TopicTrie;
 use crate::exchange::{ExchangeKind, DEFAULT_EXCHANGE};
@@ -39,6 +41,8 @@ pub enum Matcher {
     Headers(imbl::HashMap<BindingKey, FieldTable>),
     /// Every binding's weight on a ring; one destination per message.
     ConsistentHash(HashRing),
+    /// A fanout whose cache admits each deduplication key once (`exchange/deduplication.rs`).
+    Deduplication(imbl::HashSet<Destination>, Arc<DedupCache>),
 }
 
 /// A binding as the definitions keep it.
@@ -60,6 +64,26 @@ impl Matcher {
             ExchangeKind::ConsistentHash => {
                 Matcher::ConsistentHash(HashRing::new(HashOn::of(arguments)))
             }
+            // An in-memory cache; the vhost swaps in a durable one for a durable exchange.
+            // Arguments were validated at declare; definitions written elsewhere that fail
+            // validation get the smallest cache rather than none.
+            ExchangeKind::Deduplication => {
+                let args = deduplication::validate_exchange_args(arguments).unwrap_or(
+                    deduplication::CacheArgs {
+                        size: 1,
+                        ttl_ms: None,
+                    },
+                );
+                Matcher::Deduplication(imbl::HashSet::new(), DedupCache::memory(args))
+            }
+        }
+    }
+
+    /// The deduplication cache of a deduplication exchange.
+    pub fn dedup_cache(&self) -> Option<&Arc<DedupCache>> {
+        match self {
+            Matcher::Deduplication(_, cache) => Some(cache),
+            _ => None,
         }
     }
 
@@ -69,7 +93,9 @@ impl Matcher {
     pub fn shared_part(kind: ExchangeKind, key: &BindingKey) -> Option<(Destination, ShortString)> {
         match kind {
             ExchangeKind::Direct | ExchangeKind::Topic => Some((key.0.clone(), key.1.clone())),
-            ExchangeKind::Fanout => Some((key.0.clone(), ShortString::from(""))),
+            ExchangeKind::Fanout | ExchangeKind::Deduplication => {
+                Some((key.0.clone(), ShortString::from("")))
+            }
             ExchangeKind::Headers | ExchangeKind::ConsistentHash => None,
         }
     }
@@ -84,7 +110,7 @@ impl Matcher {
                     dests.push(destination.clone());
                 }
             }
-            Matcher::Fanout(dests) => {
+            Matcher::Fanout(dests) | Matcher::Deduplication(dests, _) => {
                 dests.insert(destination.clone());
             }
             Matcher::Topic(trie) => {
@@ -113,7 +139,7 @@ impl Matcher {
                     map.remove(routing_key);
                 }
             }
-            Matcher::Fanout(dests) => {
+            Matcher::Fanout(dests) | Matcher::Deduplication(dests, _) => {
                 dests.remove(destination);
             }
             Matcher::Topic(trie) => {
@@ -138,6 +164,12 @@ impl Matcher {
             let key = routing_keys.first().copied().unwrap_or("");
             if let Some(dest) = ring.route(key, message.headers, message.properties) {
                 out(dest);
+            }
+            return;
+        }
+        if let Matcher::Deduplication(dests, cache) = self {
+            if cache.admit(message.headers, message.confirm) {
+                dests.iter().for_each(out);
             }
             return;
         }
@@ -167,7 +199,7 @@ impl Matcher {
                     }
                 }
             }
-            Matcher::ConsistentHash(_) => {}
+            Matcher::ConsistentHash(_) | Matcher::Deduplication(..) => {}
         }
     }
 }
@@ -178,6 +210,9 @@ struct Properties<'a> {
     headers: Option<&'a FieldTable>,
     /// Absent when only headers are known (tests, and callers that route on headers alone).
     properties: Option<&'a AMQPProperties>,
+    /// The publisher's confirm, for a deduplication exchange to hold until its key is on
+    /// disk.
+    confirm: Option<&'a ConfirmShare>,
 }
 
 /// What the publish path needs to know about one exchange.
@@ -211,9 +246,23 @@ impl RoutingTable {
         properties: &AMQPProperties,
         out: &mut Vec<QueueHandle>,
     ) {
+        self.route_message_confirmed(exchange, routing_keys, properties, None, out);
+    }
+
+    /// `route_message` for a publish in confirm mode: a durable deduplication exchange on
+    /// the route keeps a clone of `confirm` until the message's key is fsynced.
+    pub fn route_message_confirmed(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        properties: &AMQPProperties,
+        confirm: Option<&ConfirmShare>,
+        out: &mut Vec<QueueHandle>,
+    ) {
         let message = Properties {
             headers: properties.headers().as_ref(),
             properties: Some(properties),
+            confirm,
         };
         self.route_with(exchange, routing_keys, message, out);
     }
@@ -230,6 +279,7 @@ impl RoutingTable {
         let message = Properties {
             headers,
             properties: None,
+            confirm: None,
         };
         self.route_with(exchange, routing_keys, message, out);
     }

@@ -517,10 +517,11 @@ impl Connection {
         let properties = &*message.properties;
         let exchange = message.exchange.as_str();
         if extra_keys.is_empty() {
-            routing.route_message(
+            routing.route_message_confirmed(
                 exchange,
                 &[message.routing_key.as_str()],
                 properties,
+                confirm.as_ref(),
                 &mut queues,
             );
         } else {
@@ -528,7 +529,13 @@ impl Connection {
             let keys: Vec<&str> = std::iter::once(message.routing_key.as_str())
                 .chain(extra_keys.iter().map(|s| s.as_str()))
                 .collect();
-            routing.route_message(exchange, &keys, properties, &mut queues);
+            routing.route_message_confirmed(
+                exchange,
+                &keys,
+                properties,
+                confirm.as_ref(),
+                &mut queues,
+            );
         }
         if queues.is_empty() {
             if !method.mandatory {

@@ -3,6 +3,7 @@
 //! the routing snapshot (`crate::routing`), never consulted under a lock.
 
 pub mod consistent_hash;
+pub mod deduplication;
 pub mod headers;
 pub mod topic;
 
@@ -28,6 +29,9 @@ pub enum ExchangeKind {
     Headers,
     /// `x-consistent-hash`: RabbitMQ's plugin, built in (`consistent_hash`).
     ConsistentHash,
+    /// `x-message-deduplication`: the deduplication plugin's exchange, built in
+    /// (`deduplication`); routes as a fanout.
+    Deduplication,
 }
 
 impl ExchangeKind {
@@ -39,6 +43,7 @@ impl ExchangeKind {
             "topic" => Ok(ExchangeKind::Topic),
             "headers" => Ok(ExchangeKind::Headers),
             consistent_hash::EXCHANGE_TYPE => Ok(ExchangeKind::ConsistentHash),
+            deduplication::EXCHANGE_TYPE => Ok(ExchangeKind::Deduplication),
             other => Err(ProtocolError::command_invalid(format!(
                 "unknown exchange type '{other}'"
             ))),
@@ -52,6 +57,7 @@ impl ExchangeKind {
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
             ExchangeKind::ConsistentHash => consistent_hash::EXCHANGE_TYPE,
+            ExchangeKind::Deduplication => deduplication::EXCHANGE_TYPE,
         }
     }
 }
