@@ -5,6 +5,7 @@
 //! Routing follows exchange-to-exchange bindings breadth-first with a visited set, so cycles
 //! terminate, and reports each queue once however many bindings match.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use warren_protocol::basic::AMQPProperties;
@@ -210,9 +211,9 @@ struct Properties<'a> {
     headers: Option<&'a FieldTable>,
     /// Absent when only headers are known (tests, and callers that route on headers alone).
     properties: Option<&'a AMQPProperties>,
-    /// The publisher's confirm, for a deduplication exchange to hold until its key is on
-    /// disk.
-    confirm: Option<&'a ConfirmShare>,
+    /// The confirm share the queues will get; a durable deduplication exchange replaces it
+    /// with one chained to the publisher's (`DedupCache::admit`).
+    confirm: Option<&'a RefCell<Option<ConfirmShare>>>,
 }
 
 /// What the publish path needs to know about one exchange.
@@ -246,25 +247,34 @@ impl RoutingTable {
         properties: &AMQPProperties,
         out: &mut Vec<QueueHandle>,
     ) {
-        self.route_message_confirmed(exchange, routing_keys, properties, None, out);
+        let message = Properties {
+            headers: properties.headers().as_ref(),
+            properties: Some(properties),
+            confirm: None,
+        };
+        self.route_with(exchange, routing_keys, message, out);
     }
 
-    /// `route_message` for a publish in confirm mode: a durable deduplication exchange on
-    /// the route keeps a clone of `confirm` until the message's key is fsynced.
+    /// `route_message` from the publish path, with the confirm share the queues will get
+    /// (the publisher's, or None): a durable deduplication exchange on the route may
+    /// replace it, so that its key is written after the message is safe and the publisher
+    /// is confirmed after both.
     pub fn route_message_confirmed(
         &self,
         exchange: &str,
         routing_keys: &[&str],
         properties: &AMQPProperties,
-        confirm: Option<&ConfirmShare>,
+        confirm: &mut Option<ConfirmShare>,
         out: &mut Vec<QueueHandle>,
     ) {
+        let cell = RefCell::new(confirm.take());
         let message = Properties {
             headers: properties.headers().as_ref(),
             properties: Some(properties),
-            confirm,
+            confirm: Some(&cell),
         };
         self.route_with(exchange, routing_keys, message, out);
+        *confirm = cell.into_inner();
     }
 
     /// `route_message` for a message known only by its headers (a consistent-hash exchange

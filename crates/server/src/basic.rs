@@ -497,7 +497,7 @@ impl Connection {
         method: basic::Publish,
         header: ContentHeader,
         body: Bytes,
-        confirm: Option<ConfirmShare>,
+        mut confirm: Option<ConfirmShare>,
     ) -> Result<(), ProtocolError> {
         self.metrics.count(MessageEvent::Published, 1);
         let properties_bytes = header.decoded_bytes;
@@ -521,7 +521,7 @@ impl Connection {
                 exchange,
                 &[message.routing_key.as_str()],
                 properties,
-                confirm.as_ref(),
+                &mut confirm,
                 &mut queues,
             );
         } else {
@@ -529,13 +529,7 @@ impl Connection {
             let keys: Vec<&str> = std::iter::once(message.routing_key.as_str())
                 .chain(extra_keys.iter().map(|s| s.as_str()))
                 .collect();
-            routing.route_message_confirmed(
-                exchange,
-                &keys,
-                properties,
-                confirm.as_ref(),
-                &mut queues,
-            );
+            routing.route_message_confirmed(exchange, &keys, properties, &mut confirm, &mut queues);
         }
         if queues.is_empty() {
             if !method.mandatory {

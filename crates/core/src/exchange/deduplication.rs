@@ -10,11 +10,13 @@
 //! exchange's matcher; the cache's mutex is taken only by publishes to that exchange, never
 //! across an `.await`. It must not touch queues or the definitions.
 //!
-//! Durability (see ARCHITECTURE.md "Deduplication"): a key is appended to the log when
-//! first routed, and the publisher's confirm (`ConfirmShare`) is held until an fsync covers
-//! the key, as queues hold it until an fsync covers the message; so a confirmed message has
-//! both on disk.
+//! Durability (see ARCHITECTURE.md "Deduplication"): a new key enters the in-memory cache
+//! when first routed, but is appended to the log only once the message is safe in every
+//! queue it went to (the queues hold a chained `ConfirmShare` whose last drop appends it),
+//! and the publisher's own confirm is held until an fsync covers the key. So a key is never
+//! on disk before its message, and a confirmed message has both on disk.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -204,8 +206,16 @@ impl State {
         }
     }
 
-    /// Inserts a key, evicting the oldest entries (expired or not) beyond `size`.
-    fn insert(&mut self, key: Bytes, expires_at_ms: u64, size: u64, now_ms: u64) {
+    /// Removes a key if it is still the entry inserted as `seq`.
+    fn forget(&mut self, key: &Bytes, seq: u64) {
+        if self.entries.get(key).is_some_and(|s| s.seq == seq) {
+            self.entries.remove(key);
+        }
+    }
+
+    /// Inserts a key, evicting the oldest entries (expired or not) beyond `size`; returns
+    /// the entry's insertion number.
+    fn insert(&mut self, key: Bytes, expires_at_ms: u64, size: u64, now_ms: u64) -> u64 {
         while self.entries.len() as u64 >= size {
             let Some((seq, oldest)) = self.order.pop_front() else {
                 break;
@@ -232,6 +242,7 @@ impl State {
             let live: std::collections::HashSet<&Bytes> = order.iter().map(|(_, k)| k).collect();
             self.entries.retain(|k, _| live.contains(k));
         }
+        seq
     }
 
     fn live_records(&self, now_ms: u64) -> Vec<DedupRecord> {
@@ -324,13 +335,17 @@ impl DedupCache {
     }
 
     /// Whether a message may be routed: it carries no key, or a key not in the cache (which
-    /// is then added). A durable cache holds the publisher's confirm until the key is
-    /// fsynced; if the key cannot be written the confirm fails (basic.nack) and the key is
-    /// forgotten, so a retry is not mistaken for a duplicate.
+    /// is then added). For a durable cache, `confirm` (the share the publish path hands to
+    /// the queues: the publisher's, or none) is replaced by a chained share: once every queue
+    /// has the message safe, the key is appended to the log, and the publisher's share is
+    /// released when an fsync covers the key. If the message or the key cannot be made
+    /// durable, the publisher's confirm fails (basic.nack) and the key is forgotten, so a
+    /// retry is not taken for a duplicate. Without `confirm` (dead-lettering, the management
+    /// API's publish) the key is appended at once.
     pub fn admit(
         self: &Arc<Self>,
         headers: Option<&FieldTable>,
-        confirm: Option<&ConfirmShare>,
+        confirm: Option<&RefCell<Option<ConfirmShare>>>,
     ) -> bool {
         let Some(key) = message_key(headers) else {
             return true;
@@ -342,8 +357,29 @@ impl DedupCache {
         if state.is_live(&key, now) {
             return false;
         }
-        state.insert(key.clone(), expires_at_ms, self.args.size, now);
-        self.log_key(&mut state, key, expires_at_ms, confirm);
+        let seq = state.insert(key.clone(), expires_at_ms, self.args.size, now);
+        if state.durable.is_none() {
+            return true;
+        }
+        let Some(cell) = confirm else {
+            self.log_key(&mut state, key, seq, expires_at_ms, None);
+            return true;
+        };
+        drop(state);
+        let publisher = cell.borrow_mut().take();
+        let cache = self.clone();
+        let chained = ConfirmShare::then(Box::new(move |safe| {
+            let mut state = cache.lock();
+            if safe {
+                cache.log_key(&mut state, key, seq, expires_at_ms, publisher);
+            } else {
+                state.forget(&key, seq);
+                if let Some(p) = publisher {
+                    p.fail();
+                }
+            }
+        }));
+        *cell.borrow_mut() = Some(chained);
         true
     }
 
@@ -358,17 +394,19 @@ impl DedupCache {
         let expires_at_ms = ttl_ms.map_or(u64::MAX, |t| now.saturating_add(t));
         let mut state = self.lock();
         if !state.is_live(&key, now) {
-            state.insert(key.clone(), expires_at_ms, self.args.size, now);
-            self.log_key(&mut state, key, expires_at_ms, None);
+            let seq = state.insert(key.clone(), expires_at_ms, self.args.size, now);
+            self.log_key(&mut state, key, seq, expires_at_ms, None);
         }
     }
 
+    /// Appends a key to the log; `publisher` is released by the fsync that covers it.
     fn log_key(
         self: &Arc<Self>,
         state: &mut State,
         key: Bytes,
+        seq: u64,
         expires_at_ms: u64,
-        confirm: Option<&ConfirmShare>,
+        publisher: Option<ConfirmShare>,
     ) {
         let Some(durable) = state.durable.as_mut() else {
             return;
@@ -379,14 +417,14 @@ impl DedupCache {
         };
         if let Err(error) = durable.log.append_unsynced(&record) {
             tracing::error!(file = %durable.file.path.display(), %error, "deduplication key not written");
-            state.entries.remove(&key);
-            if let Some(c) = confirm {
-                c.clone().fail();
+            state.forget(&key, seq);
+            if let Some(p) = publisher {
+                p.fail();
             }
             return;
         }
-        if let Some(c) = confirm {
-            durable.waiting.push(c.clone());
+        if let Some(p) = publisher {
+            durable.waiting.push(p);
         }
         durable.dirty = true;
         if !durable.syncing {
