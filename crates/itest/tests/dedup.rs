@@ -387,3 +387,100 @@ async fn recovered_messages_put_their_keys_back_in_the_exchange_cache() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Publishes `count` messages with unique keys in confirm mode (up to `window` awaiting
+/// their confirm) and returns messages per second.
+async fn confirmed_rate(ch: &Channel, x: &str, count: usize, persistent: bool) -> f64 {
+    let window = 1000;
+    let started = std::time::Instant::now();
+    let mut pending = std::collections::VecDeque::new();
+    for i in 0..count {
+        let mut properties = keyed(&format!("key-{i}"));
+        if !persistent {
+            properties = properties.with_delivery_mode(1);
+        }
+        let confirm = ch
+            .basic_publish(
+                x.into(),
+                "".into(),
+                BasicPublishOptions::default(),
+                b"m",
+                properties,
+            )
+            .await
+            .expect("publish");
+        pending.push_back(confirm);
+        if pending.len() >= window {
+            let c = pending.pop_front().expect("non-empty");
+            assert!(c.await.expect("confirm").is_ack());
+        }
+    }
+    for c in pending {
+        assert!(c.await.expect("confirm").is_ack());
+    }
+    count as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Figures for docs/benchmarks.md: a fanout against a deduplication exchange, each with one
+/// queue, transient and durable. `cargo test --release -p warren-itest --test dedup --
+/// --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn figures() {
+    if is_external() {
+        return;
+    }
+    let count: usize = std::env::var("DEDUP_FIGURES_MESSAGES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(50_000);
+    let dir = std::env::temp_dir().join(unique_name("warren-dedup-figures"));
+    let server = start_on(&dir).await;
+    let conn = connect(&server.amqp_url()).await;
+    let ch = confirm_channel(&conn).await;
+    for durable in [false, true] {
+        for dedup in [false, true] {
+            let x = format!("fig.{durable}.{dedup}");
+            if dedup {
+                declare_dedup(&ch, &x, durable, cache_args(1_000_000, None)).await;
+            } else {
+                within(
+                    "exchange.declare",
+                    ch.exchange_declare(
+                        x.as_str().into(),
+                        ExchangeKind::Fanout,
+                        ExchangeDeclareOptions {
+                            durable,
+                            ..Default::default()
+                        },
+                        FieldTable::default(),
+                    ),
+                )
+                .await
+                .expect("declare");
+            }
+            let q = format!("{x}.q");
+            within(
+                "queue.declare",
+                ch.queue_declare(
+                    q.as_str().into(),
+                    QueueDeclareOptions {
+                        durable,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await
+            .expect("queue");
+            bind_queue(&ch, &q, &x, "", FieldTable::default()).await;
+            let rate = confirmed_rate(&ch, &x, count, durable).await;
+            let kind = if dedup { TYPE } else { "fanout" };
+            eprintln!("durable={durable} {kind}: {rate:.0} msg/s confirmed ({count} messages)");
+            delete_queue(&ch, &q).await;
+        }
+    }
+    drop(conn);
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
