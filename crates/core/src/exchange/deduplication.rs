@@ -651,4 +651,80 @@ mod tests {
         let fresh = DedupCache::durable(args, file(), true).unwrap();
         assert!(fresh.is_empty());
     }
+    /// The figure in docs/benchmarks.md: `cargo test --release -p warren-core --lib --
+    /// --ignored --nocapture dedup_routing_throughput`. One thread: the publish path's
+    /// routing through a fanout and through a deduplication exchange, each with one queue.
+    #[tokio::test]
+    #[ignore]
+    async fn dedup_routing_throughput() {
+        use crate::exchange::{ExchangeDef, ExchangeKind};
+        use crate::queue::settings::QueueDefaults;
+        use crate::queue::QueueDef;
+        use crate::routing::Destination;
+        use crate::vhost::VHost;
+        use std::time::{Duration, Instant};
+        use warren_protocol::basic::AMQPProperties;
+        use warren_protocol::ShortString;
+
+        let vhost = VHost::new("/", QueueDefaults::default(), None);
+        let mut args = FieldTable::default();
+        args.insert(CACHE_SIZE.into(), AMQPValue::LongInt(1_000_000));
+        for (name, kind, arguments) in [
+            ("fx", ExchangeKind::Fanout, FieldTable::default()),
+            ("ddx", ExchangeKind::Deduplication, args),
+        ] {
+            let def = ExchangeDef {
+                name: ShortString::from(name),
+                kind,
+                durable: false,
+                auto_delete: false,
+                internal: false,
+                arguments,
+            };
+            vhost
+                .declare_exchange(def, false)
+                .expect("declare exchange");
+        }
+        let def = QueueDef {
+            name: ShortString::from("q"),
+            durable: false,
+            exclusive_owner: None,
+            auto_delete: false,
+            arguments: FieldTable::default(),
+        };
+        vhost.declare_queue(def, false).expect("declare queue");
+        for x in ["fx", "ddx"] {
+            let destination = Destination::Queue(ShortString::from("q"));
+            vhost
+                .bind(x, destination, "".into(), FieldTable::default(), 1)
+                .expect("bind");
+        }
+        let keyed: Vec<AMQPProperties> = (0..100_000)
+            .map(|i| {
+                AMQPProperties::default().with_headers(headers(s(&format!("order-{i}")), None))
+            })
+            .collect();
+        let plain = vec![AMQPProperties::default(); 1];
+        let routing = vhost.routing_snapshot();
+        let mut out = Vec::with_capacity(4);
+        for (what, x, messages) in [
+            ("fanout, no header", "fx", &plain),
+            ("fanout, keyed", "fx", &keyed),
+            ("dedup, no header", "ddx", &plain),
+            ("dedup, keyed (new keys, then duplicates)", "ddx", &keyed),
+        ] {
+            let mut published = 0u64;
+            let started = Instant::now();
+            while started.elapsed() < Duration::from_secs(2) {
+                for properties in messages.iter().cycle().take(10_000) {
+                    out.clear();
+                    let mut confirm = None;
+                    routing.route_message_confirmed(x, &[""], properties, &mut confirm, &mut out);
+                    published += 1;
+                }
+            }
+            let rate = published as f64 / started.elapsed().as_secs_f64();
+            println!("{what}: {rate:.0} msg/s routed on one thread");
+        }
+    }
 }
