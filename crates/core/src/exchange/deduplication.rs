@@ -506,8 +506,8 @@ impl DedupCache {
     }
 
     /// Waits until every key appended so far is fsynced (tests).
-    #[doc(hidden)]
-    pub fn wait_synced(&self) {
+    #[cfg(test)]
+    fn wait_synced(&self) {
         while self
             .lock()
             .durable
