@@ -504,6 +504,12 @@ impl VHost {
         }
         self.deleted.store(true, Ordering::Release);
         let queues = defs.queues.values().map(|q| q.handle.clone()).collect();
+        // Deduplication caches go with their exchanges (and their files with them).
+        for entry in defs.exchanges.values() {
+            if let Some(cache) = entry.route.matcher.dedup_cache() {
+                cache.destroy();
+            }
+        }
         *defs = Definitions::default();
         self.publish(&mut defs);
         Ok(queues)

@@ -489,3 +489,37 @@ async fn figures() {
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Deleting a vhost deletes the cache files of its durable deduplication exchanges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_vhost_deletes_its_exchange_caches() {
+    let Some(b) = start_broker_with(|_| {}).await else {
+        return;
+    };
+    let admin = b.broker().expect("in-process broker");
+    admin
+        .put_vhost(warren_core::access::VHostInfo {
+            name: "dedup-vhost".into(),
+            ..Default::default()
+        })
+        .expect("put vhost");
+    admin
+        .set_permissions("guest", "dedup-vhost", ".*", ".*", ".*")
+        .expect("permissions");
+    let conn = connect(&b.url_with("guest", "guest", "dedup-vhost", "")).await;
+    let ch = confirm_channel(&conn).await;
+    declare_dedup(&ch, "x", true, cache_args(10, None)).await;
+    let q = declare_temp_queue(&ch).await;
+    bind_queue(&ch, &q, "x", "", FieldTable::default()).await;
+    publish_confirmed(&ch, "x", "", b"k", keyed("k")).await;
+    let caches = || {
+        std::fs::read_dir(b.data_dir().expect("data dir").join("dedup"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(caches(), 1);
+    within("delete vhost", admin.delete_vhost("dedup-vhost"))
+        .await
+        .expect("delete vhost");
+    assert_eq!(caches(), 0);
+}
