@@ -3,6 +3,11 @@
 //! with it (enqueued in memory, or fsynced for a persistent message in a durable queue), or
 //! marks it failed first (a store error). When the last share is gone the channel gets one
 //! `ClientEvent::Confirmed` — basic.ack, or basic.nack if any queue failed.
+//!
+//! A share may instead be chained (`ConfirmShare::then`): when its last clone drops, a
+//! function runs with the outcome. A durable deduplication exchange hands the queues such a
+//! share, so that the message's key is written only once the message is safe, and keeps the
+//! publisher's own share until the key is on disk too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -10,22 +15,45 @@ use std::sync::Arc;
 use crate::consumer::{ChannelKey, ClientEvent, ClientSender};
 use crate::durable::record::MoveOrigin;
 
+/// What runs when a chained share's last clone drops: `true` if no holder failed it.
+pub type Then = Box<dyn FnOnce(bool) + Send + Sync>;
+
+enum Target {
+    Client {
+        channel_key: ChannelKey,
+        client: ClientSender,
+    },
+    Then(Option<Then>),
+}
+
 struct Ticket {
-    channel_key: ChannelKey,
     seq: u64,
     failed: AtomicBool,
-    client: ClientSender,
+    target: Target,
     /// Set by a move (`admin::messages`): written into the destinations' records.
     origin: Option<MoveOrigin>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        let _ = self.client.send(ClientEvent::Confirmed {
-            channel_key: self.channel_key,
-            seq: self.seq,
-            ack: !self.failed.load(Ordering::Acquire),
-        });
+        let ack = !self.failed.load(Ordering::Acquire);
+        match &mut self.target {
+            Target::Client {
+                channel_key,
+                client,
+            } => {
+                let _ = client.send(ClientEvent::Confirmed {
+                    channel_key: *channel_key,
+                    seq: self.seq,
+                    ack,
+                });
+            }
+            Target::Then(then) => {
+                if let Some(then) = then.take() {
+                    then(ack);
+                }
+            }
+        }
     }
 }
 
@@ -54,10 +82,12 @@ impl ConfirmShare {
         origin: Option<MoveOrigin>,
     ) -> ConfirmShare {
         ConfirmShare(Arc::new(Ticket {
-            channel_key,
             seq,
             failed: AtomicBool::new(false),
-            client,
+            target: Target::Client {
+                channel_key,
+                client,
+            },
             origin,
         }))
     }
@@ -65,6 +95,16 @@ impl ConfirmShare {
     /// The move the message is part of, if it is.
     pub fn origin(&self) -> Option<MoveOrigin> {
         self.0.origin
+    }
+
+    /// A share whose last drop runs `then` with the outcome instead of confirming.
+    pub fn then(then: Then) -> ConfirmShare {
+        ConfirmShare(Arc::new(Ticket {
+            seq: 0,
+            failed: AtomicBool::new(false),
+            target: Target::Then(Some(then)),
+            origin: None,
+        }))
     }
 
     /// The message could not be made safe: the publisher gets basic.nack.

@@ -846,6 +846,7 @@ mod tests {
                 max_priority: Some(3),
                 single_active_consumer: true,
                 consumer_timeout_ms: Some(9000),
+                message_deduplication: false,
             }
         );
 

@@ -5,12 +5,15 @@
 //! Routing follows exchange-to-exchange bindings breadth-first with a visited set, so cycles
 //! terminate, and reports each queue once however many bindings match.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 
 use warren_protocol::basic::AMQPProperties;
 use warren_protocol::{FieldTable, ShortString};
 
+use crate::confirm::ConfirmShare;
 use crate::exchange::consistent_hash::{HashOn, HashRing};
+use crate::exchange::deduplication::{self, DedupCache};
 use crate::exchange::filter::{is_filter_binding, Filter, FilterSet};
 use crate::exchange::headers::headers_match;
 use crate::exchange::topic::TopicTrie;
@@ -42,6 +45,8 @@ pub enum Matcher {
     Headers(HeadersBindings),
     /// Every binding's weight on a ring; one destination per message.
     ConsistentHash(HashRing),
+    /// A fanout whose cache admits each deduplication key once (`exchange/deduplication.rs`).
+    Deduplication(imbl::HashSet<Destination>, Arc<DedupCache>),
 }
 
 /// A headers exchange's bindings.
@@ -72,6 +77,26 @@ impl Matcher {
             ExchangeKind::ConsistentHash => {
                 Matcher::ConsistentHash(HashRing::new(HashOn::of(arguments)))
             }
+            // An in-memory cache; the vhost swaps in a durable one for a durable exchange.
+            // Arguments were validated at declare; definitions written elsewhere that fail
+            // validation get the smallest cache rather than none.
+            ExchangeKind::Deduplication => {
+                let args = deduplication::validate_exchange_args(arguments).unwrap_or(
+                    deduplication::CacheArgs {
+                        size: 1,
+                        ttl_ms: None,
+                    },
+                );
+                Matcher::Deduplication(imbl::HashSet::new(), DedupCache::memory(args))
+            }
+        }
+    }
+
+    /// The deduplication cache of a deduplication exchange.
+    pub fn dedup_cache(&self) -> Option<&Arc<DedupCache>> {
+        match self {
+            Matcher::Deduplication(_, cache) => Some(cache),
+            _ => None,
         }
     }
 
@@ -81,7 +106,9 @@ impl Matcher {
     pub fn shared_part(kind: ExchangeKind, key: &BindingKey) -> Option<(Destination, ShortString)> {
         match kind {
             ExchangeKind::Direct | ExchangeKind::Topic => Some((key.0.clone(), key.1.clone())),
-            ExchangeKind::Fanout => Some((key.0.clone(), ShortString::from(""))),
+            ExchangeKind::Fanout | ExchangeKind::Deduplication => {
+                Some((key.0.clone(), ShortString::from("")))
+            }
             ExchangeKind::Headers | ExchangeKind::ConsistentHash => None,
         }
     }
@@ -96,7 +123,7 @@ impl Matcher {
                     dests.push(destination.clone());
                 }
             }
-            Matcher::Fanout(dests) => {
+            Matcher::Fanout(dests) | Matcher::Deduplication(dests, _) => {
                 dests.insert(destination.clone());
             }
             Matcher::Topic(trie) => {
@@ -133,7 +160,7 @@ impl Matcher {
                     map.remove(routing_key);
                 }
             }
-            Matcher::Fanout(dests) => {
+            Matcher::Fanout(dests) | Matcher::Deduplication(dests, _) => {
                 dests.remove(destination);
             }
             Matcher::Topic(trie) => {
@@ -159,6 +186,12 @@ impl Matcher {
             let key = routing_keys.first().copied().unwrap_or("");
             if let Some(dest) = ring.route(key, message.headers, message.properties) {
                 out(dest);
+            }
+            return;
+        }
+        if let Matcher::Deduplication(dests, cache) = self {
+            if cache.admit(message.headers, message.confirm) {
+                dests.iter().for_each(out);
             }
             return;
         }
@@ -197,7 +230,7 @@ impl Matcher {
                     }
                 }
             }
-            Matcher::ConsistentHash(_) => {}
+            Matcher::ConsistentHash(_) | Matcher::Deduplication(..) => {}
         }
     }
 }
@@ -210,6 +243,9 @@ struct Properties<'a> {
     properties: Option<&'a AMQPProperties>,
     /// The body, for body-scoped content filters; absent where only properties are known.
     body: Option<&'a [u8]>,
+    /// The confirm share the queues will get; a durable deduplication exchange replaces it
+    /// with one chained to the publisher's (`DedupCache::admit`).
+    confirm: Option<&'a RefCell<Option<ConfirmShare>>>,
 }
 
 /// What the publish path needs to know about one exchange.
@@ -252,6 +288,7 @@ impl RoutingTable {
             headers: properties.headers().as_ref(),
             properties: Some(properties),
             body: None,
+            confirm: None,
         };
         let before = out.len();
         if let Some(counters) = self.route_with(exchange, routing_keys, message, out) {
@@ -273,11 +310,39 @@ impl RoutingTable {
             headers: properties.headers().as_ref(),
             properties: Some(properties),
             body: Some(body),
+            confirm: None,
         };
         let before = out.len();
         if let Some(counters) = self.route_with(exchange, routing_keys, message, out) {
             counters.count(out.len() - before);
         }
+    }
+
+    /// `route_content` from the publish path, with the confirm share the queues will get
+    /// (the publisher's, or None): a durable deduplication exchange on the route may
+    /// replace it, so that its key is written after the message is safe and the publisher
+    /// is confirmed after both.
+    pub fn route_content_confirmed(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        properties: &AMQPProperties,
+        body: &[u8],
+        confirm: &mut Option<ConfirmShare>,
+        out: &mut Vec<QueueHandle>,
+    ) {
+        let cell = RefCell::new(confirm.take());
+        let message = Properties {
+            headers: properties.headers().as_ref(),
+            properties: Some(properties),
+            body: Some(body),
+            confirm: Some(&cell),
+        };
+        let before = out.len();
+        if let Some(counters) = self.route_with(exchange, routing_keys, message, out) {
+            counters.count(out.len() - before);
+        }
+        *confirm = cell.into_inner();
     }
 
     /// `route_message` for a message known only by its headers (a consistent-hash exchange
@@ -293,6 +358,7 @@ impl RoutingTable {
             headers,
             properties: None,
             body: None,
+            confirm: None,
         };
         self.route_with(exchange, routing_keys, message, out);
     }

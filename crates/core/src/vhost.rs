@@ -25,11 +25,11 @@ use crate::args::{
 };
 use crate::direct_reply::DirectReplies;
 use crate::durable::definitions::{self as def_records, DefinitionOp};
-use crate::exchange::consistent_hash;
 use crate::exchange::headers::validate_binding_args;
 use crate::exchange::{
     check_name, ExchangeDef, ExchangeKind, DEFAULT_EXCHANGE, STANDARD_EXCHANGES,
 };
+use crate::exchange::{consistent_hash, deduplication};
 use crate::queue::settings::{QueueDefaults, QueueSettings};
 use crate::queue::store::{QueueStore, StoreContext};
 use crate::queue::{QueueCommand, QueueDef, QueueHandle, Startup};
@@ -238,9 +238,59 @@ impl Definitions {
         }
     }
 
+    /// Adds to the caches of durable deduplication exchanges the keys of recovered messages
+    /// published through them: a message whose fsync covered it while its key's did not
+    /// (a crash between the two) must still count as seen, or its publisher's retry (it got
+    /// no confirm) would be a second copy.
+    fn remember_dedup_keys(
+        &self,
+        store: &mut QueueStore,
+        recovered: &[crate::queue::ready::Entry],
+    ) {
+        if !self
+            .exchanges
+            .values()
+            .any(|e| e.def.kind == ExchangeKind::Deduplication && e.def.durable)
+        {
+            return;
+        }
+        for entry in recovered {
+            let message = match (&entry.message, entry.location) {
+                (Some(m), _) => Some(m.clone()),
+                (None, Some(at)) => store.load(at),
+                (None, None) => None,
+            };
+            let Some(message) = message else { continue };
+            let cache = self
+                .exchanges
+                .get(message.exchange.as_str())
+                .filter(|e| e.def.durable)
+                .and_then(|e| e.route.matcher.dedup_cache());
+            if let Some(cache) = cache {
+                cache.remember(message.properties.headers().as_ref());
+            }
+        }
+    }
+
+    /// Gives a deduplication exchange its (durable) cache.
+    fn set_dedup_cache(&mut self, name: &str, cache: Arc<deduplication::DedupCache>) {
+        let Some(entry) = self.exchanges.get_mut(name) else {
+            return;
+        };
+        if let Matcher::Deduplication(_, current) = &mut Arc::make_mut(&mut entry.route).matcher {
+            *current = cache;
+        }
+        self.table
+            .exchanges
+            .insert(entry.def.name.clone(), entry.route.clone());
+    }
+
     /// Removes an exchange and its bindings as source (not those to it: `remove_bindings_to`).
     fn remove_exchange(&mut self, name: &str) -> Option<ExchangeEntry> {
         let entry = self.exchanges.remove(name)?;
+        if let Some(cache) = entry.route.matcher.dedup_cache() {
+            cache.destroy();
+        }
         self.table.exchanges.remove(name);
         self.unindex_bindings_from(&entry);
         Some(entry)
@@ -471,6 +521,12 @@ impl VHost {
         }
         self.deleted.store(true, Ordering::Release);
         let queues = defs.queues.values().map(|q| q.handle.clone()).collect();
+        // Deduplication caches go with their exchanges (and their files with them).
+        for entry in defs.exchanges.values() {
+            if let Some(cache) = entry.route.matcher.dedup_cache() {
+                cache.destroy();
+            }
+        }
         *defs = Definitions::default();
         self.publish(&mut defs);
         Ok(queues)
@@ -728,10 +784,15 @@ impl VHost {
             consistent_hash::validate_exchange_args(&def.arguments)
                 .map_err(ProtocolError::precondition_failed)?;
         }
+        let dedup = self.dedup_cache_for(&def, true)?;
         if def.durable {
             self.log_op(DefinitionOp::ExchangeDeclared(def.clone()))?;
         }
+        let name = def.name.clone();
         defs.insert_exchange(def);
+        if let Some(cache) = dedup {
+            defs.set_dedup_cache(name.as_str(), cache);
+        }
         self.publish(&mut defs);
         Ok(())
     }
@@ -1176,17 +1237,60 @@ impl VHost {
 
     /// Puts back a durable exchange read from the definitions log (not logged again).
     pub(crate) fn restore_exchange(&self, def: ExchangeDef) {
-        self.lock().insert_exchange(def);
+        let dedup = match self.dedup_cache_for(&def, false) {
+            Ok(cache) => cache,
+            Err(error) => {
+                tracing::error!(exchange = def.name.as_str(), %error, "deduplication cache not recovered; it starts empty in memory");
+                None
+            }
+        };
+        let name = def.name.clone();
+        let mut defs = self.lock();
+        defs.insert_exchange(def);
+        if let Some(cache) = dedup {
+            defs.set_dedup_cache(name.as_str(), cache);
+        }
+    }
+
+    /// A durable deduplication exchange's cache, kept on disk (`fresh`: a new declare,
+    /// which removes a file a deleted namesake left); None for other exchanges, which keep
+    /// their matcher's (an in-memory cache for a transient deduplication exchange).
+    /// Validates the arguments of a deduplication exchange (406).
+    fn dedup_cache_for(
+        &self,
+        def: &ExchangeDef,
+        fresh: bool,
+    ) -> Result<Option<Arc<deduplication::DedupCache>>, ProtocolError> {
+        if def.kind != ExchangeKind::Deduplication {
+            return Ok(None);
+        }
+        let args = deduplication::validate_exchange_args(&def.arguments)
+            .map_err(ProtocolError::precondition_failed)?;
+        let (true, Some(persistence)) = (def.durable, self.persistence.as_ref()) else {
+            return Ok(None);
+        };
+        let store = &persistence.store;
+        let file = deduplication::CacheFile {
+            path: store.dedup_file(&self.name, def.name.as_str()),
+            io: store.io.clone(),
+            sync_mode: store.sync_mode,
+        };
+        deduplication::DedupCache::durable(args, file, fresh)
+            .map(Some)
+            .map_err(|e| {
+                ProtocolError::internal_error(format!("deduplication cache not opened: {e}"))
+            })
     }
 
     /// Puts back a durable queue with its log and the messages recovered from it.
     pub(crate) fn restore_queue(
         &self,
         def: QueueDef,
-        store: QueueStore,
+        mut store: QueueStore,
         recovered: Vec<crate::queue::ready::Entry>,
     ) -> Result<(), ProtocolError> {
         let mut defs = self.lock();
+        defs.remember_dedup_keys(&mut store, &recovered);
         let (settings, policies) = defs.resolve_queue(&def, &self.queue_what(def.name.as_str()))?;
         let startup = Startup {
             store: Some(store),

@@ -215,5 +215,6 @@ pub(crate) fn exchange_kind(routing: &RoutingTable, name: &str) -> Option<Exchan
         Matcher::Fanout(_) => ExchangeKind::Fanout,
         Matcher::Headers(_) => ExchangeKind::Headers,
         Matcher::ConsistentHash(_) => ExchangeKind::ConsistentHash,
+        Matcher::Deduplication(..) => ExchangeKind::Deduplication,
     })
 }

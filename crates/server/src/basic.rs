@@ -500,7 +500,7 @@ impl Connection {
         method: basic::Publish,
         header: ContentHeader,
         body: Bytes,
-        confirm: Option<ConfirmShare>,
+        mut confirm: Option<ConfirmShare>,
     ) -> Result<(), ProtocolError> {
         self.count(ch, MessageEvent::Published, 1);
         let properties_bytes = header.decoded_bytes;
@@ -523,11 +523,12 @@ impl Connection {
         let properties = &*message.properties;
         let exchange = message.exchange.as_str();
         if extra_keys.is_empty() {
-            routing.route_content(
+            routing.route_content_confirmed(
                 exchange,
                 &[message.routing_key.as_str()],
                 properties,
                 &message.body,
+                &mut confirm,
                 &mut queues,
             );
         } else {
@@ -535,7 +536,14 @@ impl Connection {
             let keys: Vec<&str> = std::iter::once(message.routing_key.as_str())
                 .chain(extra_keys.iter().map(|s| s.as_str()))
                 .collect();
-            routing.route_content(exchange, &keys, properties, &message.body, &mut queues);
+            routing.route_content_confirmed(
+                exchange,
+                &keys,
+                properties,
+                &message.body,
+                &mut confirm,
+                &mut queues,
+            );
         }
         if self.tracing() {
             self.trace_publish(routing, ch, &message, &extra_keys, &queues);

@@ -40,6 +40,10 @@ pub struct DefinitionsLog {
     /// never goes back, not even when the file is rewritten.
     sequence: u64,
     poisoned: bool,
+    /// The file header's magic (`DEFINITIONS_MAGIC`, or `DEDUP_MAGIC` for a `DedupLog`).
+    magic: [u8; 8],
+    /// A file larger than this is moved aside at open.
+    file_bytes_max: u64,
 }
 
 impl std::fmt::Debug for DefinitionsLog {
@@ -84,9 +88,10 @@ fn encode_frame(out: &mut Vec<u8>, index: u64, record: &[u8]) {
 fn write_temp(
     io: &dyn Io,
     temp: &Path,
+    magic: [u8; 8],
     records: &[Bytes],
 ) -> Result<(Arc<dyn FileIo>, u64), StoreError> {
-    let mut buf = encode_file_header(DEFINITIONS_MAGIC).to_vec();
+    let mut buf = encode_file_header(magic).to_vec();
     for (index, record) in records.iter().enumerate() {
         encode_frame(&mut buf, index as u64, record);
     }
@@ -121,12 +126,22 @@ impl DefinitionsLog {
     /// tail is dropped, damaged records are skipped and a file with a bad header is moved
     /// aside (and an empty log started), all logged.
     pub fn open(path: &Path, io: Arc<dyn Io>) -> Result<(DefinitionsLog, Vec<Bytes>), StoreError> {
+        Self::open_with(path, io, DEFINITIONS_MAGIC, DEFINITIONS_FILE_BYTES_MAX)
+    }
+
+    /// `open` for another file of opaque records (the deduplication cache log).
+    pub(crate) fn open_with(
+        path: &Path,
+        io: Arc<dyn Io>,
+        magic: [u8; 8],
+        file_bytes_max: u64,
+    ) -> Result<(DefinitionsLog, Vec<Bytes>), StoreError> {
         let dir = parent_dir(path);
         io.create_dir_all(&dir).map_err(StoreError::io(&dir))?;
         let temp = temp_path(path);
         remove_stale_temp(&*io, &temp)?;
         let loaded = match io.open(path, OpenMode::Read) {
-            Ok(_) => load(&*io, path, DEFINITIONS_MAGIC, DEFINITIONS_FILE_BYTES_MAX)?,
+            Ok(_) => load(&*io, path, magic, file_bytes_max)?,
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Loaded::Removed,
             Err(error) => return Err(StoreError::io(path)(error)),
         };
@@ -136,7 +151,7 @@ impl DefinitionsLog {
                 (file, len, records)
             }
             Loaded::Removed | Loaded::MovedAside => {
-                let (file, len) = write_temp(&*io, &temp, &[])?;
+                let (file, len) = write_temp(&*io, &temp, magic, &[])?;
                 io.rename(&temp, path).map_err(StoreError::io(path))?;
                 io.sync_dir(&dir).map_err(StoreError::io(&dir))?;
                 (file, len, Vec::new())
@@ -151,6 +166,8 @@ impl DefinitionsLog {
             next_index: records.len() as u64,
             sequence: records.len() as u64,
             poisoned: false,
+            magic,
+            file_bytes_max,
         };
         Ok((log, records))
     }
@@ -229,7 +246,7 @@ impl DefinitionsLog {
 
     fn rewrite(&mut self, records: &[Bytes]) -> Result<(), StoreError> {
         let temp = temp_path(&self.path);
-        let (file, len) = write_temp(&*self.io, &temp, records)?;
+        let (file, len) = write_temp(&*self.io, &temp, self.magic, records)?;
         if let Err(error) = self.io.rename(&temp, &self.path) {
             _ = self.io.remove_file(&temp);
             return Err(StoreError::io(&self.path)(error));
@@ -253,12 +270,7 @@ impl DefinitionsLog {
         if !self.poisoned {
             return Ok(());
         }
-        let loaded = load(
-            &*self.io,
-            &self.path,
-            DEFINITIONS_MAGIC,
-            DEFINITIONS_FILE_BYTES_MAX,
-        )?;
+        let loaded = load(&*self.io, &self.path, self.magic, self.file_bytes_max)?;
         let Loaded::Valid(buf, file) = loaded else {
             tracing::error!(file = %self.path.display(), "cannot read the poisoned definitions log back");
             return Err(StoreError::Poisoned);

@@ -43,6 +43,8 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"WARRNSEG";
 pub const ACKS_MAGIC: [u8; 8] = *b"WARRNACK";
 /// Magic of the definitions log.
 pub const DEFINITIONS_MAGIC: [u8; 8] = *b"WARRNDEF";
+/// Magic of a deduplication exchange's cache log (`DedupLog`).
+pub const DEDUP_MAGIC: [u8; 8] = *b"WARRNDUP";
 /// The first four bytes of every record frame; recovery resynchronises on them.
 pub const RECORD_MAGIC: [u8; 4] = *b"WREC";
 

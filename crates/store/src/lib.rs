@@ -6,6 +6,7 @@
 //! The file format, the segment lifecycle, group commit, recovery and the fsync-failure policy
 //! are described in docs/storage.md; the byte layout lives in [`mod@format`].
 
+mod dedup_log;
 mod definitions;
 mod faulty_io;
 mod file_log;
@@ -22,6 +23,7 @@ mod sync_job;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use dedup_log::{DedupLog, DedupRecord, DEDUP_FILE_BYTES_MAX, DEDUP_KEY_BYTES_MAX};
 pub use definitions::{DefinitionsLog, DEFINITIONS_FILE_BYTES_MAX};
 pub use faulty_io::{CrashTail, Fault, FaultyIo};
 pub use file_log::{ACK_BUFFER_ENTRIES_MAX, WRITE_BUFFER_BYTES_MAX};

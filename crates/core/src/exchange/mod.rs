@@ -3,6 +3,7 @@
 //! the routing snapshot (`crate::routing`), never consulted under a lock.
 
 pub mod consistent_hash;
+pub mod deduplication;
 pub mod filter;
 pub mod headers;
 pub mod topic;
@@ -31,6 +32,9 @@ pub enum ExchangeKind {
     Headers,
     /// `x-consistent-hash`: RabbitMQ's plugin, built in (`consistent_hash`).
     ConsistentHash,
+    /// `x-message-deduplication`: the deduplication plugin's exchange, built in
+    /// (`deduplication`); routes as a fanout.
+    Deduplication,
 }
 
 impl ExchangeKind {
@@ -42,6 +46,7 @@ impl ExchangeKind {
             "topic" => Ok(ExchangeKind::Topic),
             "headers" => Ok(ExchangeKind::Headers),
             consistent_hash::EXCHANGE_TYPE => Ok(ExchangeKind::ConsistentHash),
+            deduplication::EXCHANGE_TYPE => Ok(ExchangeKind::Deduplication),
             other => Err(ProtocolError::command_invalid(format!(
                 "unknown exchange type '{other}'"
             ))),
@@ -55,6 +60,7 @@ impl ExchangeKind {
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
             ExchangeKind::ConsistentHash => consistent_hash::EXCHANGE_TYPE,
+            ExchangeKind::Deduplication => deduplication::EXCHANGE_TYPE,
         }
     }
 }

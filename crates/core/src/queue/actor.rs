@@ -15,6 +15,7 @@ use tracing::debug;
 use warren_protocol::{AMQPValue, ProtocolError};
 
 use super::dead_letter::{dead_lettered, is_cycle, Reason};
+use super::dedup::{Admission, QueueDedup};
 use super::metrics::QueueCounters;
 use super::ready::{Entry, ReadyQueue};
 use super::settings::{ConsumerTimeoutAction, Overflow, QueueDefaults, QueueSettings};
@@ -80,6 +81,8 @@ pub(super) struct QueueActor {
     store: Option<QueueStore>,
     /// Where a transient queue's log would go (None: never page, e.g. in tests).
     store_context: Option<StoreContext>,
+    /// The keys of its messages, with `x-message-deduplication` (fixed at declare).
+    dedup: Option<Box<QueueDedup>>,
 }
 
 /// What a queue starts with.
@@ -106,7 +109,14 @@ impl QueueActor {
     ) -> Self {
         let mut ready = ReadyQueue::new(settings.max_priority);
         let next_id = startup.recovered.last().map(|e| e.id + 1).unwrap_or(1);
+        let mut store = startup.store;
+        let mut dedup = settings
+            .message_deduplication
+            .then(|| Box::new(QueueDedup::default()));
         for entry in startup.recovered {
+            if let Some(dedup) = dedup.as_mut() {
+                dedup.recover(&entry, store.as_mut());
+            }
             ready.push_back(entry);
         }
         QueueActor {
@@ -130,8 +140,9 @@ impl QueueActor {
             had_consumer: false,
             last_used_ms: now_ms(),
             batch_started_ms: now_ms(),
-            store: startup.store,
+            store,
             store_context: startup.store_context,
+            dedup,
         }
     }
 
@@ -345,8 +356,10 @@ impl QueueActor {
         let expires_changed = settings.expires_ms != self.settings.expires_ms;
         // Priorities are fixed at declare (the ready queue is built for them).
         let max_priority = self.settings.max_priority;
+        let message_deduplication = self.settings.message_deduplication;
         self.settings = QueueSettings {
             max_priority,
+            message_deduplication,
             ..settings
         };
         self.consumer_timeout_ms = self
@@ -401,6 +414,12 @@ impl QueueActor {
     }
 
     fn publish(&mut self, message: MessageRef, mut confirm: Option<ConfirmShare>) {
+        let dedup_key = match self.dedup.as_ref().map(|d| d.admit(&message)) {
+            // Dropped; the publisher's confirm (the share dropping here) is an ack.
+            Some(Admission::Duplicate) => return,
+            Some(Admission::Enqueue(key)) => key,
+            None => None,
+        };
         let size = message.body_size() as u64;
         let overflow = self.settings.overflow;
         if overflow != Overflow::DropHead && self.over_limit(1, size) {
@@ -421,6 +440,9 @@ impl QueueActor {
         let id = self.next_id;
         self.next_id += 1;
         self.counters.publish += 1;
+        if let (Some(dedup), Some(key)) = (self.dedup.as_mut(), dedup_key) {
+            dedup.insert(id, key);
+        }
         let mut entry = Entry::new(id, message, ttl.map(|t| now.saturating_add(t)));
         let persistent = self.store.as_ref().is_some_and(|s| s.durable)
             && entry.message.as_ref().is_some_and(|m| m.is_persistent());
@@ -441,7 +463,12 @@ impl QueueActor {
                     }
                 }
                 // Not durable: the publisher got a nack; do not keep it.
-                None if persistent => return,
+                None if persistent => {
+                    if let Some(dedup) = self.dedup.as_mut() {
+                        dedup.release(id);
+                    }
+                    return;
+                }
                 None => {}
             }
         }
@@ -503,6 +530,9 @@ impl QueueActor {
 
     /// A message leaves the queue for good (acked, expired, dropped, purged).
     fn discard(&mut self, entry: Entry) {
+        if let Some(dedup) = self.dedup.as_mut() {
+            dedup.release(entry.id);
+        }
         if let (Some(at), Some(store)) = (entry.location, self.store.as_mut()) {
             store.ack(entry.id, at);
         }

@@ -4,6 +4,7 @@
 //! the publishers' backpressure.
 
 mod actor;
+mod dedup;
 
 pub(crate) use actor::Startup;
 pub mod dead_letter;

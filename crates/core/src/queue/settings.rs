@@ -64,6 +64,8 @@ pub struct QueueSettings {
     pub max_priority: Option<u8>,
     pub single_active_consumer: bool,
     pub consumer_timeout_ms: Option<u64>,
+    /// `x-message-deduplication` (the deduplication plugin's queue argument).
+    pub message_deduplication: bool,
 }
 
 fn invalid(name: &str, what: &str, detail: impl std::fmt::Display) -> ProtocolError {
@@ -179,6 +181,8 @@ impl QueueSettings {
                 }
             };
         }
+        s.message_deduplication = crate::exchange::deduplication::queue_enabled(args)
+            .map_err(|e| ProtocolError::precondition_failed(format!("{e} for {what}")))?;
         if let Some(value) = args.inner().get("x-queue-type") {
             match as_str(value).as_deref() {
                 // Quorum queues are accepted as Warren's one queue type, which already has

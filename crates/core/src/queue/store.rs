@@ -60,6 +60,13 @@ impl StoreContext {
         fnv1a(vhost, queue)
     }
 
+    /// The cache log of a durable deduplication exchange (hashed as `queue_dir`).
+    pub fn dedup_file(&self, vhost: &str, exchange: &str) -> PathBuf {
+        self.data_dir
+            .join("dedup")
+            .join(format!("{:016x}.dedup", fnv1a(vhost, exchange)))
+    }
+
     /// Where non-durable queues page out; emptied at every start.
     pub fn transient_dir(&self) -> PathBuf {
         self.data_dir.join("transient")

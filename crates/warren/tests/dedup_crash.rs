@@ -1,0 +1,236 @@
+//! A durable deduplication exchange across `kill -9`: a publisher in confirm mode publishes
+//! persistent messages with unique `x-deduplication-header` keys through a durable
+//! `x-message-deduplication` exchange into a durable queue; the broker is killed with
+//! SIGKILL while hundreds of publishes await their confirm. After a restart the publisher
+//! retries every message it got no confirm for, and a few that were confirmed: each key
+//! must then be in the queue exactly once (none lost by a key that reached disk before its
+//! message, none twice by a key forgotten in the crash).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_lite::StreamExt;
+use lapin::options::{
+    BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+
+mod common;
+use common::{free_port, start_with};
+
+const EXCHANGE: &str = "dedup-crash";
+const QUEUE: &str = "dedup-crash-q";
+/// Most publishes awaiting their confirm at once.
+const IN_FLIGHT_MAX: usize = 256;
+/// The broker is killed once this many publishes were confirmed.
+const KILL_AFTER_CONFIRMED: usize = 3000;
+/// Confirmed messages published again after the restart (must be dropped).
+const CONFIRMED_RETRIED: usize = 100;
+
+fn properties(id: u64) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "x-deduplication-header".into(),
+        AMQPValue::LongString(format!("key-{id}").into()),
+    );
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers)
+}
+
+async fn confirm_channel(url: &str) -> (Connection, lapin::Channel) {
+    let conn = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .expect("connect");
+    let ch = conn.create_channel().await.expect("channel");
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm.select");
+    (conn, ch)
+}
+
+async fn declare(ch: &lapin::Channel) {
+    let mut args = FieldTable::default();
+    args.insert("x-cache-size".into(), AMQPValue::LongInt(1_000_000));
+    args.insert(
+        "x-cache-persistence".into(),
+        AMQPValue::LongString("disk".into()),
+    );
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.exchange_declare(
+        EXCHANGE.into(),
+        ExchangeKind::Custom("x-message-deduplication".into()),
+        durable,
+        args,
+    )
+    .await
+    .expect("exchange.declare");
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(QUEUE.into(), durable, FieldTable::default())
+        .await
+        .expect("queue.declare");
+    ch.queue_bind(
+        QUEUE.into(),
+        EXCHANGE.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.bind");
+}
+
+async fn publish(ch: &lapin::Channel, id: u64) -> lapin::Result<lapin::PublisherConfirm> {
+    ch.basic_publish(
+        EXCHANGE.into(),
+        "".into(),
+        BasicPublishOptions::default(),
+        format!("m{id}").as_bytes(),
+        properties(id),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_after_kill_9_leave_each_key_exactly_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let broker = start_with(&data, free_port(), &["--log-level", "warn"], Stdio::null());
+    let (conn, ch) = confirm_channel(&broker.url()).await;
+    declare(&ch).await;
+
+    let mut broker = Some(broker);
+    let mut confirmed = BTreeSet::new();
+    let mut pending = VecDeque::new();
+    let mut next = 0u64;
+    loop {
+        let Ok(confirm) = publish(&ch, next).await else {
+            break;
+        };
+        pending.push_back((next, confirm));
+        next += 1;
+        if pending.len() >= IN_FLIGHT_MAX {
+            let (id, confirm) = pending.pop_front().expect("non-empty");
+            match confirm.await {
+                Ok(c) if c.is_ack() => {
+                    confirmed.insert(id);
+                }
+                _ => break,
+            }
+            if confirmed.len() == KILL_AFTER_CONFIRMED {
+                // Mid-stream: IN_FLIGHT_MAX publishes await their confirm.
+                if let Some(b) = broker.take() {
+                    b.kill9();
+                }
+            }
+        }
+    }
+    // Confirms that arrived before the kill still count.
+    for (id, confirm) in pending {
+        if let Ok(Ok(c)) = tokio::time::timeout(Duration::from_millis(100), confirm).await {
+            if c.is_ack() {
+                confirmed.insert(id);
+            }
+        }
+    }
+    drop(conn);
+    assert!(broker.is_none(), "the broker was killed");
+    let published = next;
+    let unconfirmed: Vec<u64> = (0..published)
+        .filter(|id| !confirmed.contains(id))
+        .collect();
+    // Almost always some are unconfirmed (IN_FLIGHT_MAX were in flight at the kill); the
+    // confirmed ones retried below are checked either way.
+
+    let broker = start_with(&data, free_port(), &["--log-level", "warn"], Stdio::null());
+    let (conn, ch) = confirm_channel(&broker.url()).await;
+    let retried: Vec<u64> = unconfirmed
+        .iter()
+        .copied()
+        .chain(confirmed.iter().copied().take(CONFIRMED_RETRIED))
+        .collect();
+    let mut confirms = Vec::with_capacity(retried.len());
+    for id in &retried {
+        confirms.push(publish(&ch, *id).await.expect("publish"));
+    }
+    for c in confirms {
+        assert!(c.await.expect("confirm").is_ack(), "a retry was nacked");
+    }
+
+    // Everything in the queue, counted by body.
+    let count = ch
+        .queue_declare(
+            QUEUE.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("passive declare")
+        .message_count();
+    ch.basic_qos(1000, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = ch
+        .basic_consume(
+            QUEUE.into(),
+            "".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for _ in 0..count {
+        let d = warren_itest::within("a delivery", consumer.next())
+            .await
+            .expect("stream open")
+            .expect("delivery");
+        *seen
+            .entry(String::from_utf8(d.data).expect("utf-8"))
+            .or_default() += 1;
+    }
+    let missing: Vec<u64> = (0..published)
+        .filter(|id| !seen.contains_key(&format!("m{id}")))
+        .collect();
+    let twice: Vec<&String> = seen
+        .iter()
+        .filter(|(_, n)| **n > 1)
+        .map(|(k, _)| k)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} keys: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    assert!(
+        twice.is_empty(),
+        "{} keys twice: {:?}",
+        twice.len(),
+        &twice[..twice.len().min(10)]
+    );
+    assert_eq!(count as u64, published);
+    eprintln!(
+        "published {published}, {} confirmed before the kill, {} unconfirmed, {} retried",
+        confirmed.len(),
+        unconfirmed.len(),
+        retried.len()
+    );
+    drop(conn);
+    drop(broker);
+}
