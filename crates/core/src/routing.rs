@@ -60,17 +60,21 @@ impl Matcher {
             ExchangeKind::ConsistentHash => {
                 Matcher::ConsistentHash(HashRing::new(HashOn::of(arguments)))
             }
+            ExchangeKind::Delayed => {
+                Matcher::empty(crate::delayed::base_kind(arguments), arguments)
+            }
         }
     }
 
     /// What the matcher holds once however many bindings share it: direct and topic
     /// matchers hold each (destination, routing key) pair once, fanout each destination
-    /// once; headers and consistent-hash matchers hold every binding (`None`).
+    /// once; headers and consistent-hash matchers hold every binding (`None`). `kind` is the
+    /// routing kind (`ExchangeDef::routing_kind`).
     pub fn shared_part(kind: ExchangeKind, key: &BindingKey) -> Option<(Destination, ShortString)> {
         match kind {
             ExchangeKind::Direct | ExchangeKind::Topic => Some((key.0.clone(), key.1.clone())),
             ExchangeKind::Fanout => Some((key.0.clone(), ShortString::from(""))),
-            ExchangeKind::Headers | ExchangeKind::ConsistentHash => None,
+            ExchangeKind::Headers | ExchangeKind::ConsistentHash | ExchangeKind::Delayed => None,
         }
     }
 
@@ -187,6 +191,9 @@ pub struct ExchangeRoute {
     /// Receives what this exchange's bindings cannot route.
     pub alternate: Option<ShortString>,
     pub matcher: Matcher,
+    /// A delayed exchange's actor (decided at declare): a publish with an `x-delay` goes to
+    /// it instead of the queues.
+    pub delayed: Option<crate::delayed::DelayedHandle>,
 }
 
 /// An immutable snapshot of a vhost's routing state.

@@ -28,6 +28,9 @@ pub enum ExchangeKind {
     Headers,
     /// `x-consistent-hash`: RabbitMQ's plugin, built in (`consistent_hash`).
     ConsistentHash,
+    /// `x-delayed-message`: RabbitMQ's plugin, built in (`crate::delayed`); routes as the
+    /// type in its `x-delayed-type` argument (`ExchangeDef::routing_kind`).
+    Delayed,
 }
 
 impl ExchangeKind {
@@ -39,6 +42,7 @@ impl ExchangeKind {
             "topic" => Ok(ExchangeKind::Topic),
             "headers" => Ok(ExchangeKind::Headers),
             consistent_hash::EXCHANGE_TYPE => Ok(ExchangeKind::ConsistentHash),
+            crate::delayed::EXCHANGE_TYPE => Ok(ExchangeKind::Delayed),
             other => Err(ProtocolError::command_invalid(format!(
                 "unknown exchange type '{other}'"
             ))),
@@ -52,6 +56,7 @@ impl ExchangeKind {
             ExchangeKind::Topic => "topic",
             ExchangeKind::Headers => "headers",
             ExchangeKind::ConsistentHash => consistent_hash::EXCHANGE_TYPE,
+            ExchangeKind::Delayed => crate::delayed::EXCHANGE_TYPE,
         }
     }
 }
@@ -64,6 +69,17 @@ pub struct ExchangeDef {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+}
+
+impl ExchangeDef {
+    /// The type whose routing the exchange uses: its own, or a delayed exchange's
+    /// `x-delayed-type`.
+    pub fn routing_kind(&self) -> ExchangeKind {
+        match self.kind {
+            ExchangeKind::Delayed => crate::delayed::base_kind(&self.arguments),
+            kind => kind,
+        }
+    }
 }
 
 /// The spec's name rule for exchanges and queues: letters, digits, `-`, `_`, `.`, `:`.

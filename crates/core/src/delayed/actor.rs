@@ -1,0 +1,232 @@
+//! The actor of one delayed exchange: takes scheduled messages from publishers (bounded
+//! inbox), stores them (`schedule.rs`; group commit: one fsync per batch of persistent
+//! messages before their confirms), and at each due time routes them through the vhost's
+//! current routing snapshot, as a publish to the exchange's `x-delayed-type` would.
+//!
+//! It owns the schedule and its timer; it must not touch definitions. It sends to queue
+//! inboxes (bounded) and nothing ever awaits a send to it from a queue, so no cycle of
+//! bounded sends exists.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::error;
+use warren_protocol::{AMQPValue, ShortString};
+
+use super::schedule::{Pending, Schedule};
+use super::{DelayedCommand, ScheduleStore, DELAY_HEADER};
+use crate::confirm::ConfirmShare;
+use crate::consumer::{new_channel_key, ChannelKey, ClientEvent};
+use crate::message::now_ms;
+use crate::queue::{QueueCommand, QueueHandle};
+use crate::vhost::VHost;
+
+/// Commands handled before one group commit.
+const BATCH_MAX: usize = 512;
+
+pub(super) struct DelayedActor {
+    exchange: ShortString,
+    vhost: Weak<VHost>,
+    schedule: Schedule,
+    /// Confirms from the queues a round's messages went to (seq = round).
+    key: ChannelKey,
+    events_tx: mpsc::UnboundedSender<ClientEvent>,
+    events: mpsc::UnboundedReceiver<ClientEvent>,
+    /// The confirm share of each round being routed.
+    shares: HashMap<u64, ConfirmShare>,
+    /// Files of finished rounds, deleted when their queues confirmed (by round).
+    retiring: HashMap<u64, Vec<PathBuf>>,
+}
+
+impl DelayedActor {
+    pub(super) fn new(exchange: ShortString, vhost: Weak<VHost>, store: ScheduleStore) -> Self {
+        let (events_tx, events) = mpsc::unbounded_channel();
+        DelayedActor {
+            exchange,
+            vhost,
+            schedule: Schedule::open(store),
+            key: new_channel_key(0),
+            events_tx,
+            events,
+            shares: HashMap::new(),
+            retiring: HashMap::new(),
+        }
+    }
+
+    pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<DelayedCommand>) {
+        loop {
+            let wake = self
+                .schedule
+                .next_wake_ms()
+                .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms())));
+            tokio::select! {
+                biased;
+                _ = sleep_until(wake) => {
+                    if !self.tick().await {
+                        return;
+                    }
+                }
+                Some(event) = self.events.recv() => self.confirmed(event),
+                cmd = inbox.recv() => match cmd {
+                    None => return,
+                    Some(cmd) => {
+                        if !self.batch(cmd, &mut inbox).await {
+                            return;
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Handles `first` and whatever else is waiting (up to `BATCH_MAX`), then writes and
+    /// syncs once for all of them before dropping their confirms. False: stop (deleted).
+    async fn batch(
+        &mut self,
+        first: DelayedCommand,
+        inbox: &mut mpsc::Receiver<DelayedCommand>,
+    ) -> bool {
+        let mut confirms = Vec::new();
+        let mut syncs = Vec::new();
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(cmd) = next.take() {
+            match cmd {
+                DelayedCommand::Schedule(s) => {
+                    let mut s = *s;
+                    if let Some(c) = s.confirm.take() {
+                        confirms.push(c);
+                    }
+                    self.schedule.add(s);
+                }
+                DelayedCommand::Sync(reply) => syncs.push(reply),
+                DelayedCommand::Delete => {
+                    self.schedule.remove_files();
+                    return false;
+                }
+            }
+            handled += 1;
+            if handled < BATCH_MAX {
+                next = inbox.try_recv().ok();
+            }
+        }
+        let stored = match self.schedule.flush() {
+            Ok(None) => Ok(()),
+            Ok(Some(need)) => tokio::task::spawn_blocking(move || {
+                for f in &need.files {
+                    f.sync()?;
+                }
+                if let Some(dir) = &need.dir {
+                    std::fs::File::open(dir)?.sync_all()?;
+                }
+                Ok::<(), std::io::Error>(())
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = stored {
+            error!(exchange = %self.exchange.as_str(), error = %e, "delayed exchange: cannot store messages");
+            confirms.into_iter().for_each(ConfirmShare::fail);
+        }
+        for reply in syncs {
+            let _ = reply.send(());
+        }
+        true
+    }
+
+    /// Loads the buckets coming due and routes every message that is due. False when the
+    /// vhost is gone (the broker is stopping): the schedule stays on disk for the next start.
+    async fn tick(&mut self) -> bool {
+        let Some(vhost) = self.vhost.upgrade() else {
+            return false;
+        };
+        let empty = self.schedule.load_due(now_ms());
+        self.schedule.remove(&empty);
+        while let Some(pending) = self.schedule.pop_due(now_ms()) {
+            let round = pending.round;
+            self.route(&vhost, pending).await;
+            if let Some(files) = self.schedule.routed(round) {
+                // Dropping the round's share lets the queues' confirms complete it; a round
+                // that reached no queue has nothing to wait for.
+                match self.shares.remove(&round) {
+                    Some(_) if !files.is_empty() => {
+                        self.retiring.insert(round, files);
+                    }
+                    _ => self.schedule.remove(&files),
+                }
+            }
+        }
+        true
+    }
+
+    /// Routes a due message through the current routing snapshot, with `x-delay` set to
+    /// minus the delay (as the plugin does, so it is not delayed again downstream).
+    async fn route(&mut self, vhost: &VHost, p: Pending) {
+        let routing = vhost.routing_snapshot();
+        let delay = i64::try_from(p.delay_ms).unwrap_or(i64::MAX);
+        let value = match i32::try_from(-delay) {
+            Ok(v) => AMQPValue::LongInt(v),
+            Err(_) => AMQPValue::LongLongInt(-delay),
+        };
+        let message = Arc::new(p.message.with_header(DELAY_HEADER, value));
+        let mut queues: Vec<QueueHandle> = Vec::new();
+        let keys: Vec<&str> = std::iter::once(message.routing_key.as_str())
+            .chain(p.extra_keys.iter().map(String::as_str))
+            .collect();
+        routing.route_message(
+            self.exchange.as_str(),
+            &keys,
+            &message.properties,
+            &mut queues,
+        );
+        if queues.is_empty() {
+            return;
+        }
+        let share = match self.schedule.on_disk() {
+            true => Some(
+                self.shares
+                    .entry(p.round)
+                    .or_insert_with(|| ConfirmShare::new(self.key, p.round, self.events_tx.clone()))
+                    .clone(),
+            ),
+            false => None,
+        };
+        for q in queues {
+            let sent = q
+                .send(QueueCommand::Publish(message.clone(), share.clone()))
+                .await;
+            if let (Err(_), Some(share)) = (sent, &share) {
+                // The queue stopped (deleted, or the broker is stopping): keep the round's
+                // files, so a restart routes its messages again rather than losing one.
+                share.clone().fail();
+            }
+        }
+    }
+
+    /// Every queue took a round's messages: its files can go.
+    fn confirmed(&mut self, event: ClientEvent) {
+        if let ClientEvent::Confirmed { seq, ack, .. } = event {
+            if let Some(files) = self.retiring.remove(&seq) {
+                match ack {
+                    true => self.schedule.remove(&files),
+                    // Kept: the next start routes them again (at least once).
+                    false => {
+                        error!(exchange = %self.exchange.as_str(), "delayed exchange: a queue could not take due messages; their bucket is kept")
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
