@@ -346,3 +346,59 @@ async fn deleting_the_exchange_deletes_its_schedule() {
     })
     .await;
 }
+
+/// Definitions and the management API treat it as any exchange with its type and
+/// `x-delayed-type` argument (as RabbitMQ exports it); an imported one delays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_and_the_management_api_carry_the_type_and_its_argument() {
+    use serde_json::json;
+    let Some(broker) = start_broker_with(|_| {}).await else {
+        return;
+    };
+    let (addr, _stop) = serve_mgmt(broker.broker().expect("in-process").clone()).await;
+    let admin = ("guest", "guest");
+    let definitions = json!({
+        "exchanges": [{"name": "dx.defs", "vhost": "/", "type": TYPE, "durable": true,
+                       "auto_delete": false, "internal": false,
+                       "arguments": {"x-delayed-type": "topic"}}],
+        "queues": [{"name": "dx.defs.q", "vhost": "/", "durable": true,
+                    "auto_delete": false, "arguments": {}}],
+        "bindings": [{"source": "dx.defs", "vhost": "/", "destination": "dx.defs.q",
+                      "destination_type": "queue", "routing_key": "a.#", "arguments": {}}],
+    });
+    let (status, body) = http(
+        addr,
+        "POST",
+        "/api/definitions",
+        admin,
+        &definitions.to_string(),
+    )
+    .await;
+    assert!((200..300).contains(&status), "import: {status} {body}");
+    let (status, exported) = http_json(addr, "GET", "/api/definitions", admin, "").await;
+    assert_eq!(status, 200);
+    let exchange = exported["exchanges"]
+        .as_array()
+        .and_then(|xs| xs.iter().find(|x| x["name"] == "dx.defs"))
+        .unwrap_or_else(|| panic!("exported: {exported}"));
+    assert_eq!(exchange["type"], TYPE);
+    assert_eq!(exchange["arguments"]["x-delayed-type"], "topic");
+    let (status, listed) = http_json(addr, "GET", "/api/exchanges/%2F/dx.defs", admin, "").await;
+    assert_eq!(status, 200);
+    assert_eq!(listed["type"], TYPE);
+    // The imported exchange delays and routes as a topic exchange.
+    let (_conn, ch) = broker.channel().await;
+    let mut consumer = consume(&ch, "dx.defs.q").await;
+    let published = Instant::now();
+    publish_with(&ch, "dx.defs", "a.b.c", b"imported", delay(100)).await;
+    assert_eq!(next_body(&mut consumer).await, "imported");
+    assert!(published.elapsed() >= Duration::from_millis(100));
+    // Without its argument an import is refused like the declare.
+    let bad = json!({"exchanges": [{"name": "dx.bad", "vhost": "/", "type": TYPE,
+        "durable": true, "auto_delete": false, "internal": false, "arguments": {}}]});
+    let (status, body) = http(addr, "POST", "/api/definitions", admin, &bad.to_string()).await;
+    assert!(
+        status >= 400,
+        "imported without x-delayed-type: {status} {body}"
+    );
+}
