@@ -116,17 +116,9 @@ impl DelayedActor {
         }
         let stored = match self.schedule.flush() {
             Ok(None) => Ok(()),
-            Ok(Some(need)) => tokio::task::spawn_blocking(move || {
-                for f in &need.files {
-                    f.sync()?;
-                }
-                if let Some(dir) = &need.dir {
-                    std::fs::File::open(dir)?.sync_all()?;
-                }
-                Ok::<(), std::io::Error>(())
-            })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e))),
+            Ok(Some(need)) => tokio::task::spawn_blocking(move || need.run())
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e))),
             Err(e) => Err(e),
         };
         if let Err(e) = stored {
@@ -228,5 +220,77 @@ async fn sleep_until(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delayed::Scheduled;
+    use crate::message::Message;
+    use bytes::Bytes;
+    use warren_protocol::basic::AMQPProperties;
+    use warren_store::{Fault, FaultyIo};
+
+    fn message(persistent: bool) -> crate::message::MessageRef {
+        let props = AMQPProperties::default().with_delivery_mode(if persistent { 2 } else { 1 });
+        let header_raw = warren_protocol::encode::header_payload(&props, 1);
+        Arc::new(Message {
+            exchange: "x".into(),
+            routing_key: "k".into(),
+            properties: Box::new(props),
+            header_raw,
+            body: Bytes::from_static(b"m"),
+            properties_bytes: 0,
+        })
+    }
+
+    /// Publisher confirms of persistent messages on a durable delayed exchange wait for the
+    /// fsync of their bucket file; a failed fsync is a nack; transient ones cost no fsync.
+    #[tokio::test]
+    async fn confirms_follow_the_fsync_of_the_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let io = FaultyIo::new();
+        let store = ScheduleStore {
+            dir: Some(dir.path().join("x")),
+            io: io.clone(),
+            sync_persistent: true,
+            durable: true,
+        };
+        let handle = super::super::DelayedHandle::spawn("x".into(), Weak::new(), store);
+        let (client, mut events) = mpsc::unbounded_channel();
+        let key = new_channel_key(1);
+        let publish = |seq: u64, persistent: bool| {
+            DelayedCommand::Schedule(Box::new(Scheduled {
+                message: message(persistent),
+                extra_keys: Vec::new(),
+                delay_ms: 600_000,
+                due_ms: now_ms() + 600_000,
+                confirm: Some(ConfirmShare::new(key, seq, client.clone())),
+            }))
+        };
+        let confirmed = |event: Option<ClientEvent>| match event {
+            Some(ClientEvent::Confirmed { seq, ack, .. }) => (seq, ack),
+            _ => panic!("expected a confirm"),
+        };
+
+        handle.send(publish(1, true)).await;
+        let got = confirmed(events.recv().await);
+        assert_eq!(got, (1, true));
+        let syncs = io.file_syncs();
+        assert!(syncs >= 1, "confirmed before any fsync");
+
+        io.inject(Fault::FailSync);
+        handle.send(publish(2, true)).await;
+        assert_eq!(confirmed(events.recv().await), (2, false));
+
+        let before = io.file_syncs();
+        handle.send(publish(3, false)).await;
+        assert_eq!(confirmed(events.recv().await), (3, true));
+        assert_eq!(
+            io.file_syncs(),
+            before,
+            "a transient message is not fsynced"
+        );
     }
 }

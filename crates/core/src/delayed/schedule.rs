@@ -89,6 +89,20 @@ struct OpenFile {
 pub struct SyncNeed {
     pub files: Vec<Arc<dyn FileIo>>,
     pub dir: Option<PathBuf>,
+    pub io: Arc<dyn warren_store::Io>,
+}
+
+impl SyncNeed {
+    /// Runs the syncs (on a blocking thread).
+    pub fn run(&self) -> std::io::Result<()> {
+        for f in &self.files {
+            f.sync()?;
+        }
+        match &self.dir {
+            Some(dir) => self.io.sync_dir(dir),
+            None => Ok(()),
+        }
+    }
 }
 
 pub struct Schedule {
@@ -272,6 +286,7 @@ impl Schedule {
         Ok(Some(SyncNeed {
             files: touched,
             dir: created.then_some(dir),
+            io: self.store.io.clone(),
         }))
     }
 
