@@ -103,6 +103,23 @@ pub fn delay_ms(headers: Option<&FieldTable>) -> Option<u64> {
     (1..=DELAY_MS_MAX).contains(&ms).then_some(ms as u64)
 }
 
+/// Microseconds since the Unix epoch.
+pub(crate) fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// The due time (ms since the epoch) of a message published now with `delay_ms`: rounded
+/// up, so a message is never routed before now + its delay (the schedule counts whole
+/// milliseconds).
+pub fn due_ms(delay_ms: u64) -> u64 {
+    now_us()
+        .saturating_add(delay_ms.saturating_mul(1000))
+        .div_ceil(1000)
+}
+
 fn float_ms(f: f64) -> Option<i64> {
     f.is_finite()
         .then(|| f.trunc().clamp(-1.0, DELAY_MS_MAX as f64 + 1.0) as i64)

@@ -545,7 +545,7 @@ impl Connection {
             let delay = delayed::delay_ms(message.properties.headers().as_ref());
             if let Some(delay_ms) = delay.filter(|_| !(queues.is_empty() && method.mandatory)) {
                 let scheduled = delayed::Scheduled {
-                    due_ms: warren_core::message::now_ms().saturating_add(delay_ms),
+                    due_ms: delayed::due_ms(delay_ms),
                     message,
                     extra_keys,
                     delay_ms,

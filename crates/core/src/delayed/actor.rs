@@ -59,10 +59,10 @@ impl DelayedActor {
 
     pub(super) async fn run(mut self, mut inbox: mpsc::Receiver<DelayedCommand>) {
         loop {
-            let wake = self
-                .schedule
-                .next_wake_ms()
-                .map(|at| Instant::now() + Duration::from_millis(at.saturating_sub(now_ms())));
+            let wake = self.schedule.next_wake_ms().map(|at| {
+                let us = at.saturating_mul(1000).saturating_sub(super::now_us());
+                Instant::now() + Duration::from_micros(us)
+            });
             tokio::select! {
                 biased;
                 _ = sleep_until(wake) => {
