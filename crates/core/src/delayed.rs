@@ -139,8 +139,9 @@ pub struct Scheduled {
 
 pub enum DelayedCommand {
     Schedule(Box<Scheduled>),
-    /// The exchange was deleted: remove its schedule and stop.
-    Delete,
+    /// The exchange was deleted: remove its schedule (moved to this directory, or still in
+    /// its own when None) and stop.
+    Delete(Option<PathBuf>),
     /// Answers once every command before it is handled (tests).
     Sync(tokio::sync::oneshot::Sender<()>),
 }
@@ -163,6 +164,7 @@ pub struct DelayedHandle(Arc<Inner>);
 struct Inner {
     tx: mpsc::Sender<DelayedCommand>,
     dir: Option<PathBuf>,
+    io: Arc<dyn Io>,
 }
 
 impl std::fmt::Debug for DelayedHandle {
@@ -176,9 +178,10 @@ impl DelayedHandle {
     pub(crate) fn spawn(exchange: ShortString, vhost: Weak<VHost>, store: ScheduleStore) -> Self {
         let (tx, rx) = mpsc::channel(DELAYED_INBOX_CAPACITY);
         let dir = store.dir.clone();
+        let io = store.io.clone();
         let actor = actor::DelayedActor::new(exchange, vhost, store);
         tokio::spawn(actor.run(rx));
-        DelayedHandle(Arc::new(Inner { tx, dir }))
+        DelayedHandle(Arc::new(Inner { tx, dir, io }))
     }
 
     /// The directory holding the schedule (None: in memory).
@@ -201,10 +204,19 @@ impl DelayedHandle {
         let _ = self.0.tx.send(cmd).await;
     }
 
-    /// The exchange was deleted; never waits (called under the definitions lock).
+    /// The exchange was deleted; never waits (called under the definitions lock). The
+    /// directory is renamed at once (one rename), so an exchange declared again with the
+    /// same name starts with an empty schedule while the old actor removes the old files.
     pub(crate) fn delete(&self) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let moved = self.0.dir.as_ref().and_then(|dir| {
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let name = dir.file_name()?.to_string_lossy().into_owned();
+            let to = dir.with_file_name(format!("{name}.deleted-{}-{n}", std::process::id()));
+            self.0.io.rename(dir, &to).ok().map(|()| to)
+        });
         if let Err(mpsc::error::TrySendError::Full(cmd)) =
-            self.0.tx.try_send(DelayedCommand::Delete)
+            self.0.tx.try_send(DelayedCommand::Delete(moved))
         {
             let tx = self.0.tx.clone();
             tokio::spawn(async move {

@@ -345,6 +345,12 @@ async fn deleting_the_exchange_deletes_its_schedule() {
             .is_ok_and(|mut d| d.next().is_some())
     })
     .await;
+    // Declared again, it starts empty: the old schedule is not routed through it.
+    declare_delayed(&ch, &x, "direct", true).await;
+    let q = declare_temp_queue(&ch).await;
+    bind_queue(&ch, &q, &x, "k", FieldTable::default()).await;
+    publish_confirmed(&ch, &x, "k", b"b", persistent(600_000)).await;
+    assert_eq!(schedule_files(&dir), 1);
 }
 
 /// Definitions and the management API treat it as any exchange with its type and

@@ -104,8 +104,8 @@ impl DelayedActor {
                     self.schedule.add(s);
                 }
                 DelayedCommand::Sync(reply) => syncs.push(reply),
-                DelayedCommand::Delete => {
-                    self.schedule.remove_files();
+                DelayedCommand::Delete(moved) => {
+                    self.schedule.remove_files(moved);
                     return false;
                 }
             }

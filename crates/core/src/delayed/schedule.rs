@@ -147,7 +147,7 @@ impl Schedule {
         };
         if let Some(dir) = schedule.store.dir.clone() {
             if !schedule.store.durable {
-                schedule.remove_files();
+                schedule.remove_files(None);
             }
             if let Err(e) = schedule.store.io.create_dir_all(&dir) {
                 error!(dir = %dir.display(), error = %e, "delayed exchange: cannot create its directory");
@@ -411,10 +411,11 @@ impl Schedule {
         }
     }
 
-    /// The exchange was deleted: removes its files and directory.
-    pub fn remove_files(&mut self) {
+    /// The exchange was deleted: removes its files and directory (`moved`: where the
+    /// directory was renamed to; None: its own place).
+    pub fn remove_files(&mut self, moved: Option<PathBuf>) {
         self.open.clear();
-        let Some(dir) = self.store.dir.clone() else {
+        let Some(dir) = moved.or_else(|| self.store.dir.clone()) else {
             return;
         };
         for name in self.store.io.list_dir(&dir).unwrap_or_default() {
@@ -565,7 +566,7 @@ mod tests {
         add(&mut s, 10_900, true);
         assert_eq!(s.loaded_len(), 1);
         s.flush().unwrap();
-        s.remove_files();
+        s.remove_files(None);
         assert!(!path.exists());
     }
 }
