@@ -43,8 +43,8 @@ pub const BUCKET_MS: u64 = 1000;
 /// A bucket is read into memory this long before it starts, so its first message is routed
 /// on time.
 pub const LOAD_AHEAD_MS: u64 = 200;
-/// Bucket files kept open for appending; beyond it the farthest bucket's file is closed (its
-/// next message starts a new file).
+/// Bucket files kept open for appending; beyond it the least recently written one is closed
+/// (its bucket's next message starts a new file).
 pub const OPEN_FILES_MAX: usize = 256;
 /// Magic of a bucket file's header.
 const MAGIC: [u8; 8] = *b"WARRNDLY";
@@ -82,6 +82,8 @@ struct Round {
 struct OpenFile {
     file: Arc<dyn FileIo>,
     len: u64,
+    /// The flush that last wrote to it (the least recently written is closed first).
+    used: u64,
 }
 
 /// What a batch of appends needs before its confirms: fsync these files (and the directory
@@ -118,6 +120,7 @@ pub struct Schedule {
     /// Framed records appended in this batch, by bucket.
     writes: BTreeMap<u64, BytesMut>,
     persistent_written: bool,
+    flushes: u64,
     next_seq: u64,
     next_round: u64,
     next_file: u64,
@@ -141,6 +144,7 @@ impl Schedule {
             open: BTreeMap::new(),
             writes: BTreeMap::new(),
             persistent_written: false,
+            flushes: 0,
             next_seq: 0,
             next_round: 1,
             next_file: 0,
@@ -245,6 +249,7 @@ impl Schedule {
         };
         let mut touched = Vec::new();
         let mut created = false;
+        self.flushes += 1;
         for (bucket, bytes) in writes {
             if !self.open.contains_key(&bucket) {
                 let path = dir.join(format!("{bucket}.{}", self.next_file));
@@ -268,17 +273,29 @@ impl Schedule {
                     OpenFile {
                         file,
                         len: u64::from(FILE_HEADER_BYTES),
+                        used: 0,
                     },
                 );
             }
             if let Some(open) = self.open.get_mut(&bucket) {
                 open.file.write_at(open.len, &bytes)?;
                 open.len += bytes.len() as u64;
+                open.used = self.flushes;
                 touched.push(open.file.clone());
             }
         }
+        // Closing the least recently written file: publishing in due order (a steady delay)
+        // keeps writing the newest bucket, random delays spread over all of them.
         while self.open.len() > OPEN_FILES_MAX {
-            self.open.pop_last();
+            let oldest = self
+                .open
+                .iter()
+                .min_by_key(|(_, f)| f.used)
+                .map(|(b, _)| *b);
+            match oldest {
+                Some(bucket) => self.open.remove(&bucket),
+                None => break,
+            };
         }
         if !(persistent && self.store.sync_persistent) || touched.is_empty() {
             return Ok(None);
@@ -538,6 +555,23 @@ mod tests {
             due_ms,
             confirm: None,
         });
+    }
+
+    /// Regression: closing the *farthest* bucket's file closed the one being written when
+    /// messages came in due order, so every batch started a new file (80 files a bucket).
+    #[test]
+    fn messages_in_due_order_share_one_file_per_bucket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        let mut s = Schedule::open(store(&path, false));
+        let buckets = OPEN_FILES_MAX as u64 + 50;
+        for b in 0..buckets {
+            for i in 0..3 {
+                add(&mut s, 1_000_000 + b * BUCKET_MS + i, false);
+                s.flush().unwrap();
+            }
+        }
+        assert_eq!(std::fs::read_dir(&path).unwrap().count() as u64, buckets);
     }
 
     #[test]
