@@ -78,10 +78,17 @@ pub async fn overview(caller: Caller, State(state): State<AppState>) -> Json<Val
             sum
         }
     };
-    let exchange_types: Vec<Value> = ["direct", "fanout", "headers", "topic", "x-consistent-hash"]
-        .iter()
-        .map(|t| json!({"name": t, "description": "", "enabled": true}))
-        .collect();
+    let exchange_types: Vec<Value> = [
+        "direct",
+        "fanout",
+        "headers",
+        "topic",
+        "x-consistent-hash",
+        "x-delayed-message",
+    ]
+    .iter()
+    .map(|t| json!({"name": t, "description": "", "enabled": true}))
+    .collect();
     Json(json!({
         "management_version": MANAGEMENT_VERSION,
         "rabbitmq_version": MANAGEMENT_VERSION,
