@@ -139,9 +139,10 @@ impl DelayedActor {
         };
         let empty = self.schedule.load_due(now_ms());
         self.schedule.remove(&empty);
-        while let Some(pending) = self.schedule.pop_due(now_ms()) {
-            let round = pending.round;
-            self.route(&vhost, pending).await;
+        while let Some((round, pending)) = self.schedule.pop_due(now_ms()) {
+            if let Some(pending) = pending {
+                self.route(&vhost, pending).await;
+            }
             if let Some(files) = self.schedule.routed(round) {
                 // Dropping the round's share lets the queues' confirms complete it; a round
                 // that reached no queue has nothing to wait for.

@@ -59,6 +59,15 @@ pub struct Pending {
     pub round: u64,
 }
 
+/// A message of a loaded bucket: decoded (it arrived while its bucket was loaded) or still
+/// the record read from its file, decoded only when it is due, so loading a bucket costs a
+/// read and a checksum scan, not a decode of every message at once (which held up the
+/// routing of the bucket before it).
+enum Entry {
+    Ready(Pending),
+    Stored { payload: Bytes, round: u64 },
+}
+
 struct BucketFile {
     path: PathBuf,
     /// Written by an earlier run: only its persistent messages are kept.
@@ -115,7 +124,7 @@ pub struct Schedule {
     rounds: HashMap<u64, Round>,
     /// The round currently open for a loaded bucket.
     round_of: HashMap<u64, u64>,
-    due: BTreeMap<(u64, u64), Pending>,
+    due: BTreeMap<(u64, u64), Entry>,
     open: BTreeMap<u64, OpenFile>,
     /// Framed records appended in this batch, by bucket.
     writes: BTreeMap<u64, BytesMut>,
@@ -212,7 +221,7 @@ impl Schedule {
             if let Some(r) = self.rounds.get_mut(&round) {
                 r.remaining += 1;
             }
-            self.due.insert((s.due_ms, seq), pending);
+            self.due.insert((s.due_ms, seq), Entry::Ready(pending));
         } else if self.store.dir.is_none() {
             let b = self.waiting.entry(bucket).or_default();
             b.memory.push((s.due_ms, pending));
@@ -339,7 +348,7 @@ impl Schedule {
                 p.round = round;
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                self.due.insert((due, seq), p);
+                self.due.insert((due, seq), Entry::Ready(p));
                 count += 1;
             }
             for file in &bucket.files {
@@ -372,7 +381,8 @@ impl Schedule {
         let scan = scan_records(&data, FILE_HEADER_BYTES as usize);
         let mut count = 0;
         for rec in scan.records {
-            let Some((flags, pending, due)) = decode(data.slice(rec.payload())) else {
+            let payload = data.slice(rec.payload());
+            let Some((flags, due)) = flags_and_due(&payload) else {
                 warn!(file = %file.path.display(), "delayed exchange: undecodable record skipped");
                 continue;
             };
@@ -381,19 +391,30 @@ impl Schedule {
             }
             let seq = self.next_seq;
             self.next_seq += 1;
-            self.due.insert((due, seq), Pending { round, ..pending });
+            self.due
+                .insert((due, seq), Entry::Stored { payload, round });
             count += 1;
         }
         count
     }
 
-    /// The first message due at `now_ms`, if any.
-    pub fn pop_due(&mut self, now_ms: u64) -> Option<Pending> {
+    /// The first message due at `now_ms`, if any, with its round (the message is None if
+    /// its record cannot be decoded: it still counts as done).
+    pub fn pop_due(&mut self, now_ms: u64) -> Option<(u64, Option<Pending>)> {
         let entry = self.due.first_entry()?;
         if entry.key().0 > now_ms {
             return None;
         }
-        Some(entry.remove())
+        Some(match entry.remove() {
+            Entry::Ready(p) => (p.round, Some(p)),
+            Entry::Stored { payload, round } => {
+                let p = decode(payload).map(|(_, p, _)| Pending { round, ..p });
+                if p.is_none() {
+                    warn!("delayed exchange: undecodable record skipped");
+                }
+                (round, p)
+            }
+        })
     }
 
     /// A message of `round` was routed. When it was the round's last, returns the round's
@@ -471,6 +492,13 @@ fn encode(s: &Scheduled, persistent: bool) -> Bytes {
     }
     out.put_slice(&message);
     out.freeze()
+}
+
+/// A record payload's flags and due time, read without decoding the message.
+fn flags_and_due(payload: &[u8]) -> Option<(u8, u64)> {
+    let flags = *payload.first()?;
+    let due = u64::from_le_bytes(payload.get(9..17)?.try_into().ok()?);
+    Some((flags, due))
 }
 
 /// Decodes a record payload: (flags, the message, its due time). None if damaged.
@@ -591,9 +619,9 @@ mod tests {
         assert!(s.load_due(10_000).is_empty());
         assert_eq!(s.loaded_len(), 1);
         assert!(s.pop_due(10_499).is_none());
-        let p = s.pop_due(10_500).unwrap();
-        assert_eq!(p.extra_keys, vec!["cc".to_string()]);
-        let files = s.routed(p.round).unwrap();
+        let (round, p) = s.pop_due(10_500).unwrap();
+        assert_eq!(p.unwrap().extra_keys, vec!["cc".to_string()]);
+        let files = s.routed(round).unwrap();
         assert_eq!(files.len(), 1);
         s.remove(&files);
         // A message for a loaded bucket goes to memory at once, and to a new file.
