@@ -2,6 +2,7 @@
 //! due times spread so that `--rate` come due per second (starting `--lead-ms` from now),
 //! consumes them, and prints how late each arrived (arrival − intended due time) as
 //! p50 / p99 / max. With `--no-consume` it only builds a backlog (for memory measurements).
+//! `--persistent` sets delivery_mode 2, `--durable` declares the exchange durable.
 //!
 //! ```text
 //! cargo run --release -p warren-itest --example delayed_bench -- \
@@ -25,6 +26,7 @@ struct Args {
     lead_ms: u64,
     consume: bool,
     persistent: bool,
+    durable: bool,
 }
 
 fn args() -> Args {
@@ -35,6 +37,7 @@ fn args() -> Args {
         lead_ms: 5_000,
         consume: true,
         persistent: false,
+        durable: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -46,6 +49,7 @@ fn args() -> Args {
             "--lead-ms" => a.lead_ms = value().parse().expect("--lead-ms N"),
             "--no-consume" => a.consume = false,
             "--persistent" => a.persistent = true,
+            "--durable" => a.durable = true,
             other => panic!("unknown flag {other}"),
         }
     }
@@ -76,7 +80,7 @@ async fn main() {
         exchange.as_str().into(),
         ExchangeKind::Custom("x-delayed-message".into()),
         ExchangeDeclareOptions {
-            durable: a.persistent,
+            durable: a.durable,
             ..Default::default()
         },
         xargs,

@@ -138,7 +138,7 @@ impl DelayedActor {
             return false;
         };
         let empty = self.schedule.load_due(now_ms());
-        self.schedule.remove(&empty);
+        self.remove_later(empty);
         while let Some((round, pending)) = self.schedule.pop_due(now_ms()) {
             if let Some(pending) = pending {
                 self.route(&vhost, pending).await;
@@ -150,7 +150,7 @@ impl DelayedActor {
                     Some(_) if !files.is_empty() => {
                         self.retiring.insert(round, files);
                     }
-                    _ => self.schedule.remove(&files),
+                    _ => self.remove_later(files),
                 }
             }
         }
@@ -201,12 +201,22 @@ impl DelayedActor {
         }
     }
 
+    /// Deletes files on a blocking thread: an unlink of fsynced data can wait for the file
+    /// system's journal (~100 ms stalls of every due message on a busy disk).
+    fn remove_later(&self, files: Vec<PathBuf>) {
+        if files.is_empty() {
+            return;
+        }
+        let io = self.schedule.io();
+        tokio::task::spawn_blocking(move || super::schedule::remove_files(&*io, &files));
+    }
+
     /// Every queue took a round's messages: its files can go.
     fn confirmed(&mut self, event: ClientEvent) {
         if let ClientEvent::Confirmed { seq, ack, .. } = event {
             if let Some(files) = self.retiring.remove(&seq) {
                 match ack {
-                    true => self.schedule.remove(&files),
+                    true => self.remove_later(files),
                     // Kept: the next start routes them again (at least once).
                     false => {
                         error!(exchange = %self.exchange.as_str(), "delayed exchange: a queue could not take due messages; their bucket is kept")

@@ -440,13 +440,15 @@ impl Schedule {
         r.files.into_iter().map(|f| f.path).collect()
     }
 
-    /// Deletes files of finished rounds.
+    /// Deletes files of finished rounds (the actor does it on a blocking thread).
+    #[cfg(test)]
     pub fn remove(&self, files: &[PathBuf]) {
-        for f in files {
-            if let Err(e) = self.store.io.remove_file(f) {
-                warn!(file = %f.display(), error = %e, "delayed exchange: cannot delete a bucket file");
-            }
-        }
+        remove_files(&*self.store.io, files);
+    }
+
+    /// The I/O layer (to delete files off the actor's thread).
+    pub fn io(&self) -> Arc<dyn warren_store::Io> {
+        self.store.io.clone()
     }
 
     /// The exchange was deleted: removes its files and directory (`moved`: where the
@@ -460,6 +462,15 @@ impl Schedule {
             let _ = self.store.io.remove_file(&dir.join(name));
         }
         let _ = self.store.io.remove_dir(&dir);
+    }
+}
+
+/// Deletes bucket files, logging failures.
+pub fn remove_files(io: &dyn warren_store::Io, files: &[PathBuf]) {
+    for f in files {
+        if let Err(e) = io.remove_file(f) {
+            warn!(file = %f.display(), error = %e, "delayed exchange: cannot delete a bucket file");
+        }
     }
 }
 
