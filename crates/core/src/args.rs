@@ -91,7 +91,7 @@ pub const QUEUE_EQUIVALENCE_KEYS: &[&str] = &[
 ];
 
 /// The exchange arguments a redeclaration is compared on (RabbitMQ compares only this one).
-pub const EXCHANGE_EQUIVALENCE_KEYS: &[&str] = &["alternate-exchange"];
+pub const EXCHANGE_EQUIVALENCE_KEYS: &[&str] = &["alternate-exchange", "x-delayed-type"];
 
 /// Compares the argument tables of a redeclaration with the existing ones, on the `keys` that
 /// matter (unknown arguments are ignored, as in RabbitMQ); the first difference is a 406 in

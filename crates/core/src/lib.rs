@@ -13,6 +13,7 @@ pub mod confirm;
 pub mod connections;
 pub mod consumer;
 pub mod definitions_json;
+pub mod delayed;
 pub mod direct_reply;
 pub mod durable;
 pub mod exchange;

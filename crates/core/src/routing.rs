@@ -77,6 +77,9 @@ impl Matcher {
             ExchangeKind::ConsistentHash => {
                 Matcher::ConsistentHash(HashRing::new(HashOn::of(arguments)))
             }
+            ExchangeKind::Delayed => {
+                Matcher::empty(crate::delayed::base_kind(arguments), arguments)
+            }
             // An in-memory cache; the vhost swaps in a durable one for a durable exchange.
             // Arguments were validated at declare; definitions written elsewhere that fail
             // validation get the smallest cache rather than none.
@@ -102,14 +105,15 @@ impl Matcher {
 
     /// What the matcher holds once however many bindings share it: direct and topic
     /// matchers hold each (destination, routing key) pair once, fanout each destination
-    /// once; headers and consistent-hash matchers hold every binding (`None`).
+    /// once; headers and consistent-hash matchers hold every binding (`None`). `kind` is the
+    /// routing kind (`ExchangeDef::routing_kind`).
     pub fn shared_part(kind: ExchangeKind, key: &BindingKey) -> Option<(Destination, ShortString)> {
         match kind {
             ExchangeKind::Direct | ExchangeKind::Topic => Some((key.0.clone(), key.1.clone())),
             ExchangeKind::Fanout | ExchangeKind::Deduplication => {
                 Some((key.0.clone(), ShortString::from("")))
             }
-            ExchangeKind::Headers | ExchangeKind::ConsistentHash => None,
+            ExchangeKind::Headers | ExchangeKind::ConsistentHash | ExchangeKind::Delayed => None,
         }
     }
 
@@ -257,6 +261,9 @@ pub struct ExchangeRoute {
     pub matcher: Matcher,
     /// Its `publish_in` / `publish_out` (kept by every clone: a binding change keeps them).
     pub counters: Arc<ExchangeCounters>,
+    /// A delayed exchange's actor (decided at declare): a publish with an `x-delay` goes to
+    /// it instead of the queues.
+    pub delayed: Option<crate::delayed::DelayedHandle>,
 }
 
 /// An immutable snapshot of a vhost's routing state.
@@ -316,6 +323,25 @@ impl RoutingTable {
         if let Some(counters) = self.route_with(exchange, routing_keys, message, out) {
             counters.count(out.len() - before);
         }
+    }
+
+    /// `route_content` without counting: a delayed exchange's message at its due time (it was
+    /// counted when it was published).
+    pub fn route_due(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        properties: &AMQPProperties,
+        body: &[u8],
+        out: &mut Vec<QueueHandle>,
+    ) {
+        let message = Properties {
+            headers: properties.headers().as_ref(),
+            properties: Some(properties),
+            body: Some(body),
+            confirm: None,
+        };
+        self.route_with(exchange, routing_keys, message, out);
     }
 
     /// `route_content` from the publish path, with the confirm share the queues will get

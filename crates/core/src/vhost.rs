@@ -23,6 +23,7 @@ use warren_protocol::{FieldTable, ProtocolError, ShortString};
 use crate::args::{
     check_equivalent, check_flag, EXCHANGE_EQUIVALENCE_KEYS, QUEUE_EQUIVALENCE_KEYS,
 };
+use crate::delayed::DelayedHandle;
 use crate::direct_reply::DirectReplies;
 use crate::durable::definitions::{self as def_records, DefinitionOp};
 use crate::exchange::headers::validate_binding_args;
@@ -56,12 +57,13 @@ struct ExchangeEntry {
 }
 
 impl ExchangeEntry {
-    fn new(def: ExchangeDef) -> Self {
+    fn new(def: ExchangeDef, delayed: Option<DelayedHandle>) -> Self {
         let route = Arc::new(ExchangeRoute {
             internal: def.internal,
             alternate: alternate_of(&def),
             matcher: Matcher::empty(def.kind, &def.arguments),
             counters: Default::default(),
+            delayed,
         });
         ExchangeEntry {
             def,
@@ -78,7 +80,7 @@ impl ExchangeEntry {
         if self.bindings.contains_key(&key) {
             return false;
         }
-        let first = match Matcher::shared_part(self.def.kind, &key) {
+        let first = match Matcher::shared_part(self.def.routing_kind(), &key) {
             Some(part) => {
                 let count = self.shared.entry(part).or_insert(0);
                 *count += 1;
@@ -101,7 +103,7 @@ impl ExchangeEntry {
         if self.bindings.remove(key).is_none() {
             return false;
         }
-        let last = match Matcher::shared_part(self.def.kind, key) {
+        let last = match Matcher::shared_part(self.def.routing_kind(), key) {
             Some(part) => {
                 let left = match self.shared.get_mut(&part) {
                     Some(n) => {
@@ -227,8 +229,8 @@ impl QueueChurn {
 }
 
 impl Definitions {
-    fn insert_exchange(&mut self, def: ExchangeDef) {
-        let mut entry = ExchangeEntry::new(def);
+    fn insert_exchange(&mut self, def: ExchangeDef, delayed: Option<DelayedHandle>) {
+        let mut entry = ExchangeEntry::new(def, delayed);
         self.apply_exchange_policies(&mut entry);
         self.table
             .exchanges
@@ -438,15 +440,18 @@ impl VHost {
         Arc::new_cyclic(|me| {
             let mut defs = Definitions::default();
             for (x, kind) in STANDARD_EXCHANGES {
-                defs.insert_exchange(ExchangeDef {
-                    name: ShortString::from(*x),
-                    kind: *kind,
-                    durable: true,
-                    auto_delete: false,
-                    // `amq.rabbitmq.trace` is internal, as in RabbitMQ.
-                    internal: *x == crate::firehose::TRACE_EXCHANGE,
-                    arguments: FieldTable::default(),
-                });
+                defs.insert_exchange(
+                    ExchangeDef {
+                        name: ShortString::from(*x),
+                        kind: *kind,
+                        durable: true,
+                        auto_delete: false,
+                        // `amq.rabbitmq.trace` is internal, as in RabbitMQ.
+                        internal: *x == crate::firehose::TRACE_EXCHANGE,
+                        arguments: FieldTable::default(),
+                    },
+                    None,
+                );
             }
             if let Some(p) = &persistence {
                 let mut vhosts = p.vhosts.lock().unwrap_or_else(|e| e.into_inner());
@@ -521,10 +526,14 @@ impl VHost {
         }
         self.deleted.store(true, Ordering::Release);
         let queues = defs.queues.values().map(|q| q.handle.clone()).collect();
-        // Deduplication caches go with their exchanges (and their files with them).
+        // Deduplication caches go with their exchanges (and their files with them), and
+        // delayed exchanges' actors with their schedules.
         for entry in defs.exchanges.values() {
             if let Some(cache) = entry.route.matcher.dedup_cache() {
                 cache.destroy();
+            }
+            if let Some(delayed) = &entry.route.delayed {
+                delayed.delete();
             }
         }
         *defs = Definitions::default();
@@ -784,12 +793,16 @@ impl VHost {
             consistent_hash::validate_exchange_args(&def.arguments)
                 .map_err(ProtocolError::precondition_failed)?;
         }
+        if def.kind == ExchangeKind::Delayed {
+            crate::delayed::validate_exchange_args(&def.arguments)?;
+        }
         let dedup = self.dedup_cache_for(&def, true)?;
         if def.durable {
             self.log_op(DefinitionOp::ExchangeDeclared(def.clone()))?;
         }
         let name = def.name.clone();
-        defs.insert_exchange(def);
+        let delayed = self.delayed_actor(&def);
+        defs.insert_exchange(def, delayed);
         if let Some(cache) = dedup {
             defs.set_dedup_cache(name.as_str(), cache);
         }
@@ -828,7 +841,11 @@ impl VHost {
         if entry.def.durable {
             self.log_op(DefinitionOp::ExchangeDeleted(ShortString::from(name)))?;
         }
-        defs.remove_exchange(name);
+        if let Some(entry) = defs.remove_exchange(name) {
+            if let Some(delayed) = &entry.route.delayed {
+                delayed.delete();
+            }
+        }
         self.remove_bindings_to(&mut defs, &dest);
         self.publish(&mut defs);
         Ok(())
@@ -1076,10 +1093,10 @@ impl VHost {
             .exchanges
             .get_mut(source)
             .ok_or_else(|| self.no_exchange(source))?;
-        if entry.def.kind == ExchangeKind::Headers {
+        if entry.def.routing_kind() == ExchangeKind::Headers {
             validate_binding_args(&arguments).map_err(ProtocolError::precondition_failed)?;
         }
-        let weight = match entry.def.kind {
+        let weight = match entry.def.routing_kind() {
             ExchangeKind::ConsistentHash => Some(
                 consistent_hash::parse_weight(routing_key.as_str())
                     .map_err(ProtocolError::precondition_failed)?,
@@ -1226,6 +1243,9 @@ impl VHost {
     /// An auto-delete exchange goes when its last binding (as source) does.
     fn auto_delete_exchange(&self, defs: &mut Definitions, name: &str) {
         if let Some(entry) = defs.remove_exchange(name) {
+            if let Some(delayed) = &entry.route.delayed {
+                delayed.delete();
+            }
             if entry.def.durable {
                 let _ = self.log_op(DefinitionOp::ExchangeDeleted(ShortString::from(name)));
             }
@@ -1245,8 +1265,9 @@ impl VHost {
             }
         };
         let name = def.name.clone();
+        let delayed = self.delayed_actor(&def);
         let mut defs = self.lock();
-        defs.insert_exchange(def);
+        defs.insert_exchange(def, delayed);
         if let Some(cache) = dedup {
             defs.set_dedup_cache(name.as_str(), cache);
         }
@@ -1280,6 +1301,41 @@ impl VHost {
             .map_err(|e| {
                 ProtocolError::internal_error(format!("deduplication cache not opened: {e}"))
             })
+    }
+
+    /// Starts the actor of a delayed exchange (None for other types). Its schedule lives in
+    /// `<data>/delayed/<hash>` (durable) or under the transient directory.
+    fn delayed_actor(&self, def: &ExchangeDef) -> Option<DelayedHandle> {
+        if def.kind != ExchangeKind::Delayed {
+            return None;
+        }
+        static NEXT_TRANSIENT: AtomicU64 = AtomicU64::new(0);
+        let name = crate::delayed::schedule_dir_name(&self.name, &def.name);
+        let store = match &self.persistence {
+            Some(p) => crate::delayed::ScheduleStore {
+                dir: Some(match def.durable {
+                    true => p.store.data_dir.join("delayed").join(name),
+                    false => p.store.transient_dir().join("delayed").join(format!(
+                        "{name}-{}",
+                        NEXT_TRANSIENT.fetch_add(1, Ordering::Relaxed)
+                    )),
+                }),
+                io: p.store.io.clone(),
+                sync_persistent: def.durable && p.store.sync_mode == warren_store::SyncMode::Always,
+                durable: def.durable,
+            },
+            None => crate::delayed::ScheduleStore {
+                dir: None,
+                io: warren_store::RealIo::shared(),
+                sync_persistent: false,
+                durable: false,
+            },
+        };
+        Some(DelayedHandle::spawn(
+            def.name.clone(),
+            self.me.clone(),
+            store,
+        ))
     }
 
     /// Puts back a durable queue with its log and the messages recovered from it.
@@ -1395,14 +1451,15 @@ impl VHost {
         ops
     }
 
-    /// Checks that an exchange may be published to: exists and is not internal.
+    /// Checks that an exchange may be published to: exists and is not internal. Returns a
+    /// delayed exchange's actor (None for every other exchange).
     pub fn check_publish_target(
         routing: &RoutingTable,
         vhost: &str,
         exchange: &str,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Option<DelayedHandle>, ProtocolError> {
         if exchange == DEFAULT_EXCHANGE {
-            return Ok(());
+            return Ok(None);
         }
         match routing.exchanges.get(exchange) {
             None => Err(ProtocolError::not_found(format!(
@@ -1411,7 +1468,7 @@ impl VHost {
             Some(x) if x.internal => Err(ProtocolError::access_refused(format!(
                 "cannot publish to internal exchange '{exchange}' in vhost '{vhost}'"
             ))),
-            Some(_) => Ok(()),
+            Some(x) => Ok(x.delayed.clone()),
         }
     }
 }

@@ -85,6 +85,7 @@ pub async fn overview(caller: Caller, State(state): State<AppState>) -> Json<Val
         "topic",
         "x-consistent-hash",
         "x-message-deduplication",
+        "x-delayed-message",
     ]
     .iter()
     .map(|t| json!({"name": t, "description": "", "enabled": true}))

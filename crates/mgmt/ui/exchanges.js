@@ -32,7 +32,7 @@ export async function renderList(main) {
 async function addForm(done) {
   const vhost = await vhostSelect({ id: 'exchange-add-vhost' });
   const name = h('input', { id: 'exchange-add-name', required: true, size: 30 });
-  const type = h('select', { id: 'exchange-add-type' }, ['direct', 'fanout', 'topic', 'headers', 'x-consistent-hash', 'x-message-deduplication'].map((t) => h('option', { value: t }, t)));
+  const type = h('select', { id: 'exchange-add-type' }, ['direct', 'fanout', 'topic', 'headers', 'x-consistent-hash', 'x-message-deduplication', 'x-delayed-message'].map((t) => h('option', { value: t }, t)));
   const durable = h('select', { id: 'exchange-add-durable' }, h('option', { value: 'true' }, 'Durable'), h('option', { value: 'false' }, 'Transient'));
   const autoDelete = h('select', { id: 'exchange-add-auto-delete' }, h('option', { value: 'false' }, 'No'), h('option', { value: 'true' }, 'Yes'));
   const internal = h('select', { id: 'exchange-add-internal' }, h('option', { value: 'false' }, 'No'), h('option', { value: 'true' }, 'Yes'));

@@ -159,7 +159,7 @@ impl Connection {
         vhost: &str,
         exchange: &ShortString,
         routing_key: &str,
-    ) -> Result<(), ProtocolError> {
+    ) -> Result<Option<warren_core::delayed::DelayedHandle>, ProtocolError> {
         let generation = self.ctx.broker.access_generation();
         let cached = self.channels.get(&ch).is_some_and(|c| {
             c.publish_grant
@@ -169,7 +169,7 @@ impl Connection {
         if !cached {
             self.check_access(Access::Write, Resource::Exchange, exchange.as_str())?;
         }
-        VHost::check_publish_target(routing, vhost, exchange.as_str())?;
+        let delayed = VHost::check_publish_target(routing, vhost, exchange.as_str())?;
         if !cached {
             if let Some(c) = self.channels.get_mut(&ch) {
                 c.publish_grant = Some((generation, exchange.clone()));
@@ -179,7 +179,7 @@ impl Connection {
             let kind = exchange_kind(routing, exchange.as_str());
             self.check_topic(Access::Write, exchange.as_str(), kind, routing_key)?;
         }
-        Ok(())
+        Ok(delayed)
     }
 
     /// queue.bind / exchange.bind and their unbinds: write on the destination, read on the

@@ -11,6 +11,7 @@ use bytes::Bytes;
 use warren_core::confirm::ConfirmShare;
 use warren_core::connections::MessageEvent;
 use warren_core::consumer::{ClientEvent, ConsumerSpec, Delivery};
+use warren_core::delayed::{self, DelayedCommand, DelayedHandle};
 use warren_core::queue::QueueCommand;
 use warren_core::routing::RoutingTable;
 use warren_core::{Message, QueueHandle, VHost};
@@ -407,7 +408,11 @@ impl Connection {
                             // The exchange was checked at publish time; one deleted since
                             // then simply routes nowhere.
                             let routing = self.vhost().routing_snapshot();
-                            self.route_and_enqueue(&routing, ch, m, header, body, None)?;
+                            let delayed = routing
+                                .exchanges
+                                .get(m.exchange.as_str())
+                                .and_then(|x| x.delayed.clone());
+                            self.route_and_enqueue(&routing, ch, m, header, body, None, delayed)?;
                             self.wait_blocked_sends().await;
                         }
                         TxOp::Settle { taken, requeue } => self.settle(ch, taken, requeue).await?,
@@ -455,7 +460,7 @@ impl Connection {
         self.publisher = true;
         let vhost = self.vhost();
         let routing = vhost.routing();
-        self.check_publish(
+        let delayed = self.check_publish(
             ch,
             &routing,
             vhost.name(),
@@ -485,14 +490,19 @@ impl Connection {
             Mode::Confirm => {
                 let seq = c.confirms.publish();
                 let share = ConfirmShare::new(c.key, seq, self.events_tx.clone());
-                self.route_and_enqueue(&routing, ch, method, header, body, Some(share))
+                self.route_and_enqueue(&routing, ch, method, header, body, Some(share), delayed)
             }
-            Mode::Plain => self.route_and_enqueue(&routing, ch, method, header, body, None),
+            Mode::Plain => {
+                self.route_and_enqueue(&routing, ch, method, header, body, None, delayed)
+            }
         }
     }
 
     /// Routes a message and hands it to every destination queue; an unroutable mandatory
-    /// message comes back as basic.return 312.
+    /// message comes back as basic.return 312. A message with an `x-delay` published to a
+    /// delayed exchange (`delayed`) goes to the exchange's actor instead, unless it is
+    /// mandatory and unroutable now.
+    #[allow(clippy::too_many_arguments)]
     fn route_and_enqueue(
         &mut self,
         routing: &RoutingTable,
@@ -501,6 +511,7 @@ impl Connection {
         header: ContentHeader,
         body: Bytes,
         mut confirm: Option<ConfirmShare>,
+        delayed: Option<DelayedHandle>,
     ) -> Result<(), ProtocolError> {
         self.count(ch, MessageEvent::Published, 1);
         let properties_bytes = header.decoded_bytes;
@@ -548,6 +559,23 @@ impl Connection {
         if self.tracing() {
             self.trace_publish(routing, ch, &message, &extra_keys, &queues);
         }
+        if let Some(handle) = delayed {
+            let delay = delayed::delay_ms(message.properties.headers().as_ref());
+            if let Some(delay_ms) = delay.filter(|_| !(queues.is_empty() && method.mandatory)) {
+                let scheduled = delayed::Scheduled {
+                    due_ms: delayed::due_ms(delay_ms),
+                    message,
+                    extra_keys,
+                    delay_ms,
+                    confirm,
+                };
+                let cmd = DelayedCommand::Schedule(Box::new(scheduled));
+                if let Err(Some(cmd)) = handle.try_send(cmd) {
+                    self.blocked_delayed.push((handle, cmd));
+                }
+                return Ok(());
+            }
+        }
         if queues.is_empty() {
             if !method.mandatory {
                 self.count(ch, MessageEvent::DroppedUnroutable, 1);
@@ -586,6 +614,9 @@ impl Connection {
     pub(crate) async fn wait_blocked_sends(&mut self) {
         for (queue, cmd) in std::mem::take(&mut self.blocked_sends) {
             let _ = queue.send(cmd).await;
+        }
+        for (exchange, cmd) in std::mem::take(&mut self.blocked_delayed) {
+            exchange.send(cmd).await;
         }
     }
 

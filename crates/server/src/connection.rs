@@ -118,6 +118,11 @@ pub(crate) struct Connection {
     pub(crate) pending_confirms: Vec<u16>,
     /// Queue sends that found a full inbox; awaited before the next frame is read.
     pub(crate) blocked_sends: Vec<(warren_core::QueueHandle, warren_core::queue::QueueCommand)>,
+    /// Delayed-exchange sends that found a full inbox, awaited with `blocked_sends`.
+    pub(crate) blocked_delayed: Vec<(
+        warren_core::delayed::DelayedHandle,
+        warren_core::delayed::DelayedCommand,
+    )>,
     /// Queues whose flow control asked this publisher to wait.
     pub(crate) flow_waits: Vec<warren_core::QueueHandle>,
     auth_failure_close: bool,
@@ -182,6 +187,7 @@ pub(crate) async fn serve(
         out_counted: 0,
         pending_confirms: Vec::new(),
         blocked_sends: Vec::new(),
+        blocked_delayed: Vec::new(),
         flow_waits: Vec::new(),
         auth_failure_close: false,
         last_read: now,
@@ -710,7 +716,7 @@ impl Connection {
                 Ok(Some(end)) => return Some(end),
                 Err(e) => return Some(self.close_with(e).await),
             }
-            if !self.blocked_sends.is_empty() {
+            if !self.blocked_sends.is_empty() || !self.blocked_delayed.is_empty() {
                 self.wait_blocked_sends().await;
             }
             if self.publisher && self.alarm.any() {

@@ -35,6 +35,9 @@ pub enum ExchangeKind {
     /// `x-message-deduplication`: the deduplication plugin's exchange, built in
     /// (`deduplication`); routes as a fanout.
     Deduplication,
+    /// `x-delayed-message`: RabbitMQ's plugin, built in (`crate::delayed`); routes as the
+    /// type in its `x-delayed-type` argument (`ExchangeDef::routing_kind`).
+    Delayed,
 }
 
 impl ExchangeKind {
@@ -47,6 +50,7 @@ impl ExchangeKind {
             "headers" => Ok(ExchangeKind::Headers),
             consistent_hash::EXCHANGE_TYPE => Ok(ExchangeKind::ConsistentHash),
             deduplication::EXCHANGE_TYPE => Ok(ExchangeKind::Deduplication),
+            crate::delayed::EXCHANGE_TYPE => Ok(ExchangeKind::Delayed),
             other => Err(ProtocolError::command_invalid(format!(
                 "unknown exchange type '{other}'"
             ))),
@@ -61,6 +65,7 @@ impl ExchangeKind {
             ExchangeKind::Headers => "headers",
             ExchangeKind::ConsistentHash => consistent_hash::EXCHANGE_TYPE,
             ExchangeKind::Deduplication => deduplication::EXCHANGE_TYPE,
+            ExchangeKind::Delayed => crate::delayed::EXCHANGE_TYPE,
         }
     }
 }
@@ -73,6 +78,17 @@ pub struct ExchangeDef {
     pub auto_delete: bool,
     pub internal: bool,
     pub arguments: FieldTable,
+}
+
+impl ExchangeDef {
+    /// The type whose routing the exchange uses: its own, or a delayed exchange's
+    /// `x-delayed-type`.
+    pub fn routing_kind(&self) -> ExchangeKind {
+        match self.kind {
+            ExchangeKind::Delayed => crate::delayed::base_kind(&self.arguments),
+            kind => kind,
+        }
+    }
 }
 
 /// The spec's name rule for exchanges and queues: letters, digits, `-`, `_`, `.`, `:`.

@@ -73,7 +73,7 @@ impl StoreContext {
     }
 }
 
-fn fnv1a(vhost: &str, queue: &str) -> u64 {
+pub(crate) fn fnv1a(vhost: &str, queue: &str) -> u64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in vhost.bytes().chain([0u8]).chain(queue.bytes()) {
         h ^= b as u64;
