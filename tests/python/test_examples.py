@@ -35,6 +35,8 @@ EXPECTED_LINE = {
     "idempotent_receiver": "times each order was processed: {'order-1': 1, 'order-2': 1, "
                            "'order-3': 1, 'order-4': 1, 'order-5': 1}",
     "wire_tap": "tap saw 3 publishes and 4 deliveries (1 redelivered)",
+    "delayed_retry": "succeeded: {'ok': 1, 'flaky': 3}; parked: {'poison': 4}; "
+                     "retries that came early: []",
 }
 # Examples needing a Warren feature that a stock RabbitMQ lacks.
 WARREN_ONLY = {
@@ -42,14 +44,21 @@ WARREN_ONLY = {
     "content_router",       # x-match: filter (SNS-style filter policies)
     "idempotent_receiver",  # x-message-deduplication: a plugin in RabbitMQ
     "wire_tap",             # firehose copies' headers as Warren documents them
+    "delayed_retry",        # x-delayed-message: a plugin in RabbitMQ
 }
 # Examples that also take the management API's URL (``--mgmt-url``).
 NEEDS_MGMT = {"wire_tap"}
 
 
+# Examples whose broker feature is not in the Warren under test yet.
+SKIP = {"delayed_retry": "needs the delayed-message exchange"}
+
+
 def _params():
     for name in EXPECTED_LINE:
         marks = [pytest.mark.warren_only] if name in WARREN_ONLY else []
+        if name in SKIP:
+            marks.append(pytest.mark.skip(reason=SKIP[name]))
         yield pytest.param(name, marks=marks, id=name)
 
 
