@@ -50,15 +50,9 @@ WARREN_ONLY = {
 NEEDS_MGMT = {"wire_tap"}
 
 
-# Examples whose broker feature is not in the Warren under test yet.
-SKIP = {"delayed_retry": "needs the delayed-message exchange"}
-
-
 def _params():
     for name in EXPECTED_LINE:
         marks = [pytest.mark.warren_only] if name in WARREN_ONLY else []
-        if name in SKIP:
-            marks.append(pytest.mark.skip(reason=SKIP[name]))
         yield pytest.param(name, marks=marks, id=name)
 
 
