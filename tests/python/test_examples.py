@@ -2,9 +2,10 @@
 
 Each example is a standalone pika program that checks its own outcome and exits with status 0
 only if the messaging pattern worked (see examples/README.md). Here each runs as a subprocess
-(``python examples/X.py --url <amqp_url>``) with a timeout; the test asserts the exit status,
-the final ``OK`` line and one line of output specific to the example. The examples use
-uuid-suffixed names and clean up, so they can run repeatedly against one broker.
+(``python examples/X.py --url <amqp_url>``, plus ``--mgmt-url <mgmt_url>`` for those in
+``NEEDS_MGMT``) with a timeout; the test asserts the exit status, the final ``OK`` line and one
+line of output specific to the example. The examples use uuid-suffixed names and clean up, so
+they can run repeatedly against one broker.
 """
 
 import subprocess
@@ -30,9 +31,23 @@ EXPECTED_LINE = {
             "inventory.release",
     "retry_dead_letter": "parking lot: crasher (delivery_limit)",
     "scale_out_by_key": "each customer on exactly one worker, in order: True",
+    "content_router": "analytics {\"channel\": [{\"anything-but\": \"test\"}]}: ['b1', 'b2', 'b5']",
+    "idempotent_receiver": "times each order was processed: {'order-1': 1, 'order-2': 1, "
+                           "'order-3': 1, 'order-4': 1, 'order-5': 1}",
+    "wire_tap": "tap saw 3 publishes and 4 deliveries (1 redelivered)",
+    "delayed_retry": "succeeded: {'ok': 1, 'flaky': 3}; parked: {'poison': 4}; "
+                     "retries that came early: []",
 }
 # Examples needing a Warren feature that a stock RabbitMQ lacks.
-WARREN_ONLY = {"scale_out_by_key"}  # x-consistent-hash: a plugin in RabbitMQ
+WARREN_ONLY = {
+    "scale_out_by_key",     # x-consistent-hash: a plugin in RabbitMQ
+    "content_router",       # x-match: filter (SNS-style filter policies)
+    "idempotent_receiver",  # x-message-deduplication: a plugin in RabbitMQ
+    "wire_tap",             # firehose copies' headers as Warren documents them
+    "delayed_retry",        # x-delayed-message: a plugin in RabbitMQ
+}
+# Examples that also take the management API's URL (``--mgmt-url``).
+NEEDS_MGMT = {"wire_tap"}
 
 
 def _params():
@@ -42,9 +57,11 @@ def _params():
 
 
 @pytest.mark.parametrize("name", list(_params()))
-def test_example(name, amqp_url):
-    proc = subprocess.run([sys.executable, str(EXAMPLES / f"{name}.py"), "--url", amqp_url],
-                          capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
+def test_example(name, amqp_url, request):
+    cmd = [sys.executable, str(EXAMPLES / f"{name}.py"), "--url", amqp_url]
+    if name in NEEDS_MGMT:
+        cmd += ["--mgmt-url", request.getfixturevalue("mgmt_url")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     output = f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
     assert proc.returncode == 0, f"{name}.py exited with {proc.returncode}\n{output}"
     lines = proc.stdout.splitlines()
