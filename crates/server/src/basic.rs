@@ -412,6 +412,9 @@ impl Connection {
                                 .exchanges
                                 .get(m.exchange.as_str())
                                 .and_then(|x| x.delayed.clone());
+                            if let Some(c) = self.channels.get_mut(&ch) {
+                                c.counts[MessageEvent::Published as usize] += 1;
+                            }
                             self.route_and_enqueue(&routing, ch, m, header, body, None, delayed)?;
                             self.wait_blocked_sends().await;
                         }
@@ -488,11 +491,13 @@ impl Connection {
                 Ok(())
             }
             Mode::Confirm => {
+                c.counts[MessageEvent::Published as usize] += 1;
                 let seq = c.confirms.publish();
                 let share = ConfirmShare::new(c.key, seq, self.events_tx.clone());
                 self.route_and_enqueue(&routing, ch, method, header, body, Some(share), delayed)
             }
             Mode::Plain => {
+                c.counts[MessageEvent::Published as usize] += 1;
                 self.route_and_enqueue(&routing, ch, method, header, body, None, delayed)
             }
         }
@@ -513,7 +518,8 @@ impl Connection {
         mut confirm: Option<ConfirmShare>,
         delayed: Option<DelayedHandle>,
     ) -> Result<(), ProtocolError> {
-        self.count(ch, MessageEvent::Published, 1);
+        // The channel's own count is kept by the callers, which hold the channel already.
+        self.metrics.count(MessageEvent::Published, 1);
         let properties_bytes = header.decoded_bytes;
         let (properties, header_raw, extra_keys) = sender_selected(header, body.len() as u64);
         let message = Arc::new(Message {
@@ -740,13 +746,20 @@ impl Connection {
     /// basic.deliver + header + body for a consumer delivery.
     pub(crate) fn write_delivery(&mut self, d: Delivery) {
         let id = Channel::number_of(d.channel_key);
-        self.count_delivery(id, d.needs_ack, d.redelivered, MessageEvent::DeliveredAck);
         if self.tracing() {
             self.trace_deliver(id, &d.queue, &d.message, d.redelivered);
         }
         let Some(c) = self.channels.get_mut(&id) else {
             return;
         };
+        // Counted here, on the channel already looked up (one lookup per delivery).
+        let event = delivery_event(d.needs_ack, MessageEvent::DeliveredAck);
+        c.counts[event as usize] += 1;
+        self.metrics.count(event, 1);
+        if d.redelivered {
+            c.counts[MessageEvent::Redelivered as usize] += 1;
+            self.metrics.count(MessageEvent::Redelivered, 1);
+        }
         let tag = c.next_tag;
         c.next_tag += 1;
         let msg = d.message;
@@ -796,11 +809,7 @@ impl Connection {
         redelivered: bool,
         with_ack: MessageEvent,
     ) {
-        let event = match (needs_ack, with_ack) {
-            (true, _) => with_ack,
-            (false, MessageEvent::GetAck) => MessageEvent::GetNoAck,
-            (false, _) => MessageEvent::DeliveredNoAck,
-        };
+        let event = delivery_event(needs_ack, with_ack);
         self.metrics.count(event, 1);
         if let Some(c) = self.channels.get_mut(&ch) {
             c.counts[event as usize] += 1;
@@ -811,6 +820,16 @@ impl Connection {
         if redelivered {
             self.metrics.count(MessageEvent::Redelivered, 1);
         }
+    }
+}
+
+/// What a consume delivery (`DeliveredAck`) or get-ok (`GetAck`) counts as: the no-ack
+/// event when no ack is expected.
+fn delivery_event(needs_ack: bool, with_ack: MessageEvent) -> MessageEvent {
+    match (needs_ack, with_ack) {
+        (true, _) => with_ack,
+        (false, MessageEvent::GetAck) => MessageEvent::GetNoAck,
+        (false, _) => MessageEvent::DeliveredNoAck,
     }
 }
 
