@@ -847,6 +847,7 @@ mod tests {
                 single_active_consumer: true,
                 consumer_timeout_ms: Some(9000),
                 message_deduplication: false,
+                message_group_header: None,
             }
         );
 

@@ -17,7 +17,7 @@ use warren_protocol::{AMQPValue, ProtocolError};
 use super::dead_letter::{dead_lettered, is_cycle, Reason};
 use super::dedup::{Admission, QueueDedup};
 use super::metrics::QueueCounters;
-use super::ready::{Entry, ReadyQueue};
+use super::ready::{group_of, Entry, ReadyQueue};
 use super::settings::{ConsumerTimeoutAction, Overflow, QueueDefaults, QueueSettings};
 use super::store::{QueueStore, StoreContext, RESIDENT_BYTES_MAX, RESIDENT_MESSAGES_MAX};
 use super::{QueueCommand, QueueDef, QueueHandle, QueueStats};
@@ -108,14 +108,26 @@ impl QueueActor {
         startup: Startup,
     ) -> Self {
         let mut ready = ReadyQueue::new(settings.max_priority);
+        if settings.message_group_header.is_some() {
+            ready.enable_groups();
+        }
         let next_id = startup.recovered.last().map(|e| e.id + 1).unwrap_or(1);
         let mut store = startup.store;
         let mut dedup = settings
             .message_deduplication
             .then(|| Box::new(QueueDedup::default()));
-        for entry in startup.recovered {
+        for mut entry in startup.recovered {
             if let Some(dedup) = dedup.as_mut() {
                 dedup.recover(&entry, store.as_mut());
+            }
+            if let Some(header) = &settings.message_group_header {
+                // Recovered messages are on disk only: read each back once for its group.
+                let message = match (&entry.message, entry.location, store.as_mut()) {
+                    (Some(m), _, _) => Some(m.clone()),
+                    (None, Some(at), Some(store)) => store.load(at),
+                    _ => None,
+                };
+                entry.group = message.and_then(|m| group_of(&m, header.as_str()));
             }
             ready.push_back(entry);
         }
@@ -227,9 +239,14 @@ impl QueueActor {
     }
 
     /// Removes an unsettled delivery (keeping `unacked_bytes` in step).
+    /// An unacked delivery leaves `unacked` (settled, or coming back): its group, if any,
+    /// may deliver its next message.
     fn take_unacked(&mut self, id: u64) -> Option<Unacked> {
         let u = self.unacked.remove(&id)?;
         self.unacked_bytes = self.unacked_bytes.saturating_sub(u.entry.size as u64);
+        if let Some(group) = &u.entry.group {
+            self.ready.group_done(group);
+        }
         Some(u)
     }
 
@@ -444,6 +461,9 @@ impl QueueActor {
             dedup.insert(id, key);
         }
         let mut entry = Entry::new(id, message, ttl.map(|t| now.saturating_add(t)));
+        if let (Some(header), Some(m)) = (&self.settings.message_group_header, &entry.message) {
+            entry.group = group_of(m, header.as_str());
+        }
         let persistent = self.store.as_ref().is_some_and(|s| s.durable)
             && entry.message.as_ref().is_some_and(|m| m.is_persistent());
         let page_out = self.over_resident();
@@ -591,6 +611,10 @@ impl QueueActor {
         if no_ack {
             self.discard(entry);
         } else {
+            // One delivery of a group at a time: the next waits for this one's settlement.
+            if let Some(group) = &entry.group {
+                self.ready.group_busy(group);
+            }
             let deadline_ms = self.consumer_timeout_ms.map(|t| now_ms().saturating_add(t));
             if let Some(d) = deadline_ms {
                 self.timeouts.insert((d, id));
@@ -641,6 +665,11 @@ impl QueueActor {
                 return;
             };
             let Some(entry) = self.ready.pop_front() else {
+                // Only messages of busy groups are left: give the reserved slot back.
+                let c = &self.consumers[index];
+                if !c.spec.no_ack {
+                    c.spec.channel_limiter.release(1);
+                }
                 return;
             };
             let consumer = &self.consumers[index];

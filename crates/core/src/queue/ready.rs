@@ -2,8 +2,10 @@
 //! priority level (one level without `x-max-priority`), each kept sorted by message id so a
 //! requeued message returns to its original place. Tracks the count and body bytes that length
 //! limits apply to, and the bytes still held in memory (the rest is paged out to the log).
+//! With `x-message-group-header`, also the FIFO message groups (`Groups`).
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use warren_store::Location;
 
@@ -25,6 +27,21 @@ pub struct Entry {
     pub delivery_count: u32,
     /// Absolute expiry, Unix milliseconds.
     pub expires_at_ms: Option<u64>,
+    /// Its FIFO group (`x-message-group-header`), if the queue has groups and it names one.
+    pub group: Option<GroupKey>,
+}
+
+/// A message group's id: the bytes of its header's value.
+pub type GroupKey = Arc<[u8]>;
+
+/// The group a message belongs to: the value of `header` in its headers (a string, or an
+/// integer written in decimal); None without it.
+pub fn group_of(message: &crate::message::Message, header: &str) -> Option<GroupKey> {
+    let value = message.properties.headers().as_ref()?.inner().get(header)?;
+    if let Some(s) = crate::args::as_str(value) {
+        return Some(Arc::from(s.as_bytes()));
+    }
+    crate::args::as_i64(value).map(|n| Arc::from(n.to_string().as_bytes()))
 }
 
 impl Entry {
@@ -38,13 +55,26 @@ impl Entry {
             redelivered: false,
             delivery_count: 0,
             expires_at_ms,
+            group: None,
         }
     }
+}
+
+/// FIFO message groups: a group with a delivery in flight is busy, and its messages that
+/// reach the head meanwhile wait, parked, in publish order; when the delivery is settled the
+/// group's oldest parked message goes back to its place. Parked messages are still ready
+/// (counted in `len` and `bytes`).
+#[derive(Debug, Default)]
+struct Groups {
+    busy: HashSet<GroupKey>,
+    parked: HashMap<GroupKey, VecDeque<Entry>>,
 }
 
 #[derive(Debug)]
 pub struct ReadyQueue {
     levels: Vec<VecDeque<Entry>>,
+    /// Some when the queue has `x-message-group-header`.
+    groups: Option<Box<Groups>>,
     len: usize,
     bytes: u64,
     resident_bytes: u64,
@@ -57,6 +87,7 @@ impl ReadyQueue {
         let levels = max_priority.map(|p| p as usize + 1).unwrap_or(1);
         ReadyQueue {
             levels: (0..levels).map(|_| VecDeque::new()).collect(),
+            groups: None,
             len: 0,
             bytes: 0,
             resident_bytes: 0,
@@ -101,11 +132,66 @@ impl ReadyQueue {
         q.insert(at, entry);
     }
 
-    /// The next message to deliver: highest priority first, then oldest.
+    /// Turns FIFO message groups on (`x-message-group-header`).
+    pub fn enable_groups(&mut self) {
+        self.groups.get_or_insert_with(Box::default);
+    }
+
+    /// The next message to deliver: highest priority first, then oldest; with groups, the
+    /// next one whose group is not busy (those of busy groups are parked on the way).
     pub fn pop_front(&mut self) -> Option<Entry> {
-        let entry = self.levels.iter_mut().rev().find_map(|q| q.pop_front())?;
+        let entry = match self.groups.as_mut() {
+            None => self.levels.iter_mut().rev().find_map(|q| q.pop_front())?,
+            Some(groups) => {
+                let mut found = None;
+                'levels: for q in self.levels.iter_mut().rev() {
+                    while let Some(e) = q.pop_front() {
+                        match &e.group {
+                            Some(g) if groups.busy.contains(g) => {
+                                groups.parked.entry(g.clone()).or_default().push_back(e);
+                            }
+                            _ => {
+                                found = Some(e);
+                                break 'levels;
+                            }
+                        }
+                    }
+                }
+                found?
+            }
+        };
         self.account_out(&entry);
         Some(entry)
+    }
+
+    /// A delivery of `group` is in flight (to be settled): its next messages wait.
+    pub fn group_busy(&mut self, group: &GroupKey) {
+        if let Some(groups) = self.groups.as_mut() {
+            groups.busy.insert(group.clone());
+        }
+    }
+
+    /// The in-flight delivery of `group` was settled (or came back): the group's oldest
+    /// parked message returns to its place in the queue.
+    pub fn group_done(&mut self, group: &GroupKey) {
+        let Some(groups) = self.groups.as_mut() else {
+            return;
+        };
+        groups.busy.remove(group);
+        let Some(parked) = groups.parked.get_mut(group) else {
+            return;
+        };
+        let head = parked.pop_front();
+        if parked.is_empty() {
+            groups.parked.remove(group);
+        }
+        if let Some(entry) = head {
+            // Still counted as ready: back in its level without accounting it again.
+            let level = self.level_of(&entry);
+            let q = &mut self.levels[level];
+            let at = q.partition_point(|r| r.id < entry.id);
+            q.insert(at, entry);
+        }
     }
 
     /// The next message to deliver, if its expiry is at or before `now_ms`: a message that
@@ -145,11 +231,16 @@ impl ReadyQueue {
         }
     }
 
-    /// Removes everything.
+    /// Removes everything (parked messages too).
     pub fn drain_all(&mut self) -> Vec<Entry> {
         let mut all = Vec::with_capacity(self.len);
         for q in &mut self.levels {
             all.extend(q.drain(..));
+        }
+        if let Some(groups) = self.groups.as_mut() {
+            for (_, parked) in groups.parked.drain() {
+                all.extend(parked);
+            }
         }
         self.len = 0;
         self.bytes = 0;

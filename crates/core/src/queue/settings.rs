@@ -66,6 +66,8 @@ pub struct QueueSettings {
     pub consumer_timeout_ms: Option<u64>,
     /// `x-message-deduplication` (the deduplication plugin's queue argument).
     pub message_deduplication: bool,
+    /// `x-message-group-header`: the header naming a message's FIFO group (`ready.rs`).
+    pub message_group_header: Option<ShortString>,
 }
 
 fn invalid(name: &str, what: &str, detail: impl std::fmt::Display) -> ProtocolError {
@@ -181,6 +183,7 @@ impl QueueSettings {
                 }
             };
         }
+        s.message_group_header = string_arg(args, "x-message-group-header", what)?;
         s.message_deduplication = crate::exchange::deduplication::queue_enabled(args)
             .map_err(|e| ProtocolError::precondition_failed(format!("{e} for {what}")))?;
         if let Some(value) = args.inner().get("x-queue-type") {
