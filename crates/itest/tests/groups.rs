@@ -114,6 +114,115 @@ async fn a_group_delivers_one_message_at_a_time_in_order() {
     assert_eq!(queue_counts(&ch, &queue).await, (0, 1));
 }
 
+async fn consume(ch: &lapin::Channel, queue: &str, prefetch: u16) -> lapin::Consumer {
+    ch.basic_qos(prefetch, BasicQosOptions::default())
+        .await
+        .unwrap();
+    ch.basic_consume(
+        queue.into(),
+        "".into(),
+        BasicConsumeOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// A message dead-lettered by `x-delivery-limit` leaves its group: the next one comes.
+#[tokio::test]
+async fn a_message_dead_lettered_by_the_delivery_limit_frees_its_group() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let queue = unique_name("groups-limit");
+    let mut args = group_queue_args();
+    args.insert("x-delivery-limit".into(), AMQPValue::LongInt(1));
+    within(
+        "queue.declare-ok",
+        ch.queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            args,
+        ),
+    )
+    .await
+    .unwrap();
+    for body in ["a1", "a2"] {
+        publish_in_group(&ch, &queue, body, Some("A")).await;
+    }
+    let consuming = conn.create_channel().await.unwrap();
+    let mut consumer = consume(&consuming, &queue, 10).await;
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    // Delivered, requeued (count 1), delivered again, requeued: past the limit of 1.
+    for _ in 0..2 {
+        let (body, d) = next_body(&mut consumer).await;
+        assert_eq!(body, "a1");
+        d.nack(requeue).await.unwrap();
+    }
+    let (body, d) = next_body(&mut consumer).await;
+    assert_eq!(body, "a2");
+    d.ack(BasicAckOptions::default()).await.unwrap();
+}
+
+/// A durable queue's groups come back after a restart: the recovered messages of one group
+/// are again delivered one at a time.
+#[tokio::test]
+async fn groups_survive_a_restart() {
+    if is_external() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique_name("warren-groups"));
+    let start = || async {
+        let mut config = warren_server::Config::for_tests();
+        config.data_dir = dir.clone();
+        warren_server::start(config).await.expect("start warren")
+    };
+    let queue = unique_name("groups-durable");
+    let server = start().await;
+    {
+        let conn = connect(&server.amqp_url()).await;
+        let ch = confirm_channel(&conn).await;
+        within(
+            "queue.declare-ok",
+            ch.queue_declare(
+                queue.as_str().into(),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                group_queue_args(),
+            ),
+        )
+        .await
+        .unwrap();
+        for (body, group) in [("a1", "A"), ("a2", "A"), ("b1", "B")] {
+            let mut headers = FieldTable::default();
+            headers.insert(HEADER.into(), AMQPValue::LongString(group.into()));
+            let props = BasicProperties::default()
+                .with_headers(headers)
+                .with_delivery_mode(2);
+            publish_confirmed(&ch, "", &queue, body.as_bytes(), props).await;
+        }
+    }
+    server.shutdown().await;
+    let server = start().await;
+    let conn = connect(&server.amqp_url()).await;
+    let ch = conn.create_channel().await.unwrap();
+    let mut consumer = consume(&ch, &queue, 10).await;
+    let (first, a1) = next_body(&mut consumer).await;
+    let (second, _b1) = next_body(&mut consumer).await;
+    assert_eq!((first.as_str(), second.as_str()), ("a1", "b1"));
+    a1.ack(BasicAckOptions::default()).await.unwrap();
+    let (third, _) = next_body(&mut consumer).await;
+    assert_eq!(third, "a2");
+    drop(conn);
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn a_bad_group_header_argument_is_refused_with_406() {
     let broker = start_broker().await;
