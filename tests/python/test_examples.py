@@ -31,6 +31,7 @@ EXPECTED_LINE = {
             "inventory.release",
     "retry_dead_letter": "parking lot: crasher (delivery_limit)",
     "scale_out_by_key": "each customer on exactly one worker, in order: True",
+    "ordered_per_customer": "two orders of one customer at once: 0",
     "content_router": "analytics {\"channel\": [{\"anything-but\": \"test\"}]}: ['b1', 'b2', 'b5']",
     "idempotent_receiver": "times each order was processed: {'order-1': 1, 'order-2': 1, "
                            "'order-3': 1, 'order-4': 1, 'order-5': 1}",
@@ -45,6 +46,7 @@ WARREN_ONLY = {
     "idempotent_receiver",  # x-message-deduplication: a plugin in RabbitMQ
     "wire_tap",             # firehose copies' headers as Warren documents them
     "delayed_retry",        # x-delayed-message: a plugin in RabbitMQ
+    "ordered_per_customer", # x-message-group-header: FIFO message groups
 }
 # Examples that also take the management API's URL (``--mgmt-url``).
 NEEDS_MGMT = {"wire_tap"}
