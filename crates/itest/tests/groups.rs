@@ -6,6 +6,7 @@
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::BasicProperties;
+use warren_itest::futures_lite::StreamExt;
 use warren_itest::*;
 
 const HEADER: &str = "customer";
@@ -221,6 +222,49 @@ async fn groups_survive_a_restart() {
     drop(conn);
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The consumer timeout (visibility timeout): an unacked message of a group comes back to
+/// the head of its group, and is delivered again before the group's next message.
+#[tokio::test]
+async fn a_timed_out_message_goes_back_to_the_head_of_its_group() {
+    if is_external() {
+        return;
+    }
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let queue = unique_name("groups-timeout");
+    let mut args = group_queue_args();
+    args.insert("x-consumer-timeout".into(), AMQPValue::LongInt(200));
+    within(
+        "queue.declare-ok",
+        ch.queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            args,
+        ),
+    )
+    .await
+    .unwrap();
+    for body in ["a1", "a2"] {
+        publish_in_group(&ch, &queue, body, Some("A")).await;
+    }
+    let sluggish = conn.create_channel().await.unwrap();
+    let mut consumer = consume(&sluggish, &queue, 10).await;
+    let (body, _never_acked) = next_body(&mut consumer).await;
+    assert_eq!(body, "a1");
+    // The broker cancels the sluggish consumer after 200 ms and takes a1 back.
+    let ended = within("the consumer's cancellation", consumer.next()).await;
+    assert!(ended.is_none(), "a2 must not be delivered while a1 is out");
+    let fresh = conn.create_channel().await.unwrap();
+    let mut consumer = consume(&fresh, &queue, 10).await;
+    let (body, a1) = next_body(&mut consumer).await;
+    assert_eq!(body, "a1");
+    assert!(a1.redelivered);
+    a1.ack(BasicAckOptions::default()).await.unwrap();
+    let (body, _) = next_body(&mut consumer).await;
+    assert_eq!(body, "a2");
 }
 
 #[tokio::test]
