@@ -269,3 +269,51 @@ impl ReadyQueue {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64, group: &str) -> Entry {
+        Entry {
+            id,
+            message: None,
+            location: None,
+            priority: 0,
+            size: 1,
+            redelivered: false,
+            delivery_count: 0,
+            expires_at_ms: None,
+            group: Some(Arc::from(group.as_bytes())),
+        }
+    }
+
+    /// 100,000 groups with two messages each, all active at once: every group's first
+    /// message comes out before any second one, each second one only after its first is
+    /// done, and the parked ones stay counted as ready.
+    #[test]
+    fn a_hundred_thousand_active_groups() {
+        const GROUPS: u64 = 100_000;
+        let mut q = ReadyQueue::new(None);
+        q.enable_groups();
+        for round in 0..2 {
+            for g in 0..GROUPS {
+                q.push_back(entry(round * GROUPS + g + 1, &g.to_string()));
+            }
+        }
+        let mut out = Vec::new();
+        while let Some(e) = q.pop_front() {
+            q.group_busy(e.group.as_ref().unwrap());
+            out.push(e);
+        }
+        assert_eq!(out.len() as u64, GROUPS, "one per group while all are busy");
+        assert!(out.iter().all(|e| e.id <= GROUPS));
+        assert_eq!(q.len() as u64, GROUPS, "the parked seconds are still ready");
+        for e in &out {
+            q.group_done(e.group.as_ref().unwrap());
+        }
+        let seconds: Vec<u64> = std::iter::from_fn(|| q.pop_front()).map(|e| e.id).collect();
+        assert_eq!(seconds, (GROUPS + 1..=2 * GROUPS).collect::<Vec<_>>());
+        assert!(q.is_empty());
+    }
+}
