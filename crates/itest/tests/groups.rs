@@ -267,6 +267,77 @@ async fn a_timed_out_message_goes_back_to_the_head_of_its_group() {
     assert_eq!(body, "a2");
 }
 
+/// Groups with priorities and TTL: a higher-priority message of a group waits for the
+/// group's message in flight like any other, and an expired waiting message is dropped
+/// (dead-lettered) when it reaches the head instead of being delivered.
+#[tokio::test]
+async fn groups_with_priorities_and_ttl() {
+    let broker = start_broker().await;
+    let conn = broker.connect().await;
+    let ch = confirm_channel(&conn).await;
+    let queue = unique_name("groups-prio");
+    let dead = unique_name("groups-dead");
+    declare_queue(&ch, &dead).await;
+    let mut args = group_queue_args();
+    args.insert("x-max-priority".into(), AMQPValue::ShortShortUInt(5));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(dead.as_str().into()),
+    );
+    within(
+        "queue.declare-ok",
+        ch.queue_declare(
+            queue.as_str().into(),
+            lapin::options::QueueDeclareOptions::default(),
+            args,
+        ),
+    )
+    .await
+    .unwrap();
+    let send =
+        |body: &'static str, group: &'static str, priority: u8, ttl: Option<&'static str>| {
+            let mut headers = FieldTable::default();
+            headers.insert(HEADER.into(), AMQPValue::LongString(group.into()));
+            let mut props = BasicProperties::default()
+                .with_headers(headers)
+                .with_priority(priority);
+            if let Some(ttl) = ttl {
+                props = props.with_expiration(ttl.into());
+            }
+            publish_confirmed(&ch, "", &queue, body.as_bytes(), props)
+        };
+    send("a1", "A", 0, None).await;
+    let consuming = conn.create_channel().await.unwrap();
+    let mut consumer = consume(&consuming, &queue, 10).await;
+    let (body, a1) = next_body(&mut consumer).await;
+    assert_eq!(body, "a1");
+    // While a1 is out: a high-priority a2 must wait; b1 (low priority) goes at once; a3
+    // expires while it waits.
+    send("a2", "A", 5, None).await;
+    send("a3", "A", 0, Some("50")).await;
+    send("b1", "B", 0, None).await;
+    let (body, b1) = next_body(&mut consumer).await;
+    assert_eq!(body, "b1", "a2 waits for its group, whatever its priority");
+    // a3's TTL passes while it waits behind a1 (polled: nothing tells a client).
+    let dead_ch = conn.create_channel().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    a1.ack(BasicAckOptions::default()).await.unwrap();
+    let (body, a2) = next_body(&mut consumer).await;
+    assert_eq!(body, "a2");
+    a2.ack(BasicAckOptions::default()).await.unwrap();
+    b1.ack(BasicAckOptions::default()).await.unwrap();
+    eventually("a3 is dead-lettered, never delivered", || async {
+        queue_counts(&dead_ch, &dead).await.0 == 1
+    })
+    .await;
+    assert_eq!(get_body(&dead_ch, &dead).await.as_deref(), Some(&b"a3"[..]));
+    assert_eq!(queue_counts(&ch, &queue).await.0, 0);
+}
+
 #[tokio::test]
 async fn a_bad_group_header_argument_is_refused_with_406() {
     let broker = start_broker().await;
