@@ -238,6 +238,7 @@ pub fn open(
     let mut messages = 0usize;
     for (name, state) in states {
         let vhost = VHost::new(&name, queue_defaults.clone(), Some(persistence.clone()));
+        vhost.begin_restore();
         // First: exchanges and queues come back with their policies applied.
         for policy in state.policies.into_values() {
             vhost.restore_policy(policy);

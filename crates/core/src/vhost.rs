@@ -423,6 +423,9 @@ pub struct VHost {
     /// Set (under the definitions lock) when the vhost is deleted: nothing more is declared
     /// or logged in it, and compaction leaves it out.
     deleted: AtomicBool,
+    /// Set while start-up restores the vhost (`begin_restore` … `restore_done`): its routing
+    /// snapshot is not complete yet, so delayed exchanges wait before routing due messages.
+    restoring: AtomicBool,
     /// The vhost's `max-queues` limit (u64::MAX: none).
     max_queues: AtomicU64,
     /// Firehose tracing is on (`crate::firehose`): read once per publish and per delivery.
@@ -466,6 +469,7 @@ impl VHost {
                 persistence,
                 me: me.clone(),
                 deleted: AtomicBool::new(false),
+                restoring: AtomicBool::new(false),
                 max_queues: AtomicU64::new(u64::MAX),
                 tracing: AtomicBool::new(false),
             };
@@ -1387,6 +1391,17 @@ impl VHost {
     pub(crate) fn restore_done(&self) {
         let mut defs = self.lock();
         self.publish(&mut defs);
+        self.restoring.store(false, Ordering::Release);
+    }
+
+    /// Start-up is about to restore this vhost (see `restoring`).
+    pub(crate) fn begin_restore(&self) {
+        self.restoring.store(true, Ordering::Release);
+    }
+
+    /// Whether start-up is still restoring this vhost's exchanges, queues and bindings.
+    pub fn is_restoring(&self) -> bool {
+        self.restoring.load(Ordering::Acquire)
     }
 
     /// The durable definitions as a minimal list of operations (to compact the log).

@@ -25,6 +25,10 @@ use crate::message::now_ms;
 use crate::queue::{QueueCommand, QueueHandle};
 use crate::vhost::VHost;
 
+/// How often a delayed exchange restored at start-up checks whether its vhost's restore is
+/// done before it routes overdue messages.
+const RESTORE_POLL: Duration = Duration::from_millis(10);
+
 /// Commands handled before one group commit.
 const BATCH_MAX: usize = 512;
 
@@ -137,6 +141,12 @@ impl DelayedActor {
         let Some(vhost) = self.vhost.upgrade() else {
             return false;
         };
+        if vhost.is_restoring() {
+            // Start-up has not put the queues and bindings back yet: routing now would lose
+            // overdue messages. Look again shortly.
+            tokio::time::sleep(RESTORE_POLL).await;
+            return true;
+        }
         let empty = self.schedule.load_due(now_ms());
         self.remove_later(empty);
         while let Some((round, pending)) = self.schedule.pop_due(now_ms()) {
