@@ -94,6 +94,9 @@ impl ServerHandle {
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
         while self.finished.recv().await.is_some() {}
+        // Every connection is gone (their acks reached the queues): the queues sync their
+        // logs, so nothing a client acked comes back after a clean restart.
+        self.broker.flush_queues().await;
     }
 }
 

@@ -560,6 +560,44 @@ impl Broker {
     }
 }
 
+/// How long a shutdown waits for the queues' logs to be synced.
+pub const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Broker {
+    /// Waits until every queue has written and synced what it holds so far (acks included):
+    /// a clean shutdown leaves nothing to redeliver that a client acked. Bounded by
+    /// `FLUSH_TIMEOUT`; a queue that is gone counts as done.
+    pub async fn flush_queues(&self) {
+        let mut session = Session::new();
+        let queues: Vec<QueueHandle> = self
+            .vhost_handles()
+            .values()
+            .flat_map(|v| {
+                v.routing_snapshot()
+                    .queues
+                    .values()
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        if queues.is_empty() {
+            return;
+        }
+        let first = session.next_seq;
+        for q in &queues {
+            let seq = session.next_seq;
+            session.next_seq += 1;
+            let share = ConfirmShare::new(session.key, seq, session.events_tx.clone());
+            // Dropped (done) at once if the queue is gone.
+            let _ = q.send(QueueCommand::AfterSync(share)).await;
+        }
+        let waited = tokio::time::timeout(FLUSH_TIMEOUT, session.confirmed(first, queues.len()));
+        if waited.await.is_err() {
+            tracing::warn!("shutdown: some queues did not sync their logs in time");
+        }
+    }
+}
+
 /// A deterministic crash point for the process test of an interrupted move
 /// (`crates/warren/tests/move_crash.rs`): with `WARREN_FAULT_MOVE_ABORT_AFTER_CONFIRM=1` in its
 /// environment the process exits (status 137, as if killed; no core dump, nothing after this
