@@ -37,7 +37,7 @@ workers_used = set()
 lock = threading.Lock()
 
 
-def worker(name, stop):
+def worker(name, ready, stop):
     conn = pika.BlockingConnection(pika.URLParameters(args.url))
     ch = conn.channel()
     ch.basic_qos(prefetch_count=2)  # more than one at a time: the groups keep the order
@@ -56,6 +56,7 @@ def worker(name, stop):
         ch.basic_ack(method.delivery_tag)
 
     ch.basic_consume(QUEUE, handle)
+    ready.release()  # consuming: the orders may come
     while not stop.is_set():
         conn.process_data_events(time_limit=0.05)
     conn.close()
@@ -65,6 +66,15 @@ def main():
     conn = pika.BlockingConnection(pika.URLParameters(args.url))
     ch = conn.channel()
     ch.queue_declare(QUEUE, arguments={"x-message-group-header": "customer"})
+    # The workers start consuming first, so the orders are shared among all of them.
+    stop = threading.Event()
+    ready = threading.Semaphore(0)
+    threads = [threading.Thread(target=worker, args=(f"worker-{i}", ready, stop))
+               for i in range(WORKERS)]
+    for t in threads:
+        t.start()
+    for _ in threads:
+        ready.acquire()
     ch.confirm_delivery()
     # Each customer's orders back to back: without groups, round-robin would hand one
     # customer's consecutive orders to different workers at the same time.
@@ -73,10 +83,6 @@ def main():
             ch.basic_publish("", QUEUE, str(n).encode(),
                              pika.BasicProperties(headers={"customer": customer}))
 
-    stop = threading.Event()
-    threads = [threading.Thread(target=worker, args=(f"worker-{i}", stop)) for i in range(WORKERS)]
-    for t in threads:
-        t.start()
     total = len(CUSTOMERS) * ORDERS_PER_CUSTOMER
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
