@@ -239,6 +239,18 @@ impl Matcher {
     }
 }
 
+impl<'a> Properties<'a> {
+    /// A message's properties (and body, when known), without a confirm share.
+    fn of(properties: &'a AMQPProperties, body: Option<&'a [u8]>) -> Self {
+        Properties {
+            headers: properties.headers().as_ref(),
+            properties: Some(properties),
+            body,
+            confirm: None,
+        }
+    }
+}
+
 /// What routing may look at besides the routing keys.
 #[derive(Clone, Copy)]
 struct Properties<'a> {
@@ -291,16 +303,8 @@ impl RoutingTable {
         properties: &AMQPProperties,
         out: &mut Vec<QueueHandle>,
     ) {
-        let message = Properties {
-            headers: properties.headers().as_ref(),
-            properties: Some(properties),
-            body: None,
-            confirm: None,
-        };
-        let before = out.len();
-        if let Some(counters) = self.route_with(exchange, routing_keys, message, out) {
-            counters.count(out.len() - before);
-        }
+        let message = Properties::of(properties, None);
+        self.route_counted(exchange, routing_keys, message, out);
     }
 
     /// `route_message` for a message whose body is known too (content filters with
@@ -313,16 +317,8 @@ impl RoutingTable {
         body: &[u8],
         out: &mut Vec<QueueHandle>,
     ) {
-        let message = Properties {
-            headers: properties.headers().as_ref(),
-            properties: Some(properties),
-            body: Some(body),
-            confirm: None,
-        };
-        let before = out.len();
-        if let Some(counters) = self.route_with(exchange, routing_keys, message, out) {
-            counters.count(out.len() - before);
-        }
+        let message = Properties::of(properties, Some(body));
+        self.route_counted(exchange, routing_keys, message, out);
     }
 
     /// `route_content` without counting: a delayed exchange's message at its due time (it was
@@ -335,12 +331,7 @@ impl RoutingTable {
         body: &[u8],
         out: &mut Vec<QueueHandle>,
     ) {
-        let message = Properties {
-            headers: properties.headers().as_ref(),
-            properties: Some(properties),
-            body: Some(body),
-            confirm: None,
-        };
+        let message = Properties::of(properties, Some(body));
         self.route_with(exchange, routing_keys, message, out);
     }
 
@@ -359,15 +350,10 @@ impl RoutingTable {
     ) {
         let cell = RefCell::new(confirm.take());
         let message = Properties {
-            headers: properties.headers().as_ref(),
-            properties: Some(properties),
-            body: Some(body),
             confirm: Some(&cell),
+            ..Properties::of(properties, Some(body))
         };
-        let before = out.len();
-        if let Some(counters) = self.route_with(exchange, routing_keys, message, out) {
-            counters.count(out.len() - before);
-        }
+        self.route_counted(exchange, routing_keys, message, out);
         *confirm = cell.into_inner();
     }
 
@@ -387,6 +373,20 @@ impl RoutingTable {
             confirm: None,
         };
         self.route_with(exchange, routing_keys, message, out);
+    }
+
+    /// Routes, and counts the message in `exchange`'s `publish_in` / `publish_out`.
+    fn route_counted(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        message: Properties<'_>,
+        out: &mut Vec<QueueHandle>,
+    ) {
+        let before = out.len();
+        if let Some(counters) = self.route_with(exchange, routing_keys, message, out) {
+            counters.count(out.len() - before);
+        }
     }
 
     /// Routes; returns the counters of `exchange` if it exists.
