@@ -125,6 +125,11 @@ pub struct Args {
     /// with many bindings.
     #[arg(long, default_value_t = 0)]
     pub extra_bindings: u64,
+    /// throughput: FIFO message groups (Warren's `x-message-group-header`). Message k of a
+    /// producer carries group k mod N in the header `warren-perf-group`, and the queues are
+    /// declared with `x-message-group-header=warren-perf-group`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub message_groups: Option<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -245,10 +250,18 @@ impl Args {
     }
 
     pub fn queue_arguments(&self) -> Vec<(String, FieldValue)> {
-        self.queue_args
+        let mut arguments: Vec<(String, FieldValue)> = self
+            .queue_args
             .iter()
             .map(|(k, v)| (k.clone(), FieldValue::infer(v)))
-            .collect()
+            .collect();
+        if self.message_groups.is_some() {
+            arguments.push((
+                "x-message-group-header".to_string(),
+                FieldValue::infer(crate::producer::GROUP_HEADER),
+            ));
+        }
+        arguments
     }
 
     /// Queue arguments under which a broker may drop messages on purpose: the loss check

@@ -17,7 +17,11 @@ use crate::payload::{now_ns, Stamp, STAMP_BYTES};
 use crate::stats::Shared;
 use crate::tracker::{ConfirmWindow, SeqSet};
 use crate::uri::AmqpUri;
-use crate::wire::{parse_frame, Method, PublishTemplate, ServerMethod, FRAME_METHOD};
+use crate::wire::{parse_frame, Method, PublishTemplate, ServerMethod, FRAME_METHOD, GROUP_DIGITS};
+
+/// The header that carries a message's group id with `--message-groups` (the tool declares
+/// its queues with `x-message-group-header` naming it).
+pub const GROUP_HEADER: &str = "warren-perf-group";
 
 /// A write batch stops growing past this many bytes.
 const BATCH_BYTES_MAX: usize = 64 * 1024;
@@ -42,6 +46,8 @@ pub struct ProducerConfig {
     pub busy_poll: Duration,
     pub count: Option<u64>,
     pub drain_timeout: Duration,
+    /// Message groups: message `seq` carries group `seq % groups` in `GROUP_HEADER`.
+    pub groups: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -84,6 +90,7 @@ pub async fn run_producer(
         &cfg.routing_key,
         cfg.size,
         cfg.persistent,
+        cfg.groups.map(|_| GROUP_HEADER),
         conn.frame_max,
     );
     let (stream, buffer, frame_max) = conn.into_parts();
@@ -211,7 +218,15 @@ async fn publish(
                 }
             }
         }
-        fill_batch(&mut out, template, seq, n, cfg.index, shared.run_tag);
+        fill_batch(
+            &mut out,
+            template,
+            seq,
+            n,
+            cfg.index,
+            shared.run_tag,
+            cfg.groups,
+        );
         seq += n;
         if let Err(e) = write.write_all(&out).await {
             seq -= n;
@@ -231,6 +246,7 @@ fn fill_batch(
     n: u64,
     producer: u16,
     run_tag: u16,
+    groups: Option<u32>,
 ) {
     out.clear();
     for seq in after + 1..=after + n {
@@ -244,6 +260,16 @@ fn fill_batch(
         };
         let start = at + template.stamp_offset;
         stamp.write(&mut out[start..start + STAMP_BYTES]);
+        if let (Some(offset), Some(groups)) = (template.group_offset, groups) {
+            let mut group = seq % u64::from(groups.max(1));
+            for digit in out[at + offset..at + offset + GROUP_DIGITS]
+                .iter_mut()
+                .rev()
+            {
+                *digit = b'0' + (group % 10) as u8;
+                group /= 10;
+            }
+        }
     }
 }
 

@@ -248,6 +248,7 @@ fn producer_configs(args: &Args, topo: &Topology) -> Vec<ProducerConfig> {
             busy_poll: Duration::from_micros(args.busy_poll),
             count: args.pmessages,
             drain_timeout: Duration::from_secs_f64(args.drain_timeout),
+            groups: args.message_groups,
         })
         .collect()
 }

@@ -32,6 +32,9 @@ pub const DELIVERY_MODE_TRANSIENT: u8 = 1;
 pub const DELIVERY_MODE_PERSISTENT: u8 = 2;
 /// The delivery-mode bit of basic's property flags.
 const PROPERTY_DELIVERY_MODE: u16 = 0x1000;
+const PROPERTY_HEADERS: u16 = 0x2000;
+/// Digits of a message's group id (`--message-groups`), written in place per message.
+pub const GROUP_DIGITS: usize = 8;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum WireError {
@@ -403,6 +406,8 @@ fn client_properties(connection_name: &str) -> Vec<(String, FieldValue)> {
 pub struct PublishTemplate {
     pub bytes: Vec<u8>,
     pub stamp_offset: usize,
+    /// Where the `GROUP_DIGITS` ASCII digits of the group header's value sit, if any.
+    pub group_offset: Option<usize>,
 }
 
 impl PublishTemplate {
@@ -412,6 +417,7 @@ impl PublishTemplate {
         routing_key: &str,
         body_bytes: usize,
         persistent: bool,
+        group_header: Option<&str>,
         frame_max: u32,
     ) -> PublishTemplate {
         let mut bytes = Vec::with_capacity(body_bytes + 128);
@@ -423,11 +429,30 @@ impl PublishTemplate {
         });
         bytes.put_u8(FRAME_HEADER);
         bytes.put_u16(channel);
-        bytes.put_u32(15);
+        // The headers table (if any): name, 'S', long string of GROUP_DIGITS digits.
+        let table_len = group_header.map_or(0, |name| 1 + name.len() + 1 + 4 + GROUP_DIGITS);
+        let headers_len = if group_header.is_some() {
+            4 + table_len
+        } else {
+            0
+        };
+        bytes.put_u32((15 + headers_len) as u32);
         bytes.put_u16(CLASS_BASIC);
         bytes.put_u16(0);
         bytes.put_u64(body_bytes as u64);
-        bytes.put_u16(PROPERTY_DELIVERY_MODE);
+        let mut group_offset = None;
+        match group_header {
+            Some(name) => {
+                bytes.put_u16(PROPERTY_HEADERS | PROPERTY_DELIVERY_MODE);
+                bytes.put_u32(table_len as u32);
+                put_shortstr(&mut bytes, name);
+                bytes.put_u8(b'S');
+                bytes.put_u32(GROUP_DIGITS as u32);
+                group_offset = Some(bytes.len());
+                bytes.resize(bytes.len() + GROUP_DIGITS, b'0');
+            }
+            None => bytes.put_u16(PROPERTY_DELIVERY_MODE),
+        }
         bytes.put_u8(if persistent {
             DELIVERY_MODE_PERSISTENT
         } else {
@@ -452,6 +477,7 @@ impl PublishTemplate {
         PublishTemplate {
             bytes,
             stamp_offset,
+            group_offset,
         }
     }
 }
@@ -661,8 +687,29 @@ mod tests {
     }
 
     #[test]
+    fn publish_template_with_a_group_header_keeps_its_digits_in_the_content_header() {
+        let t = PublishTemplate::new(1, "x", "k", 100, false, Some("grp"), FRAME_MIN_BYTES);
+        let offset = t.group_offset.unwrap();
+        let (method, used) = parse_frame(&t.bytes, FRAME_MIN_BYTES).unwrap().unwrap();
+        assert_eq!(method.kind, FRAME_METHOD);
+        let (header, header_len) = parse_frame(&t.bytes[used..], FRAME_MIN_BYTES)
+            .unwrap()
+            .unwrap();
+        assert_eq!(header.kind, FRAME_HEADER);
+        assert_eq!(content_body_size(header.payload).unwrap(), 100);
+        // flags, then the table: its length, "grp", 'S', the value's length, the digits.
+        let p = header.payload;
+        assert_eq!(u16::from_be_bytes([p[12], p[13]]), 0x3000);
+        assert_eq!(&p[18..22], b"\x03grp");
+        assert_eq!(p[22], b'S');
+        assert_eq!(&p[27..27 + GROUP_DIGITS], b"00000000");
+        assert_eq!(p.len(), 27 + GROUP_DIGITS + 1, "then the delivery mode");
+        assert!(offset > used && offset + GROUP_DIGITS < used + header_len);
+    }
+
+    #[test]
     fn publish_template_splits_bodies_at_frame_max() {
-        let t = PublishTemplate::new(1, "x", "k", 10_000, true, FRAME_MIN_BYTES);
+        let t = PublishTemplate::new(1, "x", "k", 10_000, true, None, FRAME_MIN_BYTES);
         let mut rest = &t.bytes[..];
         let mut kinds = Vec::new();
         let mut body = 0;
