@@ -475,7 +475,7 @@ impl QueueActor {
             // A persistent message's confirm waits for the fsync that covers it.
             let wait = if persistent { confirm.take() } else { None };
             let message = entry.message.as_ref().expect("a new entry is in memory");
-            match store.append(id, message, entry.expires_at_ms, wait) {
+            match store.append(id, message, entry.expires_at_ms(), wait) {
                 Some(at) => {
                     entry.location = Some(at);
                     if page_out {
