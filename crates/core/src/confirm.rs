@@ -8,9 +8,16 @@
 //! function runs with the outcome. A durable deduplication exchange hands the queues such a
 //! share, so that the message's key is written only once the message is safe, and keeps the
 //! publisher's own share until the key is on disk too.
+//!
+//! A share may also carry a `Gate`: the queues keep the message from consumers until it
+//! opens. A durable deduplication exchange opens it once the message's key is on disk, and
+//! a move once the batch's acks on the source are, so a message is never consumed (and gone)
+//! while a crash could still lose the record that makes a retry or a recovery skip it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+
+use tokio::sync::watch;
 
 use crate::consumer::{ChannelKey, ClientEvent, ClientSender};
 use crate::durable::record::MoveOrigin;
@@ -32,6 +39,42 @@ struct Ticket {
     target: Target,
     /// Set by a move (`admin::messages`): written into the destinations' records.
     origin: Option<MoveOrigin>,
+    gate: Option<Arc<Gate>>,
+}
+
+/// Holds a message back from consumers until opened (see the module docs). Queues that hold
+/// a gated message wait on it; it opens once, for good.
+#[derive(Debug)]
+pub struct Gate(watch::Sender<bool>);
+
+impl Gate {
+    /// A closed gate and the opener that opens it when dropped (so a failure or a dropped
+    /// task can never leave messages held forever).
+    pub fn new() -> (Arc<Gate>, GateOpener) {
+        let gate = Arc::new(Gate(watch::Sender::new(false)));
+        (gate.clone(), GateOpener(gate))
+    }
+
+    pub fn is_open(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves once the gate is open.
+    pub async fn opened(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives as long as `self`: this only ends with the gate open.
+        let _ = open.wait_for(|open| *open).await;
+    }
+}
+
+/// Opens its gate when dropped.
+#[derive(Debug)]
+pub struct GateOpener(Arc<Gate>);
+
+impl Drop for GateOpener {
+    fn drop(&mut self) {
+        self.0 .0.send_replace(true);
+    }
 }
 
 impl Drop for Ticket {
@@ -71,15 +114,17 @@ impl ConfirmShare {
     /// A confirm for publish `seq` on a channel; clone it once per destination queue and
     /// drop the original (an unroutable message confirms at once).
     pub fn new(channel_key: ChannelKey, seq: u64, client: ClientSender) -> ConfirmShare {
-        Self::with_origin(channel_key, seq, client, None)
+        Self::with_origin(channel_key, seq, client, None, None)
     }
 
-    /// A confirm for a moved message: the queues that log it record where it came from.
+    /// A confirm for a moved message: the queues that log it record where it came from,
+    /// and hold it back from consumers until `gate` opens.
     pub fn with_origin(
         channel_key: ChannelKey,
         seq: u64,
         client: ClientSender,
         origin: Option<MoveOrigin>,
+        gate: Option<Arc<Gate>>,
     ) -> ConfirmShare {
         ConfirmShare(Arc::new(Ticket {
             seq,
@@ -89,6 +134,7 @@ impl ConfirmShare {
                 client,
             },
             origin,
+            gate,
         }))
     }
 
@@ -97,13 +143,20 @@ impl ConfirmShare {
         self.0.origin
     }
 
-    /// A share whose last drop runs `then` with the outcome instead of confirming.
-    pub fn then(then: Then) -> ConfirmShare {
+    /// The gate the queues hold the message behind, if it is still closed.
+    pub fn closed_gate(&self) -> Option<&Arc<Gate>> {
+        self.0.gate.as_ref().filter(|g| !g.is_open())
+    }
+
+    /// A share whose last drop runs `then` with the outcome instead of confirming; the
+    /// queues hold the message back from consumers until `gate` (if any) opens.
+    pub fn then(then: Then, gate: Option<Arc<Gate>>) -> ConfirmShare {
         ConfirmShare(Arc::new(Ticket {
             seq: 0,
             failed: AtomicBool::new(false),
             target: Target::Then(Some(then)),
             origin: None,
+            gate,
         }))
     }
 

@@ -4,7 +4,9 @@
 //! SIGKILL while hundreds of publishes await their confirm. After a restart the publisher
 //! retries every message it got no confirm for, and a few that were confirmed: each key
 //! must then be in the queue exactly once (none lost by a key that reached disk before its
-//! message, none twice by a key forgotten in the crash).
+//! message, none twice by a key forgotten in the crash). And a message whose key was not
+//! written yet is not given to consumers: consumed then, it would be gone from the queue
+//! with nothing on disk to know its key by, and the retry would deliver it again.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::process::Stdio;
@@ -19,7 +21,7 @@ use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
 mod common;
-use common::{free_port, start_with};
+use common::{free_port, start_with, start_with_env};
 
 const EXCHANGE: &str = "dedup-crash";
 const QUEUE: &str = "dedup-crash-q";
@@ -230,6 +232,90 @@ async fn retries_after_kill_9_leave_each_key_exactly_once() {
         confirmed.len(),
         unconfirmed.len(),
         retried.len()
+    );
+    drop(conn);
+    drop(broker);
+}
+
+/// The moment that matters, made certain by a test hook (`WARREN_FAULT_DEDUP_KEY_STALL=1`:
+/// keys are never written, as if the process died right after each message's fsync): a
+/// consumer waiting on the queue does not get the message, which stays in the queue, so that
+/// after `kill -9` and a restart its key is read back from the queue and the publisher's retry
+/// is dropped. Delivered at once instead, it would have been consumed, and the retry would
+/// deliver it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_is_not_consumed_before_its_key_is_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let fault = [("WARREN_FAULT_DEDUP_KEY_STALL", "1")];
+    let flags = ["--log-level", "error"];
+    let broker = start_with_env(&data, free_port(), &flags, Stdio::null(), &fault);
+    let (conn, ch) = confirm_channel(&broker.url()).await;
+    declare(&ch).await;
+    let consuming = conn.create_channel().await.expect("channel");
+    let mut consumer = consuming
+        .basic_consume(
+            QUEUE.into(),
+            "waiting".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    // Never confirmed: its key is never written.
+    let _unconfirmed = publish(&ch, 0).await.expect("publish");
+    // The queue holds it (ready, with a consumer that could take it) and nothing arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(delivery) = futures_lite::future::poll_once(consumer.next()).await {
+            panic!("delivered before its key was written: {delivery:?}");
+        }
+        let ready = ch
+            .queue_declare(
+                QUEUE.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("passive declare")
+            .message_count();
+        if ready == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message never reached the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    broker.kill9();
+    drop(conn);
+
+    let broker = start_with(&data, free_port(), &["--log-level", "warn"], Stdio::null());
+    let (conn, ch) = confirm_channel(&broker.url()).await;
+    let retry = publish(&ch, 0).await.expect("publish");
+    assert!(retry.await.expect("confirm").is_ack(), "the retry is acked");
+    let mut bodies = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            QUEUE.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+    {
+        bodies.push(String::from_utf8(m.delivery.data).expect("utf-8"));
+    }
+    assert_eq!(
+        bodies,
+        ["m0"],
+        "exactly one copy, the one published before the kill"
     );
     drop(conn);
     drop(broker);

@@ -159,6 +159,19 @@ async fn fill(ch: &lapin::Channel, n: usize) {
 /// journal that batch would come back in both queues.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_confirm_and_source_ack_leaves_each_message_once() {
+    crash_between_confirm_and_source_ack(false).await;
+}
+
+/// The same with a consumer waiting on the destination: it must not get the batch before the
+/// batch's acks on the source are on disk. Consumed then, the batch would be gone from the
+/// destination, the journal could not tell it from one that never arrived, and it would come
+/// back in the source: each message consumed, and then still there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_consumer_gets_nothing_before_the_source_acks_are_on_disk() {
+    crash_between_confirm_and_source_ack(true).await;
+}
+
+async fn crash_between_confirm_and_source_ack(consumer_on_destination: bool) {
     const N: usize = 3 * MOVE_BATCH_MAX;
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("data");
@@ -173,6 +186,22 @@ async fn a_crash_between_confirm_and_source_ack_leaves_each_message_once() {
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");
     fill(&ch, N).await;
+    let mut waiting = match consumer_on_destination {
+        false => None,
+        true => Some(
+            ch.basic_consume(
+                "work".into(),
+                "waiting".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume"),
+        ),
+    };
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], mgmt));
     let (status, _) = warren_itest::http(
         addr,
@@ -185,6 +214,19 @@ async fn a_crash_between_confirm_and_source_ack_leaves_each_message_once() {
     assert_ne!(status, 200, "the move must not have finished");
     let exit = broker.child.wait().expect("wait");
     assert!(!exit.success(), "the broker aborted: {exit:?}");
+    if let Some(consumer) = waiting.as_mut() {
+        // Everything the consumer got before the broker died (the stream ends with it).
+        let mut got = Vec::new();
+        while let Some(Ok(d)) = consumer.next().await {
+            got.push(String::from_utf8(d.data).unwrap());
+        }
+        assert!(
+            got.is_empty(),
+            "{} moved messages were consumed before their source acks were on disk, e.g. {:?}",
+            got.len(),
+            &got[..got.len().min(3)]
+        );
+    }
     drop(conn);
 
     let port = free_port();

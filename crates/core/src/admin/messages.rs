@@ -29,7 +29,7 @@ use super::move_journal::Journal;
 use super::AdminError;
 use crate::args::as_i64;
 use crate::broker::Broker;
-use crate::confirm::ConfirmShare;
+use crate::confirm::{ConfirmShare, Gate};
 use crate::connections::MessageCounts;
 use crate::consumer::{new_channel_key, ChannelKey, ClientEvent, ClientSender, Delivery};
 use crate::durable::record::MoveOrigin;
@@ -150,16 +150,18 @@ impl Session {
 
     /// Hands `message` to `queues` without waiting: its confirm comes later as
     /// `ClientEvent::Confirmed` with the returned sequence number (`confirmed`). A moved
-    /// message carries its `origin` into the queues' records.
+    /// message carries its `origin` into the queues' records, and is held back from their
+    /// consumers until `gate` opens.
     async fn publish(
         &mut self,
         message: MessageRef,
         queues: &[QueueHandle],
         origin: Option<MoveOrigin>,
+        gate: Option<Arc<Gate>>,
     ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
-        let share = ConfirmShare::with_origin(self.key, seq, self.events_tx.clone(), origin);
+        let share = ConfirmShare::with_origin(self.key, seq, self.events_tx.clone(), origin, gate);
         for q in queues {
             let sent = q
                 .send(QueueCommand::Publish(message.clone(), Some(share.clone())))
@@ -200,7 +202,7 @@ impl Session {
         message: MessageRef,
         queues: &[QueueHandle],
     ) -> Result<(), AdminError> {
-        let seq = self.publish(message, queues, None).await;
+        let seq = self.publish(message, queues, None, None).await;
         match self.confirmed(seq, 1).await[0] {
             true => Ok(()),
             false => Err(AdminError::Internal(
@@ -515,6 +517,16 @@ impl Broker {
             };
             // The batch goes out in one go and is confirmed as a whole (one fsync of a
             // durable destination for many messages); only confirmed ones leave the source.
+            // A journaled batch is held back from the destinations' consumers until its acks
+            // on the source are on disk: one consumed (and gone) before that could not be told
+            // apart, after a crash, from one that never arrived, and would be moved again.
+            let (gate, opener) = match nonce {
+                Some(_) => {
+                    let (gate, opener) = Gate::new();
+                    (Some(gate), Some(opener))
+                }
+                None => (None, None),
+            };
             let first_seq = session.next_seq;
             let mut sent = Vec::with_capacity(planned.len());
             for (id, message, queues) in planned {
@@ -524,7 +536,8 @@ impl Broker {
                         nonce,
                         source_id: id,
                     });
-                session.publish(message, &queues, origin).await;
+                let gate = gate.clone().filter(|_| origin.is_some());
+                session.publish(message, &queues, origin, gate).await;
                 sent.push(id);
             }
             let acks = session.confirmed(first_seq, sent.len()).await;
@@ -550,6 +563,10 @@ impl Broker {
             report.moved += moved_ids.len() as u64;
             session.settle(&source, moved_ids, None).await;
             session.settle(&source, unmoved_ids, Some(true)).await;
+            if let Some(opener) = opener {
+                session.synced(&source).await;
+                drop(opener);
+            }
         }
         // The journal goes once the source's acks are on disk.
         if let Some(journal) = journal {

@@ -14,7 +14,10 @@
 //! when first routed, but is appended to the log only once the message is safe in every
 //! queue it went to (the queues hold a chained `ConfirmShare` whose last drop appends it),
 //! and the publisher's own confirm is held until an fsync covers the key. So a key is never
-//! on disk before its message, and a confirmed message has both on disk.
+//! on disk before its message, and a confirmed message has both on disk. The queues also
+//! hold the message back from consumers until that fsync (a `Gate` on the share): a message
+//! consumed and acked before its key was on disk would, after a crash, leave neither, and
+//! the publisher's retry would be taken for a new message.
 
 use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
@@ -27,7 +30,7 @@ use warren_protocol::{AMQPValue, FieldTable};
 use warren_store::{DedupLog, DedupRecord, Io, StoreError, SyncMode, DEDUP_KEY_BYTES_MAX};
 
 use crate::args::{as_i64, as_str, type_name};
-use crate::confirm::ConfirmShare;
+use crate::confirm::{ConfirmShare, Gate, GateOpener};
 
 /// The exchange type's name, as the plugin registers it.
 pub const EXCHANGE_TYPE: &str = "x-message-deduplication";
@@ -177,12 +180,28 @@ struct Slot {
 struct Durable {
     log: DedupLog,
     file: CacheFile,
-    /// Confirms waiting for the next fsync.
-    waiting: Vec<ConfirmShare>,
+    /// Confirms (and gates) waiting for the next fsync.
+    waiting: Vec<Waiting>,
     /// Appended since the last fsync began.
     dirty: bool,
     /// A sync task is running (it loops while `dirty`).
     syncing: bool,
+}
+
+/// What an fsync of the log releases for one key.
+struct Waiting {
+    /// Opened first (fields drop in order), so a publisher that got its confirm finds the
+    /// message deliverable.
+    _gate: Option<GateOpener>,
+    publisher: Option<ConfirmShare>,
+}
+
+impl Waiting {
+    fn fail(self) {
+        if let Some(p) = self.publisher {
+            p.fail();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -362,23 +381,32 @@ impl DedupCache {
             return true;
         }
         let Some(cell) = confirm else {
-            self.log_key(&mut state, key, seq, expires_at_ms, None);
+            self.log_key(&mut state, key, seq, expires_at_ms, None, None);
             return true;
         };
         drop(state);
         let publisher = cell.borrow_mut().take();
         let cache = self.clone();
-        let chained = ConfirmShare::then(Box::new(move |safe| {
-            let mut state = cache.lock();
-            if safe {
-                cache.log_key(&mut state, key, seq, expires_at_ms, publisher);
-            } else {
-                state.forget(&key, seq);
-                if let Some(p) = publisher {
-                    p.fail();
+        let (gate, opener) = Gate::new();
+        let chained = ConfirmShare::then(
+            Box::new(move |safe| {
+                if fault::stall_key(safe) {
+                    // Test hook: the key is never written, its confirm never sent.
+                    std::mem::forget((publisher, opener));
+                    return;
                 }
-            }
-        }));
+                let mut state = cache.lock();
+                if safe {
+                    cache.log_key(&mut state, key, seq, expires_at_ms, publisher, Some(opener));
+                } else {
+                    state.forget(&key, seq);
+                    if let Some(p) = publisher {
+                        p.fail();
+                    }
+                }
+            }),
+            Some(gate),
+        );
         *cell.borrow_mut() = Some(chained);
         true
     }
@@ -395,11 +423,12 @@ impl DedupCache {
         let mut state = self.lock();
         if !state.is_live(&key, now) {
             let seq = state.insert(key.clone(), expires_at_ms, self.args.size, now);
-            self.log_key(&mut state, key, seq, expires_at_ms, None);
+            self.log_key(&mut state, key, seq, expires_at_ms, None, None);
         }
     }
 
-    /// Appends a key to the log; `publisher` is released by the fsync that covers it.
+    /// Appends a key to the log; `publisher` is released, and `gate` opened, by the fsync
+    /// that covers it.
     fn log_key(
         self: &Arc<Self>,
         state: &mut State,
@@ -407,6 +436,7 @@ impl DedupCache {
         seq: u64,
         expires_at_ms: u64,
         publisher: Option<ConfirmShare>,
+        gate: Option<GateOpener>,
     ) {
         let Some(durable) = state.durable.as_mut() else {
             return;
@@ -423,8 +453,11 @@ impl DedupCache {
             }
             return;
         }
-        if let Some(p) = publisher {
-            durable.waiting.push(p);
+        if publisher.is_some() || gate.is_some() {
+            durable.waiting.push(Waiting {
+                _gate: gate,
+                publisher,
+            });
         }
         durable.dirty = true;
         if !durable.syncing {
@@ -469,7 +502,7 @@ impl DedupCache {
                 if let Some(durable) = state.durable.as_mut() {
                     durable.log.sync_failed(error);
                 }
-                waiting.into_iter().for_each(ConfirmShare::fail);
+                waiting.into_iter().for_each(Waiting::fail);
                 continue;
             }
             drop(waiting);
@@ -516,6 +549,22 @@ impl DedupCache {
         {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+    }
+}
+
+/// A deterministic crash point for the process test `crates/warren/tests/dedup_crash.rs`:
+/// with `WARREN_FAULT_DEDUP_KEY_STALL=1` in its environment, a durable exchange never writes
+/// the key of a message that its queues made safe (nor confirms it, nor lets consumers have
+/// it), as if the process died right after the message's fsync. Read once.
+mod fault {
+    use std::sync::OnceLock;
+
+    /// The environment variable that arms it.
+    pub const KEY_STALL: &str = "WARREN_FAULT_DEDUP_KEY_STALL";
+
+    pub fn stall_key(safe: bool) -> bool {
+        static ARMED: OnceLock<bool> = OnceLock::new();
+        safe && *ARMED.get_or_init(|| std::env::var_os(KEY_STALL).is_some_and(|v| v == "1"))
     }
 }
 

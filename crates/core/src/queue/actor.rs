@@ -21,7 +21,7 @@ use super::ready::{group_of, Entry, ReadyQueue};
 use super::settings::{ConsumerTimeoutAction, Overflow, QueueDefaults, QueueSettings};
 use super::store::{QueueStore, StoreContext, RESIDENT_BYTES_MAX, RESIDENT_MESSAGES_MAX};
 use super::{QueueCommand, QueueDef, QueueHandle, QueueStats};
-use crate::confirm::ConfirmShare;
+use crate::confirm::{ConfirmShare, Gate};
 use crate::consumer::{ChannelKey, ClientEvent, ConsumerSpec, Delivery, DELIVERY_OVERHEAD_BYTES};
 use crate::message::{now_ms, MessageRef};
 use crate::vhost::VHost;
@@ -83,7 +83,22 @@ pub(super) struct QueueActor {
     store_context: Option<StoreContext>,
     /// The keys of its messages, with `x-message-deduplication` (fixed at declare).
     dedup: Option<Box<QueueDedup>>,
+    /// Messages held back from consumers until their gate opens (`confirm::Gate`: a durable
+    /// deduplication exchange's key, a move's source acks, not yet on disk), by id. Entries
+    /// whose gate opened are dropped when a held message reaches the head or the map passes
+    /// `GATED_SWEEP`.
+    gated: HashMap<u64, Arc<Gate>>,
+    /// The gate of the message at the head that stopped delivery: the actor wakes when it
+    /// opens.
+    gate_wait: Option<Arc<Gate>>,
 }
+
+/// Size of `gated` past which entries whose gate opened are swept out as messages arrive
+/// (gates open within a few fsyncs, so it stays near the messages of the last milliseconds).
+const GATED_SWEEP: usize = 1024;
+/// While held behind a gate with no timer due, the actor still looks again this often (a
+/// gate always opens, so this is only a backstop).
+const GATE_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// What a queue starts with.
 pub(crate) struct Startup {
@@ -155,6 +170,8 @@ impl QueueActor {
             store,
             store_context: startup.store_context,
             dedup,
+            gated: HashMap::new(),
+            gate_wait: None,
         }
     }
 
@@ -162,6 +179,35 @@ impl QueueActor {
         // Messages recovered at start count before any command arrives.
         self.publish_metrics();
         loop {
+            if let Some(gate) = self.gate_wait.clone() {
+                // The head is held behind a gate: wake when it opens, too.
+                let wait = match self.next_deadline_ms() {
+                    Some(deadline) => Duration::from_millis(deadline.saturating_sub(now_ms())),
+                    None => GATE_WAIT_MAX,
+                };
+                let cmd = tokio::select! {
+                    cmd = inbox.recv() => cmd,
+                    _ = gate.opened() => {
+                        self.gate_wait = None;
+                        self.batch_started_ms = now_ms();
+                        self.after_batch();
+                        continue;
+                    }
+                    _ = tokio::time::sleep(wait) => {
+                        self.batch_started_ms = now_ms();
+                        if let Flow::Stop = self.on_timer() {
+                            break;
+                        }
+                        self.after_batch();
+                        continue;
+                    }
+                };
+                let Some(cmd) = cmd else { break };
+                if let Flow::Stop = self.handle_batch(cmd, &mut inbox) {
+                    break;
+                }
+                continue;
+            }
             let cmd = match self.next_deadline_ms() {
                 Some(deadline) => {
                     let wait = Duration::from_millis(deadline.saturating_sub(now_ms()));
@@ -172,10 +218,7 @@ impl QueueActor {
                             if let Flow::Stop = self.on_timer() {
                                 break;
                             }
-                            self.deliver();
-                            self.start_sync();
-                            self.update_flow();
-                            self.publish_metrics();
+                            self.after_batch();
                             continue;
                         }
                     }
@@ -183,26 +226,9 @@ impl QueueActor {
                 None => inbox.recv().await,
             };
             let Some(cmd) = cmd else { break };
-            self.batch_started_ms = now_ms();
-            if let Flow::Stop = self.handle_command(cmd) {
+            if let Flow::Stop = self.handle_batch(cmd, &mut inbox) {
                 break;
             }
-            // Handle whatever else is already waiting before delivering, so a burst of
-            // publishes is delivered in one pass.
-            let mut stop = false;
-            while let Ok(cmd) = inbox.try_recv() {
-                if let Flow::Stop = self.handle_command(cmd) {
-                    stop = true;
-                    break;
-                }
-            }
-            if stop {
-                break;
-            }
-            self.deliver();
-            self.start_sync();
-            self.update_flow();
-            self.publish_metrics();
         }
         // Publishers must never wait on a queue that is gone.
         self.handle.flow().set(false);
@@ -211,6 +237,57 @@ impl QueueActor {
             store.destroy();
         }
         debug!(queue = %self.def.name.as_str(), "queue actor stopped");
+    }
+
+    /// Handles `cmd` and whatever else is already waiting before delivering, so a burst of
+    /// publishes is delivered in one pass.
+    fn handle_batch(
+        &mut self,
+        cmd: QueueCommand,
+        inbox: &mut mpsc::Receiver<QueueCommand>,
+    ) -> Flow {
+        self.batch_started_ms = now_ms();
+        if let Flow::Stop = self.handle_command(cmd) {
+            return Flow::Stop;
+        }
+        while let Ok(cmd) = inbox.try_recv() {
+            if let Flow::Stop = self.handle_command(cmd) {
+                return Flow::Stop;
+            }
+        }
+        self.after_batch();
+        Flow::Continue
+    }
+
+    fn after_batch(&mut self) {
+        self.deliver();
+        self.start_sync();
+        self.update_flow();
+        self.publish_metrics();
+    }
+
+    fn hold_back(&mut self, id: u64, gate: Arc<Gate>) {
+        if self.gated.len() >= GATED_SWEEP {
+            self.gated.retain(|_, g| !g.is_open());
+        }
+        self.gated.insert(id, gate);
+    }
+
+    /// Whether the message `id` (popped at the head) must wait for its gate; if so, the actor
+    /// waits on that gate.
+    fn held_back(&mut self, id: u64) -> bool {
+        if self.gated.is_empty() {
+            return false;
+        }
+        let Some(gate) = self.gated.get(&id) else {
+            return false;
+        };
+        if gate.is_open() {
+            self.gated.remove(&id);
+            return false;
+        }
+        self.gate_wait = Some(gate.clone());
+        true
     }
 
     /// Flow control: with consumers attached and a backlog past `FLOW_HIGH_MESSAGES`,
@@ -281,6 +358,10 @@ impl QueueActor {
                     self.discard(expired);
                 }
                 while let Some(entry) = self.ready.pop_front() {
+                    if self.held_back(entry.id) {
+                        self.ready.requeue(entry);
+                        break;
+                    }
                     if let Some(delivery) = self.make_delivery(entry, channel_key, None, no_ack) {
                         let c = &mut self.counters;
                         *if no_ack {
@@ -460,6 +541,11 @@ impl QueueActor {
         if let (Some(dedup), Some(key)) = (self.dedup.as_mut(), dedup_key) {
             dedup.insert(id, key);
         }
+        // Held back from consumers until its gate opens (see `gated`).
+        let gate = confirm
+            .as_ref()
+            .and_then(ConfirmShare::closed_gate)
+            .cloned();
         let mut entry = Entry::new(id, message, ttl.map(|t| now.saturating_add(t)));
         if let (Some(header), Some(m)) = (&self.settings.message_group_header, &entry.message) {
             entry.group = group_of(m, header.as_str());
@@ -491,6 +577,9 @@ impl QueueActor {
                 }
                 None => {}
             }
+        }
+        if let Some(gate) = gate {
+            self.hold_back(id, gate.clone());
         }
         self.ready.push_back(entry);
         // Safe with this queue now (in memory, or covered by a pending sync).
@@ -672,6 +761,15 @@ impl QueueActor {
                 }
                 return;
             };
+            if self.held_back(entry.id) {
+                // Strict order: nothing goes out past it until its gate opens.
+                let c = &self.consumers[index];
+                if !c.spec.no_ack {
+                    c.spec.channel_limiter.release(1);
+                }
+                self.ready.requeue(entry);
+                return;
+            }
             let consumer = &self.consumers[index];
             let (channel_key, tag, no_ack) = (
                 consumer.spec.channel_key,
