@@ -1773,6 +1773,46 @@ mod tests {
         }
     }
 
+    /// Odd numbers from a client (NaN of either sign, infinities, -0) neither panic the range
+    /// look-ups nor change what matches.
+    #[test]
+    fn odd_numbers_are_looked_up_safely() {
+        let policies = [
+            r#"{"n": [{"numeric": [">=", -1, "<", 1]}]}"#,
+            r#"{"n": [0]}"#,
+            r#"{"n": [{"numeric": [">", -5]}]}"#,
+            r#"{"n": [{"numeric": ["<=", 0]}]}"#,
+        ];
+        let mut set = FilterSet::default();
+        let filters: Vec<Filter> = policies
+            .iter()
+            .map(|p| Filter::compile(p, Scope::Headers).expect(p))
+            .collect();
+        for (i, filter) in filters.iter().enumerate() {
+            set.insert(i as u32, filter.clone());
+        }
+        let negative_nan = f64::from_bits(f64::NAN.to_bits() | (1 << 63));
+        for v in [
+            f64::NAN,
+            negative_nan,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+            0.0,
+        ] {
+            for value in [AMQPValue::Double(v), AMQPValue::Float(v as f32)] {
+                let headers = table(&[("n", value)]);
+                let expected: Vec<u32> = (0..filters.len())
+                    .filter(|i| filters[*i].matches_headers(Some(&headers)))
+                    .map(|i| i as u32)
+                    .collect();
+                assert_eq!(routed(&set, &headers, None), expected, "{v}");
+            }
+        }
+        let zero = table(&[("n", AMQPValue::Double(-0.0))]);
+        assert_eq!(routed(&set, &zero, None), vec![0, 1, 2, 3]);
+    }
+
     /// A filter bound by a selective term is not drawn by a message that lacks it: the
     /// preference order puts the exact string before the prefix and the `exists`.
     #[test]
