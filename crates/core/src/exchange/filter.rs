@@ -6,7 +6,7 @@
 //! policy once at bind time into a `Filter`, matching a `Filter` against a message's
 //! `headers` table (never converted to JSON) or its body parsed as a JSON object, and
 //! `FilterSet`, a persistent (O(1) clone, O(log n) change) collection of one exchange's
-//! filter bindings indexed by an exact-string header value or a numeric interval. It knows
+//! filter bindings, each indexed by one required term of any condition kind. It knows
 //! nothing of queues, vhosts or the classic `all`/`any` modes (`headers.rs`), and never
 //! parses a policy per message.
 //!
@@ -60,7 +60,7 @@ pub enum FilterError {
 }
 
 /// What a policy is matched against.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scope {
     Headers,
     Body,
@@ -198,62 +198,6 @@ impl Filter {
     /// Matches the policy against a message body already parsed as a JSON object.
     pub fn matches_body(&self, body: &Map<String, Value>) -> bool {
         self.root.matches(&BodyDocument(body))
-    }
-
-    /// The leaves the whole policy requires (not under an `"$or"`), for header scope only.
-    fn required_leaves(&self) -> &[Node] {
-        if self.scope != Scope::Headers {
-            return &[];
-        }
-        match &self.root {
-            Node::All(children) => children,
-            leaf @ Node::Leaf { .. } => std::slice::from_ref(leaf),
-            Node::Any(_) => &[],
-        }
-    }
-
-    /// The required top-level keys whose every condition is a closed numeric interval (an
-    /// exact number is one of width 0), with those intervals: any of them can index the filter.
-    fn numeric_terms(&self) -> Vec<(&str, Vec<(f64, f64)>)> {
-        self.required_leaves()
-            .iter()
-            .filter_map(|node| match node {
-                Node::Leaf { path, conditions } if path.len() == 1 => {
-                    let intervals: Option<Vec<(f64, f64)>> = conditions
-                        .iter()
-                        .map(|c| match c {
-                            Condition::Range { lower, upper } => {
-                                Some((lower.value()?, upper.value()?))
-                            }
-                            _ => None,
-                        })
-                        .collect();
-                    Some((&*path[0], intervals?))
-                }
-                _ => None,
-            })
-            .collect()
-    }
-
-    /// The required top-level keys whose every condition is an exact string, with those
-    /// strings: any of them can index the filter.
-    fn index_terms(&self) -> Vec<(&str, Vec<&str>)> {
-        self.required_leaves()
-            .iter()
-            .filter_map(|node| match node {
-                Node::Leaf { path, conditions } if path.len() == 1 => {
-                    let values: Option<Vec<&str>> = conditions
-                        .iter()
-                        .map(|c| match c {
-                            Condition::Equals(text) => Some(&**text),
-                            _ => None,
-                        })
-                        .collect();
-                    Some((&*path[0], values?))
-                }
-                _ => None,
-            })
-            .collect()
     }
 }
 
@@ -689,22 +633,16 @@ fn parse_body(body: &[u8]) -> Option<Map<String, Value>> {
     }
 }
 
-/// Where a binding sits in a `FilterSet`.
-#[derive(Clone, Debug)]
-enum Placement {
-    /// Matched against every message.
-    Scan,
-    /// Under one header name, in the bucket of each value it lists.
-    Indexed(Arc<str>, Arc<[Arc<str>]>),
-    /// Under one header name, at the (width class, lower end) of each interval it lists.
-    Numeric(Arc<str>, Arc<[(i32, Lower)]>),
-}
-
-type Bucket<K> = imbl::HashMap<K, Arc<Filter>>;
-
-/// An interval's lower end, ordered (policy numbers are finite).
+/// A number as an ordered map key (policy numbers are finite; a message's NaN is never
+/// looked up), with -0 folded into 0 so that both sort where `==` puts them.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Lower(f64);
+
+impl Lower {
+    fn new(n: f64) -> Lower {
+        Lower(n + 0.0)
+    }
+}
 
 impl Eq for Lower {}
 
@@ -742,47 +680,380 @@ fn class_width(class: i32) -> f64 {
     }
 }
 
-/// Of a filter's numeric terms, the one whose intervals are narrowest in total.
-fn narrowest(terms: Vec<(&str, Vec<(f64, f64)>)>) -> Option<(&str, Vec<(f64, f64)>)> {
-    let span =
-        |intervals: &[(f64, f64)]| -> f64 { intervals.iter().map(|(low, high)| high - low).sum() };
-    terms
-        .into_iter()
-        .min_by(|a, b| span(&a.1).total_cmp(&span(&b.1)))
-}
+type Bucket<K> = imbl::HashMap<K, Arc<Filter>>;
 
-/// One header's numeric intervals: width class → lower end → filters.
+/// One path's closed numeric intervals: width class → lower end → filters.
 type Intervals<K> = imbl::OrdMap<i32, imbl::OrdMap<Lower, Bucket<K>>>;
 
-/// One exchange's filter bindings. A filter that requires a top-level header to equal one
-/// of some strings sits in the buckets of those strings under that header's name (of its
-/// candidate headers, the one whose buckets were smallest when it was bound, so a header
-/// whose values are distinct per binding wins over one shared by many). Failing that, a
-/// filter that requires a top-level header to lie in closed numeric intervals sits at those
-/// intervals (`Intervals`, the narrowest such header). A message checks only the buckets of
-/// its string values, the intervals that may contain its numbers, and the filters with
-/// neither term (`scan`); every candidate is matched in full, so the indexes only preselect.
+/// Where one condition of a filter's indexing leaf sits in its path's `PathIndex`. The
+/// order of the variants is the order of preference when a filter is bound (`Slot::rank`).
+#[derive(Clone, Debug)]
+enum Slot {
+    /// An exact string, in the bucket of that string.
+    Exact(Arc<str>),
+    /// `equals-ignore-case`, in the bucket of the lower-cased string.
+    IgnoreCase(Arc<str>),
+    /// A closed numeric interval (or an exact number): at (width class, lower end).
+    Interval(i32, Lower),
+    /// `prefix`, in the bucket of the prefix.
+    Prefix(Arc<str>),
+    /// `suffix`, in the bucket of the suffix.
+    Suffix(Arc<str>),
+    /// A numeric range with only a lower bound, at that bound.
+    Above(Lower),
+    /// A numeric range with only an upper bound, at that bound.
+    Below(Lower),
+    /// `exists: true`, `anything-but`, booleans, null: a candidate when the path is present.
+    Present,
+    /// `exists: false`: a candidate when the path is absent.
+    Absent,
+}
+
+impl Slot {
+    fn of(condition: &Condition) -> Slot {
+        match condition {
+            Condition::Equals(text) => Slot::Exact(Arc::from(&**text)),
+            Condition::EqualsIgnoreCase(lower) => Slot::IgnoreCase(Arc::from(&**lower)),
+            Condition::Prefix(text) => Slot::Prefix(Arc::from(&**text)),
+            Condition::Suffix(text) => Slot::Suffix(Arc::from(&**text)),
+            Condition::Range { lower, upper } => match (lower.value(), upper.value()) {
+                (Some(low), Some(high)) => Slot::Interval(width_class(high - low), Lower::new(low)),
+                (Some(low), None) => Slot::Above(Lower::new(low)),
+                (None, Some(high)) => Slot::Below(Lower::new(high)),
+                (None, None) => Slot::Present,
+            },
+            Condition::Exists(false) => Slot::Absent,
+            Condition::Exists(true)
+            | Condition::Boolean(_)
+            | Condition::Null
+            | Condition::AnythingBut { .. }
+            | Condition::AnythingButPrefix(_)
+            | Condition::AnythingButSuffix(_) => Slot::Present,
+        }
+    }
+
+    /// Lower is more selective: exact and ignore-case strings, closed intervals, prefixes
+    /// and suffixes, open ranges, presence, absence.
+    fn rank(&self) -> u8 {
+        match self {
+            Slot::Exact(_) | Slot::IgnoreCase(_) => 0,
+            Slot::Interval(..) => 1,
+            Slot::Prefix(_) | Slot::Suffix(_) => 2,
+            Slot::Above(_) | Slot::Below(_) => 3,
+            Slot::Present => 4,
+            Slot::Absent => 5,
+        }
+    }
+}
+
+/// One condition of a bound filter in the index: its key path (first key, the rest) and slot.
+#[derive(Clone, Debug)]
+struct Term {
+    first: Arc<str>,
+    rest: Arc<[Box<str>]>,
+    slot: Slot,
+}
+
+/// Where a binding sits in a `FilterSet`.
+#[derive(Clone, Debug)]
+enum Placement {
+    /// Matched against every message (a filter with no term to index).
+    Scan(Scope),
+    /// At each of these terms; the filter can only match a message that one of them draws.
+    Terms(Scope, Arc<[Term]>),
+}
+
+/// Prefixes (or suffixes) of one path: the text → filters, and how many distinct texts of
+/// each length are in use, so a message value is looked up once per length.
+#[derive(Clone, Debug)]
+struct Affixes<K: Clone + Hash + Eq> {
+    by_text: imbl::HashMap<Arc<str>, Bucket<K>>,
+    lengths: imbl::OrdMap<usize, usize>,
+}
+
+impl<K: Clone + Hash + Eq> Default for Affixes<K> {
+    fn default() -> Self {
+        Affixes {
+            by_text: imbl::HashMap::new(),
+            lengths: imbl::OrdMap::new(),
+        }
+    }
+}
+
+impl<K: Clone + Hash + Eq> Affixes<K> {
+    fn insert(&mut self, text: &Arc<str>, key: &K, filter: &Arc<Filter>) {
+        if put(&mut self.by_text, text, key, filter) {
+            *self.lengths.entry(text.len()).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, text: &Arc<str>, key: &K) {
+        if take(&mut self.by_text, text, key) {
+            let unused = self.lengths.get_mut(&text.len()).is_some_and(|count| {
+                *count = count.saturating_sub(1);
+                *count == 0
+            });
+            if unused {
+                self.lengths.remove(&text.len());
+            }
+        }
+    }
+
+    /// The buckets of the prefixes (`head`) or suffixes of `text` in use.
+    fn lookup(&self, text: &str, head: bool, emit: &mut dyn FnMut(&K, &Arc<Filter>)) {
+        for (&len, _) in self.lengths.range(..=text.len()) {
+            let part = match head {
+                true => text.get(..len),
+                false => text.get(text.len() - len..),
+            };
+            if let Some(bucket) = part.and_then(|part| self.by_text.get(part)) {
+                bucket.iter().for_each(|(key, filter)| emit(key, filter));
+            }
+        }
+    }
+}
+
+/// Adds `key` to the bucket at `at`; true if the bucket is new.
+fn put<Q: Clone + Hash + Eq, K: Clone + Hash + Eq>(
+    map: &mut imbl::HashMap<Q, Bucket<K>>,
+    at: &Q,
+    key: &K,
+    filter: &Arc<Filter>,
+) -> bool {
+    let bucket = map.entry(at.clone()).or_default();
+    bucket.insert(key.clone(), filter.clone());
+    bucket.len() == 1
+}
+
+/// Removes `key` from the bucket at `at`; true if the bucket was emptied (and dropped).
+fn take<Q: Clone + Hash + Eq, K: Clone + Hash + Eq>(
+    map: &mut imbl::HashMap<Q, Bucket<K>>,
+    at: &Q,
+    key: &K,
+) -> bool {
+    let now_empty = map.get_mut(at).is_some_and(|bucket| {
+        bucket.remove(key);
+        bucket.is_empty()
+    });
+    if now_empty {
+        map.remove(at);
+    }
+    now_empty
+}
+
+/// `take` for an ordered map.
+fn take_ord<Q: Clone + Ord, K: Clone + Hash + Eq>(
+    map: &mut imbl::OrdMap<Q, Bucket<K>>,
+    at: &Q,
+    key: &K,
+) {
+    let now_empty = map.get_mut(at).is_some_and(|bucket| {
+        bucket.remove(key);
+        bucket.is_empty()
+    });
+    if now_empty {
+        map.remove(at);
+    }
+}
+
+/// The filters indexed at one key path, one sub-index per kind of condition.
+#[derive(Clone, Debug)]
+struct PathIndex<K: Clone + Hash + Eq> {
+    exact: imbl::HashMap<Arc<str>, Bucket<K>>,
+    ignore_case: imbl::HashMap<Arc<str>, Bucket<K>>,
+    intervals: Intervals<K>,
+    prefix: Affixes<K>,
+    suffix: Affixes<K>,
+    above: imbl::OrdMap<Lower, Bucket<K>>,
+    below: imbl::OrdMap<Lower, Bucket<K>>,
+    present: Bucket<K>,
+}
+
+impl<K: Clone + Hash + Eq> Default for PathIndex<K> {
+    fn default() -> Self {
+        PathIndex {
+            exact: imbl::HashMap::new(),
+            ignore_case: imbl::HashMap::new(),
+            intervals: imbl::OrdMap::new(),
+            prefix: Affixes::default(),
+            suffix: Affixes::default(),
+            above: imbl::OrdMap::new(),
+            below: imbl::OrdMap::new(),
+            present: imbl::HashMap::new(),
+        }
+    }
+}
+
+impl<K: Clone + Hash + Eq> PathIndex<K> {
+    fn is_empty(&self) -> bool {
+        self.exact.is_empty()
+            && self.ignore_case.is_empty()
+            && self.intervals.is_empty()
+            && self.prefix.by_text.is_empty()
+            && self.suffix.by_text.is_empty()
+            && self.above.is_empty()
+            && self.below.is_empty()
+            && self.present.is_empty()
+    }
+
+    /// How many filters already share `slot` (the tie-break between terms of one rank).
+    fn load(&self, slot: &Slot) -> usize {
+        let size = |bucket: Option<&Bucket<K>>| bucket.map_or(0, imbl::HashMap::len);
+        match slot {
+            Slot::Exact(text) => size(self.exact.get(text)),
+            Slot::IgnoreCase(text) => size(self.ignore_case.get(text)),
+            Slot::Interval(class, lower) => {
+                size(self.intervals.get(class).and_then(|by| by.get(lower)))
+            }
+            Slot::Prefix(text) => size(self.prefix.by_text.get(text)),
+            Slot::Suffix(text) => size(self.suffix.by_text.get(text)),
+            Slot::Above(bound) => size(self.above.get(bound)),
+            Slot::Below(bound) => size(self.below.get(bound)),
+            Slot::Present => self.present.len(),
+            Slot::Absent => 0,
+        }
+    }
+
+    fn insert(&mut self, slot: &Slot, key: &K, filter: &Arc<Filter>) {
+        let add = |bucket: &mut Bucket<K>| {
+            bucket.insert(key.clone(), filter.clone());
+        };
+        match slot {
+            Slot::Exact(text) => add(self.exact.entry(text.clone()).or_default()),
+            Slot::IgnoreCase(text) => add(self.ignore_case.entry(text.clone()).or_default()),
+            Slot::Interval(class, lower) => add(self
+                .intervals
+                .entry(*class)
+                .or_default()
+                .entry(*lower)
+                .or_default()),
+            Slot::Prefix(text) => self.prefix.insert(text, key, filter),
+            Slot::Suffix(text) => self.suffix.insert(text, key, filter),
+            Slot::Above(bound) => add(self.above.entry(*bound).or_default()),
+            Slot::Below(bound) => add(self.below.entry(*bound).or_default()),
+            Slot::Present => add(&mut self.present),
+            Slot::Absent => {}
+        }
+    }
+
+    fn remove(&mut self, slot: &Slot, key: &K) {
+        match slot {
+            Slot::Exact(text) => {
+                take(&mut self.exact, text, key);
+            }
+            Slot::IgnoreCase(text) => {
+                take(&mut self.ignore_case, text, key);
+            }
+            Slot::Interval(class, lower) => {
+                let class_empty = self.intervals.get_mut(class).is_some_and(|by_lower| {
+                    take_ord(by_lower, lower, key);
+                    by_lower.is_empty()
+                });
+                if class_empty {
+                    self.intervals.remove(class);
+                }
+            }
+            Slot::Prefix(text) => self.prefix.remove(text, key),
+            Slot::Suffix(text) => self.suffix.remove(text, key),
+            Slot::Above(bound) => take_ord(&mut self.above, bound, key),
+            Slot::Below(bound) => take_ord(&mut self.below, bound, key),
+            Slot::Present => {
+                self.present.remove(key);
+            }
+            Slot::Absent => {}
+        }
+    }
+
+    /// Calls `emit` with the filters whose slot here may match `value` (not `present`).
+    fn lookup(&self, value: Scalar<'_>, emit: &mut dyn FnMut(&K, &Arc<Filter>)) {
+        let mut bucket = |bucket: &Bucket<K>| {
+            bucket.iter().for_each(|(key, filter)| emit(key, filter));
+        };
+        match value {
+            Scalar::Text(text) => {
+                if let Some(found) = self.exact.get(text) {
+                    bucket(found);
+                }
+                if !self.ignore_case.is_empty() {
+                    let lower: String = text.chars().flat_map(char::to_lowercase).collect();
+                    if let Some(found) = self.ignore_case.get(lower.as_str()) {
+                        bucket(found);
+                    }
+                }
+                self.prefix.lookup(text, true, emit);
+                self.suffix.lookup(text, false, emit);
+            }
+            // NaN matches no range (and must not reach `range` with reversed ends).
+            Scalar::Number(v) if !v.is_nan() => {
+                let v = v + 0.0;
+                for (class, by_lower) in &self.intervals {
+                    let from = Lower(v - class_width(*class));
+                    by_lower
+                        .range(from..=Lower(v))
+                        .for_each(|(_, found)| bucket(found));
+                }
+                self.above
+                    .range(..=Lower(v))
+                    .for_each(|(_, found)| bucket(found));
+                self.below
+                    .range(Lower(v)..)
+                    .for_each(|(_, found)| bucket(found));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Where `exists: false` terms sit: (scope, first key, rest of the path).
+type AbsentAt = (Scope, Arc<str>, Arc<[Box<str>]>);
+
+/// Indexed paths of one scope: first key → the rest of the path → that path's index.
+type Paths<K> = imbl::HashMap<Arc<str>, imbl::HashMap<Arc<[Box<str>]>, PathIndex<K>>>;
+
+/// A choice of leaves of a filter such that the filter can only match a message where one
+/// of them does, with its cost: (worst `Slot::rank`, then a score, lower is better).
+type Cover<'f> = (Vec<&'f Node>, (u8, f64));
+
+/// One exchange's filter bindings, indexed so that a message draws (roughly) only the
+/// filters that may match it. At bind time each filter is placed by one of its required
+/// (AND-level) leaves, anywhere in the policy, nested keys and body scope included: each
+/// condition the leaf lists sits in the sub-index of its kind (`Slot`) under the leaf's key
+/// path. Of the required leaves, the one whose worst condition kind ranks best wins
+/// (`Slot::rank`: exact or ignore-case strings, closed intervals, prefixes/suffixes, open
+/// ranges, presence, absence); ties go to the fewest filters already sharing the slots
+/// (for intervals the narrowest, for affixes also the longest). A policy that is only an
+/// `"$or"` sits under one leaf of each alternative. Only a filter with no term at all would
+/// be matched against every message (`scan`). A message visits the values at each indexed
+/// path (iterating its own headers or the indexed first keys, whichever is fewer), and the
+/// few paths holding `exists: false`; every candidate is matched in full, so the indexes
+/// only preselect.
 #[derive(Clone, Debug)]
 pub struct FilterSet<K: Clone + Hash + Eq> {
-    index: imbl::HashMap<Arc<str>, imbl::HashMap<Arc<str>, Bucket<K>>>,
-    /// Filters without an exact-string term but with a closed numeric interval on a header.
-    numeric: imbl::HashMap<Arc<str>, Intervals<K>>,
+    headers: Paths<K>,
+    body: Paths<K>,
+    /// `exists: false` terms: (scope, first key, rest of the path) → filters.
+    absent: imbl::HashMap<AbsentAt, Bucket<K>>,
     scan: Bucket<K>,
     placed: imbl::HashMap<K, Placement>,
-    /// Body-scoped filters in `scan`: when none, a body is never parsed.
+    /// Body-scoped filters, wherever placed: when none, a body is never parsed.
     body_filters: usize,
 }
 
 impl<K: Clone + Hash + Eq> Default for FilterSet<K> {
     fn default() -> Self {
         FilterSet {
-            index: imbl::HashMap::new(),
-            numeric: imbl::HashMap::new(),
+            headers: imbl::HashMap::new(),
+            body: imbl::HashMap::new(),
+            absent: imbl::HashMap::new(),
             scan: imbl::HashMap::new(),
             placed: imbl::HashMap::new(),
             body_filters: 0,
         }
     }
+}
+
+fn better(a: (u8, f64), b: (u8, f64)) -> std::cmp::Ordering {
+    a.0.cmp(&b.0).then(a.1.total_cmp(&b.1))
 }
 
 impl<K: Clone + Hash + Eq> FilterSet<K> {
@@ -794,237 +1065,266 @@ impl<K: Clone + Hash + Eq> FilterSet<K> {
         self.placed.len()
     }
 
+    fn paths(&self, scope: Scope) -> &Paths<K> {
+        match scope {
+            Scope::Headers => &self.headers,
+            Scope::Body => &self.body,
+        }
+    }
+
+    fn paths_mut(&mut self, scope: Scope) -> &mut Paths<K> {
+        match scope {
+            Scope::Headers => &mut self.headers,
+            Scope::Body => &mut self.body,
+        }
+    }
+
     /// Adds a binding's filter; a key already present is left as it is.
     pub fn insert(&mut self, key: K, filter: Filter) {
         if self.placed.contains_key(&key) {
             return;
         }
         let filter = Arc::new(filter);
-        let exact = filter
-            .index_terms()
-            .into_iter()
-            .min_by_key(|(name, values)| (self.bucket_sizes(name, values), values.len()));
-        let placement = match exact {
-            Some((name, values)) => self.insert_exact(&key, &filter, name, values),
-            None => match narrowest(filter.numeric_terms()) {
-                Some((name, intervals)) => self.insert_numeric(&key, &filter, name, intervals),
-                None => {
-                    if filter.scope == Scope::Body {
-                        self.body_filters += 1;
+        let scope = filter.scope;
+        if scope == Scope::Body {
+            self.body_filters += 1;
+        }
+        let terms: Option<Vec<Term>> = self.cover(scope, &filter.root).map(|(leaves, _)| {
+            leaves
+                .into_iter()
+                .filter_map(|leaf| match leaf {
+                    Node::Leaf { path, conditions } => {
+                        let (first, rest) = path.split_first()?;
+                        let (first, rest): (Arc<str>, Arc<[Box<str>]>) =
+                            (Arc::from(&**first), rest.into());
+                        Some(conditions.iter().map(move |condition| Term {
+                            first: first.clone(),
+                            rest: rest.clone(),
+                            slot: Slot::of(condition),
+                        }))
                     }
-                    self.scan.insert(key.clone(), filter);
-                    Placement::Scan
+                    _ => None,
+                })
+                .flatten()
+                .collect()
+        });
+        let placement = match terms {
+            Some(terms) if !terms.is_empty() => {
+                for term in &terms {
+                    self.insert_term(scope, term, &key, &filter);
                 }
-            },
+                Placement::Terms(scope, terms.into())
+            }
+            _ => {
+                self.scan.insert(key.clone(), filter);
+                Placement::Scan(scope)
+            }
         };
         self.placed.insert(key, placement);
     }
 
-    fn insert_exact(
-        &mut self,
-        key: &K,
-        filter: &Arc<Filter>,
-        name: &str,
-        values: Vec<&str>,
-    ) -> Placement {
-        let name: Arc<str> = name.into();
-        let values: Arc<[Arc<str>]> = values.into_iter().map(Arc::from).collect();
-        let buckets = self.index.entry(name.clone()).or_default();
-        for value in values.iter() {
-            buckets
-                .entry(value.clone())
-                .or_default()
-                .insert(key.clone(), filter.clone());
+    /// The cheapest cover of `node`: a required leaf, or for an `"$or"` one of each
+    /// alternative; `None` when some alternative has none.
+    fn cover<'f>(&self, scope: Scope, node: &'f Node) -> Option<Cover<'f>> {
+        match node {
+            Node::Leaf { path, conditions } => {
+                let (first, rest) = path.split_first()?;
+                let index = self
+                    .paths(scope)
+                    .get(&**first)
+                    .and_then(|by_rest| by_rest.get(rest));
+                let mut rank = 0;
+                let mut score = 0.0;
+                for condition in conditions.iter() {
+                    let slot = Slot::of(condition);
+                    rank = rank.max(slot.rank());
+                    let load = index.map_or(0, |index| index.load(&slot)) as f64;
+                    score += match (&slot, condition) {
+                        (Slot::Interval(..), Condition::Range { lower, upper }) => {
+                            upper.value().unwrap_or(0.0) - lower.value().unwrap_or(0.0)
+                        }
+                        (Slot::Prefix(text) | Slot::Suffix(text), _) => {
+                            load + 1.0 / (2.0 + text.len() as f64)
+                        }
+                        _ => load,
+                    };
+                }
+                Some((vec![node], (rank, score)))
+            }
+            Node::All(children) => children
+                .iter()
+                .filter_map(|child| self.cover(scope, child))
+                .min_by(|a, b| better(a.1, b.1)),
+            Node::Any(children) => {
+                let mut leaves = Vec::new();
+                let (mut rank, mut score) = (0, 0.0);
+                for child in children.iter() {
+                    let (more, cost) = self.cover(scope, child)?;
+                    leaves.extend(more);
+                    rank = rank.max(cost.0);
+                    score += cost.1;
+                }
+                Some((leaves, (rank, score)))
+            }
         }
-        Placement::Indexed(name, values)
     }
 
-    fn insert_numeric(
-        &mut self,
-        key: &K,
-        filter: &Arc<Filter>,
-        name: &str,
-        intervals: Vec<(f64, f64)>,
-    ) -> Placement {
-        let name: Arc<str> = name.into();
-        let by_class = self.numeric.entry(name.clone()).or_default();
-        let mut places = Vec::with_capacity(intervals.len());
-        for (low, high) in intervals {
-            let place = (width_class(high - low), Lower(low));
-            by_class
-                .entry(place.0)
-                .or_default()
-                .entry(place.1)
-                .or_default()
-                .insert(key.clone(), filter.clone());
-            places.push(place);
+    fn insert_term(&mut self, scope: Scope, term: &Term, key: &K, filter: &Arc<Filter>) {
+        if let Slot::Absent = term.slot {
+            let at = (scope, term.first.clone(), term.rest.clone());
+            put(&mut self.absent, &at, key, filter);
+            return;
         }
-        Placement::Numeric(name, places.into())
+        self.paths_mut(scope)
+            .entry(term.first.clone())
+            .or_default()
+            .entry(term.rest.clone())
+            .or_default()
+            .insert(&term.slot, key, filter);
     }
 
-    fn bucket_sizes(&self, name: &str, values: &[&str]) -> usize {
-        let Some(buckets) = self.index.get(name) else {
-            return 0;
+    fn remove_term(&mut self, scope: Scope, term: &Term, key: &K) {
+        if let Slot::Absent = term.slot {
+            let at = (scope, term.first.clone(), term.rest.clone());
+            take(&mut self.absent, &at, key);
+            return;
+        }
+        let paths = self.paths_mut(scope);
+        let Some(by_rest) = paths.get_mut(&term.first) else {
+            return;
         };
-        values
-            .iter()
-            .map(|value| buckets.get(*value).map_or(0, imbl::HashMap::len))
-            .sum()
+        let now_empty = by_rest.get_mut(&term.rest).is_some_and(|index| {
+            index.remove(&term.slot, key);
+            index.is_empty()
+        });
+        if now_empty {
+            by_rest.remove(&term.rest);
+        }
+        if by_rest.is_empty() {
+            paths.remove(&term.first);
+        }
     }
 
     pub fn remove(&mut self, key: &K) {
-        match self.placed.remove(key) {
-            None => {}
-            Some(Placement::Scan) => {
-                if let Some(filter) = self.scan.remove(key) {
-                    if filter.scope == Scope::Body {
-                        self.body_filters = self.body_filters.saturating_sub(1);
-                    }
-                }
+        let scope = match self.placed.remove(key) {
+            None => return,
+            Some(Placement::Scan(scope)) => {
+                self.scan.remove(key);
+                scope
             }
-            Some(Placement::Indexed(name, values)) => {
-                let Some(buckets) = self.index.get_mut(&name) else {
-                    return;
-                };
-                for value in values.iter() {
-                    let now_empty = buckets.get_mut(value).is_some_and(|bucket| {
-                        bucket.remove(key);
-                        bucket.is_empty()
-                    });
-                    if now_empty {
-                        buckets.remove(value);
-                    }
+            Some(Placement::Terms(scope, terms)) => {
+                for term in terms.iter() {
+                    self.remove_term(scope, term, key);
                 }
-                if buckets.is_empty() {
-                    self.index.remove(&name);
-                }
-            }
-            Some(Placement::Numeric(name, places)) => {
-                let Some(by_class) = self.numeric.get_mut(&name) else {
-                    return;
-                };
-                for (class, lower) in places.iter() {
-                    let class_empty = by_class.get_mut(class).is_some_and(|by_lower| {
-                        let bucket_empty = by_lower.get_mut(lower).is_some_and(|bucket| {
-                            bucket.remove(key);
-                            bucket.is_empty()
-                        });
-                        if bucket_empty {
-                            by_lower.remove(lower);
-                        }
-                        by_lower.is_empty()
-                    });
-                    if class_empty {
-                        by_class.remove(class);
-                    }
-                }
-                if by_class.is_empty() {
-                    self.numeric.remove(&name);
-                }
-            }
-        }
-    }
-
-    /// Reports the filters among one header's intervals that match, looking only at the
-    /// intervals that may contain a number of the header's `value`.
-    fn route_numeric(
-        &self,
-        headers: Option<&FieldTable>,
-        by_class: &Intervals<K>,
-        value: &AMQPValue,
-        out: &mut dyn FnMut(&K),
-    ) {
-        let mut lookup = |v: f64| {
-            for (class, by_lower) in by_class {
-                let from = Lower(v - class_width(*class));
-                for (_, bucket) in by_lower.range(from..=Lower(v)) {
-                    for (key, filter) in bucket {
-                        if filter.matches_headers(headers) {
-                            out(key);
-                        }
-                    }
-                }
+                scope
             }
         };
-        match value {
-            AMQPValue::FieldArray(items) => {
-                for item in items.as_slice() {
-                    if let Scalar::Number(v) = amqp_scalar(item) {
-                        lookup(v);
-                    }
-                }
-            }
-            _ => {
-                if let Scalar::Number(v) = amqp_scalar(value) {
-                    lookup(v);
-                }
-            }
+        if scope == Scope::Body {
+            self.body_filters = self.body_filters.saturating_sub(1);
         }
     }
 
-    /// Calls `out` with the key of every binding whose filter matches (a binding indexed
-    /// under several values may be reported more than once for a header array holding
-    /// several of them). The body is parsed at most once, and only if a body-scoped filter
-    /// is bound.
+    /// Calls `out` with the key of every binding whose filter matches (a binding may be
+    /// reported more than once, e.g. for a header array holding several of its values). The
+    /// body is parsed at most once, and only if a body-scoped filter is bound.
     pub fn route(
         &self,
         headers: Option<&FieldTable>,
         body: Option<&[u8]>,
         out: &mut dyn FnMut(&K),
     ) {
-        if let Some(table) = headers.filter(|_| !self.index.is_empty()) {
-            let mut check = |name: &str, value: &AMQPValue| {
-                let Some(buckets) = self.index.get(name) else {
+        let parsed: OnceCell<Option<Map<String, Value>>> = OnceCell::new();
+        let object = || match self.body_filters {
+            0 => None,
+            _ => parsed.get_or_init(|| body.and_then(parse_body)).as_ref(),
+        };
+        let matches = |filter: &Filter| match filter.scope {
+            Scope::Headers => filter.matches_headers(headers),
+            Scope::Body => object().is_some_and(|object| filter.matches_body(object)),
+        };
+        let mut emit = |key: &K, filter: &Arc<Filter>| {
+            if matches(filter) {
+                out(key);
+            }
+        };
+        if let Some(table) = headers.filter(|_| !self.headers.is_empty()) {
+            let mut check = |first: &str, value: &AMQPValue| {
+                let Some(by_rest) = self.headers.get(first) else {
                     return;
                 };
-                let mut lookup = |text: &str| {
-                    for (key, filter) in buckets.get(text).into_iter().flatten() {
-                        if filter.matches_headers(headers) {
-                            out(key);
-                        }
+                for (rest, index) in by_rest {
+                    let mut present = false;
+                    visit_amqp(value, rest, &mut |scalar| {
+                        present = true;
+                        index.lookup(scalar, &mut emit);
+                        false
+                    });
+                    if present {
+                        index.present.iter().for_each(|(k, f)| emit(k, f));
                     }
-                };
-                match value {
-                    AMQPValue::FieldArray(items) => items
-                        .as_slice()
-                        .iter()
-                        .filter_map(long_string)
-                        .for_each(&mut lookup),
-                    _ => long_string(value).into_iter().for_each(lookup),
                 }
             };
-            // Walk whichever is shorter: the message's headers or the indexed names.
-            if table.inner().len() <= self.index.len() {
+            // Walk whichever is shorter: the message's headers or the indexed first keys.
+            if table.inner().len() <= self.headers.len() {
                 for (name, value) in table {
                     check(name.as_str(), value);
                 }
             } else {
-                for name in self.index.keys() {
+                for name in self.headers.keys() {
                     if let Some(value) = table.inner().get(&**name) {
                         check(name, value);
                     }
                 }
             }
         }
-        if let Some(table) = headers.filter(|_| !self.numeric.is_empty()) {
-            for (name, by_class) in &self.numeric {
-                if let Some(value) = table.inner().get(&**name) {
-                    self.route_numeric(headers, by_class, value, out);
+        if let Some(document) = object().filter(|_| !self.body.is_empty()) {
+            let mut check = |first: &str, value: &Value| {
+                let Some(by_rest) = self.body.get(first) else {
+                    return;
+                };
+                for (rest, index) in by_rest {
+                    let mut present = false;
+                    visit_json(value, rest, &mut |scalar| {
+                        present = true;
+                        index.lookup(scalar, &mut emit);
+                        false
+                    });
+                    if present {
+                        index.present.iter().for_each(|(k, f)| emit(k, f));
+                    }
+                }
+            };
+            if document.len() <= self.body.len() {
+                for (name, value) in document {
+                    check(name, value);
+                }
+            } else {
+                for name in self.body.keys() {
+                    if let Some(value) = document.get(&**name) {
+                        check(name, value);
+                    }
                 }
             }
         }
-        let parsed: OnceCell<Option<Map<String, Value>>> = OnceCell::new();
-        for (key, filter) in &self.scan {
-            let hit = match filter.scope {
-                Scope::Headers => filter.matches_headers(headers),
-                Scope::Body => parsed
-                    .get_or_init(|| body.and_then(parse_body))
-                    .as_ref()
-                    .is_some_and(|object| filter.matches_body(object)),
+        for ((scope, first, rest), bucket) in &self.absent {
+            let present = match scope {
+                Scope::Headers => headers
+                    .and_then(|table| table.inner().get(&**first))
+                    .is_some_and(|value| visit_amqp(value, rest, &mut |_| true)),
+                Scope::Body => match object() {
+                    // Not a JSON object: no body-scoped filter matches.
+                    None => true,
+                    Some(document) => document
+                        .get(&**first)
+                        .is_some_and(|value| visit_json(value, rest, &mut |_| true)),
+                },
             };
-            if hit {
-                out(key);
+            if !present {
+                bucket.iter().for_each(|(k, f)| emit(k, f));
             }
+        }
+        for (key, filter) in &self.scan {
+            emit(key, filter);
         }
     }
 }
@@ -1366,11 +1666,205 @@ mod tests {
         for key in [0, 2, 3] {
             set.remove(&key);
         }
-        assert!(set.is_empty() && set.index.is_empty() && set.scan.is_empty());
+        assert!(is_bare(&set));
+    }
+
+    /// True when nothing is left behind in any index after every binding is removed.
+    fn is_bare(set: &FilterSet<u32>) -> bool {
+        set.is_empty()
+            && set.headers.is_empty()
+            && set.body.is_empty()
+            && set.absent.is_empty()
+            && set.scan.is_empty()
+            && set.body_filters == 0
+    }
+
+    /// Each index kind alone: a matching message is found, a non-matching one is not, and
+    /// after removal nothing is found and no empty map is left.
+    #[test]
+    fn every_condition_kind_is_indexed() {
+        let nested = |v: AMQPValue| AMQPValue::FieldTable(table(&[("d", v)]));
+        type Headers<'a> = Vec<(&'a str, AMQPValue)>;
+        let cases: Vec<(&str, Headers, Headers)> = vec![
+            (
+                r#"{"k": ["abc"]}"#,
+                vec![("k", s("abc"))],
+                vec![("k", s("abd"))],
+            ),
+            (
+                r#"{"k": [{"equals-ignore-case": "AbC"}]}"#,
+                vec![("k", s("aBc"))],
+                vec![("k", s("abd"))],
+            ),
+            (
+                r#"{"k": [{"prefix": "ab"}]}"#,
+                vec![("k", s("abz"))],
+                vec![("k", s("a"))],
+            ),
+            (
+                r#"{"k": [{"prefix": "é"}]}"#,
+                vec![("k", s("été"))],
+                vec![("k", s("e\u{301}"))],
+            ),
+            (
+                r#"{"k": [{"suffix": ".png"}]}"#,
+                vec![("k", s("a.png"))],
+                vec![("k", s("png"))],
+            ),
+            (
+                r#"{"k": [{"numeric": [">=", 1, "<", 3]}]}"#,
+                vec![("k", AMQPValue::Double(2.5))],
+                vec![("k", AMQPValue::LongInt(3))],
+            ),
+            (
+                r#"{"k": [{"numeric": [">", 10]}]}"#,
+                vec![("k", AMQPValue::LongInt(11))],
+                vec![("k", AMQPValue::LongInt(10))],
+            ),
+            (
+                r#"{"k": [{"numeric": [">=", 0]}]}"#,
+                vec![("k", AMQPValue::Double(-0.0))],
+                vec![("k", AMQPValue::Double(-0.5))],
+            ),
+            (
+                r#"{"k": [{"numeric": ["<=", 10]}]}"#,
+                vec![("k", AMQPValue::LongInt(10))],
+                vec![("k", AMQPValue::Double(10.5))],
+            ),
+            (
+                r#"{"k": [{"anything-but": ["x"]}]}"#,
+                vec![("k", s("y"))],
+                vec![("k", s("x"))],
+            ),
+            (
+                r#"{"k": [{"exists": true}]}"#,
+                vec![("k", s("y"))],
+                vec![("j", s("y"))],
+            ),
+            (
+                r#"{"k": [{"exists": false}]}"#,
+                vec![("j", s("y"))],
+                vec![("k", s("y"))],
+            ),
+            (
+                r#"{"c": {"d": [{"prefix": "v"}]}}"#,
+                vec![("c", nested(s("v1")))],
+                vec![("c", nested(s("w1")))],
+            ),
+            (
+                r#"{"$or": [{"k": [{"suffix": "z"}]}, {"j": [{"numeric": ["<", 0]}]}]}"#,
+                vec![("j", AMQPValue::LongInt(-1))],
+                vec![("k", s("za")), ("j", AMQPValue::LongInt(0))],
+            ),
+        ];
+        for (policy, hit, miss) in cases {
+            let mut set = FilterSet::default();
+            set.insert(1u32, Filter::compile(policy, Scope::Headers).expect(policy));
+            assert!(set.scan.is_empty(), "{policy} is indexed");
+            assert_eq!(
+                routed(&set, &table(&hit), None),
+                vec![1],
+                "{policy} {hit:?}"
+            );
+            assert!(routed(&set, &table(&miss), None).is_empty(), "{policy}");
+            set.remove(&1);
+            assert!(routed(&set, &table(&hit), None).is_empty(), "{policy}");
+            assert!(is_bare(&set), "{policy}");
+        }
+    }
+
+    /// Odd numbers from a client (NaN of either sign, infinities, -0) neither panic the range
+    /// look-ups nor change what matches.
+    #[test]
+    fn odd_numbers_are_looked_up_safely() {
+        let policies = [
+            r#"{"n": [{"numeric": [">=", -1, "<", 1]}]}"#,
+            r#"{"n": [0]}"#,
+            r#"{"n": [{"numeric": [">", -5]}]}"#,
+            r#"{"n": [{"numeric": ["<=", 0]}]}"#,
+        ];
+        let mut set = FilterSet::default();
+        let filters: Vec<Filter> = policies
+            .iter()
+            .map(|p| Filter::compile(p, Scope::Headers).expect(p))
+            .collect();
+        for (i, filter) in filters.iter().enumerate() {
+            set.insert(i as u32, filter.clone());
+        }
+        let negative_nan = f64::from_bits(f64::NAN.to_bits() | (1 << 63));
+        for v in [
+            f64::NAN,
+            negative_nan,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -0.0,
+            0.0,
+        ] {
+            for value in [AMQPValue::Double(v), AMQPValue::Float(v as f32)] {
+                let headers = table(&[("n", value)]);
+                let expected: Vec<u32> = (0..filters.len())
+                    .filter(|i| filters[*i].matches_headers(Some(&headers)))
+                    .map(|i| i as u32)
+                    .collect();
+                assert_eq!(routed(&set, &headers, None), expected, "{v}");
+            }
+        }
+        let zero = table(&[("n", AMQPValue::Double(-0.0))]);
+        assert_eq!(routed(&set, &zero, None), vec![0, 1, 2, 3]);
+    }
+
+    /// A filter bound by a selective term is not drawn by a message that lacks it: the
+    /// preference order puts the exact string before the prefix and the `exists`.
+    #[test]
+    fn the_most_selective_term_is_chosen() {
+        let mut set = FilterSet::default();
+        let policy = r#"{"a": [{"exists": true}], "b": [{"prefix": "x"}], "c": ["only"]}"#;
+        set.insert(1u32, Filter::compile(policy, Scope::Headers).expect(policy));
+        let Some(Placement::Terms(_, terms)) = set.placed.get(&1) else {
+            panic!("indexed");
+        };
+        assert!(matches!(&terms[..], [Term { slot: Slot::Exact(text), .. }] if &**text == "only"));
+        let policy = r#"{"a": [{"exists": true}], "b": [{"numeric": [">", 1]}]}"#;
+        set.insert(2u32, Filter::compile(policy, Scope::Headers).expect(policy));
+        let Some(Placement::Terms(_, terms)) = set.placed.get(&2) else {
+            panic!("indexed");
+        };
+        assert!(matches!(
+            &terms[..],
+            [Term {
+                slot: Slot::Above(_),
+                ..
+            }]
+        ));
+    }
+
+    fn json_to_amqp(value: &Value) -> AMQPValue {
+        match value {
+            Value::Null => AMQPValue::Void,
+            Value::Bool(b) => AMQPValue::Boolean(*b),
+            Value::Number(n) => match n.as_i64() {
+                Some(i) => AMQPValue::LongLongInt(i),
+                None => AMQPValue::Double(n.as_f64().unwrap_or(0.0)),
+            },
+            Value::String(text) => s(text),
+            Value::Array(items) => AMQPValue::FieldArray(FieldArray::from(
+                items.iter().map(json_to_amqp).collect::<Vec<_>>(),
+            )),
+            Value::Object(object) => AMQPValue::FieldTable(json_table(object)),
+        }
+    }
+
+    fn json_table(object: &Map<String, Value>) -> FieldTable {
+        let mut t = FieldTable::default();
+        for (key, value) in object {
+            t.insert(ShortString::from(key.as_str()), json_to_amqp(value));
+        }
+        t
     }
 
     /// The indexes only preselect: whatever they hold, routing reports exactly the filters
-    /// that match one by one (random policies over a few keys and values, and removals).
+    /// that match one by one (random policies of every condition kind over a few keys,
+    /// nested ones and `"$or"`, in both scopes, random messages, and removals).
     #[test]
     fn filter_set_agrees_with_matching_one_by_one() {
         let mut seed = 0x2545_F491_4F6C_DD1Du64;
@@ -1380,12 +1874,13 @@ mod tests {
             seed ^= seed << 17;
             (seed % n as u64) as usize
         };
-        let keys = ["a", "b", "n", "m"];
+        // Leaf keys: top-level ones and a nested one ("c": {"d": ...}).
+        let keys = ["a", "b", "n", "c.d"];
         let condition = |below: &mut dyn FnMut(usize) -> usize| -> String {
             let low = below(20) as i64 - 5;
-            match below(7) {
+            match below(17) {
                 0 => format!(r#""v{}""#, below(4)),
-                1 => format!(r#"["v{}", "v{}"]"#, below(4), below(4)),
+                1 => format!(r#""v{}", "w{}""#, below(4), below(4)),
                 2 => format!(
                     r#"{{"numeric": [">=", {low}, "<", {}]}}"#,
                     low + 1 + below(8) as i64
@@ -1393,69 +1888,112 @@ mod tests {
                 3 => format!(r#"{{"numeric": ["=", {low}]}}"#),
                 4 => format!("{low}"),
                 5 => format!(r#"{{"numeric": [">", {low}]}}"#),
-                _ => format!(r#"{{"prefix": "v{}"}}"#, below(2)),
+                6 => format!(r#"{{"numeric": ["<=", {low}]}}"#),
+                7 => format!(r#"{{"prefix": "{}"}}"#, ["", "v", "v1", "W"][below(4)]),
+                8 => format!(r#"{{"suffix": "{}"}}"#, ["1", "v2", "É"][below(3)]),
+                9 => format!(
+                    r#"{{"equals-ignore-case": "{}"}}"#,
+                    ["V1", "w2", "é"][below(3)]
+                ),
+                10 => format!(r#"{{"anything-but": ["v{}", {low}]}}"#, below(4)),
+                11 => r#"{"anything-but": {"prefix": "v"}}"#.to_owned(),
+                12 => r#"{"exists": true}"#.to_owned(),
+                13 => r#"{"exists": false}"#.to_owned(),
+                14 => ["true", "false", "null"][below(3)].to_owned(),
+                15 => format!(r#"{{"numeric": [">", {low}, "<=", {}]}}"#, low + 3),
+                _ => format!(
+                    r#""v{}", {{"prefix": "w"}}, {{"numeric": ["<", {low}]}}"#,
+                    below(4)
+                ),
+            }
+        };
+        let term = |below: &mut dyn FnMut(usize) -> usize, key: &str| -> String {
+            let list = format!("[{}]", condition(&mut *below));
+            match key.split_once('.') {
+                Some((outer, inner)) => format!(r#""{outer}": {{"{inner}": {list}}}"#),
+                None => format!(r#""{key}": {list}"#),
             }
         };
         let mut policies = Vec::new();
-        for _ in 0..400 {
+        for _ in 0..600 {
             let mut terms = Vec::new();
             for key in keys {
-                if below(2) == 0 {
-                    let c = condition(&mut below);
-                    let list = if c.starts_with('[') {
-                        c
-                    } else {
-                        format!("[{c}]")
-                    };
-                    terms.push(format!(r#""{key}": {list}"#));
+                if below(3) == 0 {
+                    terms.push(term(&mut below, key));
                 }
             }
-            if below(4) == 0 {
-                let (x, y) = (condition(&mut below), condition(&mut below));
-                let (x, y) = (
-                    x.trim_matches(['[', ']']).to_owned(),
-                    y.trim_matches(['[', ']']).to_owned(),
-                );
-                terms.push(format!(r#""$or": [{{"a": [{x}]}}, {{"n": [{y}]}}]"#));
-            }
-            if terms.is_empty() {
-                terms.push(r#""a": [{"exists": true}]"#.to_owned());
+            if terms.is_empty() || below(4) == 0 {
+                let (x, y) = (keys[below(4)], keys[below(4)]);
+                let (x, y) = (term(&mut below, x), term(&mut below, y));
+                terms.push(format!(r#""$or": [{{{x}}}, {{{y}}}]"#));
             }
             policies.push(format!("{{{}}}", terms.join(", ")));
         }
+        let scope = |i: usize| {
+            if i % 3 == 2 {
+                Scope::Body
+            } else {
+                Scope::Headers
+            }
+        };
         let filters: Vec<Filter> = policies
             .iter()
-            .map(|p| Filter::compile(p, Scope::Headers).expect(p))
+            .enumerate()
+            .map(|(i, p)| Filter::compile(p, scope(i)).expect(p))
             .collect();
         let mut set = FilterSet::default();
         for (i, filter) in filters.iter().enumerate() {
             set.insert(i as u32, filter.clone());
         }
-        assert!(!set.index.is_empty() && !set.numeric.is_empty() && !set.scan.is_empty());
+        assert!(!set.headers.is_empty() && !set.body.is_empty() && !set.absent.is_empty());
+        let texts = ["v0", "v1", "v2", "V1", "w2", "W2", "É", "é", "x", "v", ""];
         let mut removed = std::collections::HashSet::new();
-        for round in 0..400 {
-            let mut entries = Vec::new();
-            for key in keys {
-                match below(5) {
-                    0 => {}
-                    1 => entries.push((key, s(&format!("v{}", below(4))))),
-                    2 => entries.push((key, AMQPValue::LongInt(below(30) as i32 - 8))),
-                    3 => entries.push((key, AMQPValue::Double(below(60) as f64 / 2.0 - 8.0))),
-                    _ => entries.push((
-                        key,
-                        AMQPValue::FieldArray(FieldArray::from(vec![
-                            AMQPValue::LongInt(below(30) as i32 - 8),
-                            s(&format!("v{}", below(4))),
-                        ])),
-                    )),
+        for round in 0..600 {
+            let value = |below: &mut dyn FnMut(usize) -> usize| -> Value {
+                match below(6) {
+                    0 => Value::from(texts[below(texts.len())]),
+                    1 => Value::from(below(30) as i64 - 8),
+                    2 => Value::from(below(60) as f64 / 2.0 - 8.0),
+                    3 => [Value::Bool(true), Value::Bool(false), Value::Null][below(3)].clone(),
+                    4 => Value::Array(vec![
+                        Value::from(below(30) as i64 - 8),
+                        Value::from(texts[below(texts.len())]),
+                    ]),
+                    _ => Value::Array(vec![]),
+                }
+            };
+            let mut object = Map::new();
+            for key in ["a", "b", "n"] {
+                if below(4) != 0 {
+                    object.insert(key.to_owned(), value(&mut below));
                 }
             }
-            let headers = table(&entries);
+            match below(4) {
+                0 => {}
+                1 => {
+                    object.insert("c".to_owned(), value(&mut below));
+                }
+                _ => {
+                    let mut inner = Map::new();
+                    if below(4) != 0 {
+                        inner.insert("d".to_owned(), value(&mut below));
+                    }
+                    object.insert("c".to_owned(), Value::Object(inner));
+                }
+            }
+            let headers = json_table(&object);
+            let body = serde_json::to_vec(&object).expect("json");
             let expected: Vec<u32> = (0..filters.len())
-                .filter(|i| !removed.contains(i) && filters[*i].matches_headers(Some(&headers)))
+                .filter(|i| {
+                    !removed.contains(i)
+                        && match filters[*i].scope() {
+                            Scope::Headers => filters[*i].matches_headers(Some(&headers)),
+                            Scope::Body => filters[*i].matches_body(&object),
+                        }
+                })
                 .map(|i| i as u32)
                 .collect();
-            assert_eq!(routed(&set, &headers, None), expected, "{headers:?}");
+            assert_eq!(routed(&set, &headers, Some(&body)), expected, "{object:?}");
             if round % 2 == 0 {
                 let gone = below(filters.len());
                 set.remove(&(gone as u32));
@@ -1465,8 +2003,7 @@ mod tests {
         for i in 0..filters.len() {
             set.remove(&(i as u32));
         }
-        assert!(set.is_empty() && set.index.is_empty() && set.numeric.is_empty());
-        assert!(set.scan.is_empty());
+        assert!(is_bare(&set));
     }
 
     #[test]
