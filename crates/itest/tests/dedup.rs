@@ -7,8 +7,8 @@
 use std::path::Path;
 
 use warren_itest::lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicPublishOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicPublishOptions,
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueDeclareOptions,
 };
 use warren_itest::lapin::types::{AMQPValue, FieldTable};
 use warren_itest::lapin::{BasicProperties, Channel, Confirmation, ExchangeKind};
@@ -383,6 +383,52 @@ async fn recovered_messages_put_their_keys_back_in_the_exchange_cache() {
         let ch = confirm_channel(&conn).await;
         publish_confirmed(&ch, x, "", b"k retried", keyed("k")).await;
         assert_eq!(drain_queue(&ch, q).await, ["k"]);
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A consumer already waiting on the queue of a durable exchange gets every message, in
+/// order, each once its key is on disk: the queue holds it until then and is woken when the
+/// key's fsync opens its gate (no other command comes to wake it here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_consumer_gets_each_message_once_its_key_is_written() {
+    if is_external() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique_name("warren-dedup-held"));
+    let (x, q) = ("dedup.held", "dedup.held.q");
+    let server = start_on(&dir).await;
+    {
+        let conn = connect(&server.amqp_url()).await;
+        let ch = confirm_channel(&conn).await;
+        declare_dedup(&ch, x, true, cache_args(1000, None)).await;
+        declare_dedup_queue(&ch, q, true).await;
+        bind_queue(&ch, q, x, "", FieldTable::default()).await;
+        let consuming = conn.create_channel().await.expect("channel");
+        let mut consumer = within(
+            "basic.consume-ok",
+            consuming.basic_consume(
+                q.into(),
+                "held".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("consume");
+        for i in 0..50 {
+            let key = format!("k{i}");
+            // One at a time: the queue is idle when each key's fsync opens its gate.
+            publish_confirmed(&ch, x, "", key.as_bytes(), keyed(&key)).await;
+            let d = next_delivery(&mut consumer).await;
+            assert_eq!(d.data, key.as_bytes());
+            within("basic.ack", d.acker.ack(BasicAckOptions::default()))
+                .await
+                .expect("ack");
+        }
+        publish_confirmed(&ch, x, "", b"k7 again", keyed("k7")).await;
+        assert_eq!(queue_counts(&ch, q).await.0, 0, "the duplicate was dropped");
     }
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -88,17 +88,14 @@ pub(super) struct QueueActor {
     /// whose gate opened are dropped when a held message reaches the head or the map passes
     /// `GATED_SWEEP`.
     gated: HashMap<u64, Arc<Gate>>,
-    /// The gate of the message at the head that stopped delivery: the actor wakes when it
-    /// opens.
+    /// The gate of the message at the head that stopped delivery: a task waits on it and
+    /// sends `QueueCommand::GateOpened` (delivery then resumes as after any command).
     gate_wait: Option<Arc<Gate>>,
 }
 
 /// Size of `gated` past which entries whose gate opened are swept out as messages arrive
 /// (gates open within a few fsyncs, so it stays near the messages of the last milliseconds).
 const GATED_SWEEP: usize = 1024;
-/// While held behind a gate with no timer due, the actor still looks again this often (a
-/// gate always opens, so this is only a backstop).
-const GATE_WAIT_MAX: Duration = Duration::from_secs(1);
 
 /// What a queue starts with.
 pub(crate) struct Startup {
@@ -179,35 +176,6 @@ impl QueueActor {
         // Messages recovered at start count before any command arrives.
         self.publish_metrics();
         loop {
-            if let Some(gate) = self.gate_wait.clone() {
-                // The head is held behind a gate: wake when it opens, too.
-                let wait = match self.next_deadline_ms() {
-                    Some(deadline) => Duration::from_millis(deadline.saturating_sub(now_ms())),
-                    None => GATE_WAIT_MAX,
-                };
-                let cmd = tokio::select! {
-                    cmd = inbox.recv() => cmd,
-                    _ = gate.opened() => {
-                        self.gate_wait = None;
-                        self.batch_started_ms = now_ms();
-                        self.after_batch();
-                        continue;
-                    }
-                    _ = tokio::time::sleep(wait) => {
-                        self.batch_started_ms = now_ms();
-                        if let Flow::Stop = self.on_timer() {
-                            break;
-                        }
-                        self.after_batch();
-                        continue;
-                    }
-                };
-                let Some(cmd) = cmd else { break };
-                if let Flow::Stop = self.handle_batch(cmd, &mut inbox) {
-                    break;
-                }
-                continue;
-            }
             let cmd = match self.next_deadline_ms() {
                 Some(deadline) => {
                     let wait = Duration::from_millis(deadline.saturating_sub(now_ms()));
@@ -218,7 +186,10 @@ impl QueueActor {
                             if let Flow::Stop = self.on_timer() {
                                 break;
                             }
-                            self.after_batch();
+                            self.deliver();
+                            self.start_sync();
+                            self.update_flow();
+                            self.publish_metrics();
                             continue;
                         }
                     }
@@ -226,9 +197,26 @@ impl QueueActor {
                 None => inbox.recv().await,
             };
             let Some(cmd) = cmd else { break };
-            if let Flow::Stop = self.handle_batch(cmd, &mut inbox) {
+            self.batch_started_ms = now_ms();
+            if let Flow::Stop = self.handle_command(cmd) {
                 break;
             }
+            // Handle whatever else is already waiting before delivering, so a burst of
+            // publishes is delivered in one pass.
+            let mut stop = false;
+            while let Ok(cmd) = inbox.try_recv() {
+                if let Flow::Stop = self.handle_command(cmd) {
+                    stop = true;
+                    break;
+                }
+            }
+            if stop {
+                break;
+            }
+            self.deliver();
+            self.start_sync();
+            self.update_flow();
+            self.publish_metrics();
         }
         // Publishers must never wait on a queue that is gone.
         self.handle.flow().set(false);
@@ -237,33 +225,6 @@ impl QueueActor {
             store.destroy();
         }
         debug!(queue = %self.def.name.as_str(), "queue actor stopped");
-    }
-
-    /// Handles `cmd` and whatever else is already waiting before delivering, so a burst of
-    /// publishes is delivered in one pass.
-    fn handle_batch(
-        &mut self,
-        cmd: QueueCommand,
-        inbox: &mut mpsc::Receiver<QueueCommand>,
-    ) -> Flow {
-        self.batch_started_ms = now_ms();
-        if let Flow::Stop = self.handle_command(cmd) {
-            return Flow::Stop;
-        }
-        while let Ok(cmd) = inbox.try_recv() {
-            if let Flow::Stop = self.handle_command(cmd) {
-                return Flow::Stop;
-            }
-        }
-        self.after_batch();
-        Flow::Continue
-    }
-
-    fn after_batch(&mut self) {
-        self.deliver();
-        self.start_sync();
-        self.update_flow();
-        self.publish_metrics();
     }
 
     fn hold_back(&mut self, id: u64, gate: Arc<Gate>) {
@@ -275,10 +236,13 @@ impl QueueActor {
 
     /// Whether the message `id` (popped at the head) must wait for its gate; if so, the actor
     /// waits on that gate.
+    #[inline]
     fn held_back(&mut self, id: u64) -> bool {
-        if self.gated.is_empty() {
-            return false;
-        }
+        !self.gated.is_empty() && self.held_back_slow(id)
+    }
+
+    #[cold]
+    fn held_back_slow(&mut self, id: u64) -> bool {
         let Some(gate) = self.gated.get(&id) else {
             return false;
         };
@@ -286,7 +250,19 @@ impl QueueActor {
             self.gated.remove(&id);
             return false;
         }
-        self.gate_wait = Some(gate.clone());
+        if !self
+            .gate_wait
+            .as_ref()
+            .is_some_and(|g| Arc::ptr_eq(g, gate))
+        {
+            // Woken by a command when it opens (the loop stays as it is for everyone else).
+            let (gate, handle) = (gate.clone(), self.handle.clone());
+            self.gate_wait = Some(gate.clone());
+            tokio::spawn(async move {
+                gate.opened().await;
+                handle.send_now(QueueCommand::GateOpened);
+            });
+        }
         true
     }
 
@@ -424,6 +400,7 @@ impl QueueActor {
                     store.synced(result, &self.handle);
                 }
             }
+            QueueCommand::GateOpened => self.gate_wait = None,
             // Dropped at once (confirmed) without a log: nothing to wait for.
             QueueCommand::AfterSync(share) => {
                 if let Some(store) = self.store.as_mut() {
@@ -579,7 +556,7 @@ impl QueueActor {
             }
         }
         if let Some(gate) = gate {
-            self.hold_back(id, gate.clone());
+            self.hold_back(id, gate);
         }
         self.ready.push_back(entry);
         // Safe with this queue now (in memory, or covered by a pending sync).

@@ -105,6 +105,8 @@ pub enum QueueCommand {
     /// Confirm this share once everything the queue wrote before it is on disk (a move
     /// waits so for its acks on the source before it drops its journal).
     AfterSync(ConfirmShare),
+    /// The gate of the message held at the head opened (`confirm::Gate`): deliver again.
+    GateOpened,
     /// New settings after a policy change (the vhost's policy version: older ones are
     /// ignored). Boxed: the enum stays as small as a publish.
     ApplySettings {
