@@ -570,7 +570,8 @@ impl Connection {
         }
         if let Some(handle) = delayed {
             let delay = delayed::delay_ms(message.properties.headers().as_ref());
-            if let Some(delay_ms) = delay.filter(|_| !(queues.is_empty() && method.mandatory)) {
+            let unroutable = queues.is_empty() && delays.is_empty();
+            if let Some(delay_ms) = delay.filter(|_| !(unroutable && method.mandatory)) {
                 let scheduled = delayed::Scheduled {
                     due_ms: delayed::due_ms(delay_ms),
                     message,
