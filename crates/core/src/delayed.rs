@@ -199,6 +199,39 @@ impl DelayedHandle {
         }
     }
 
+    /// Whether both handles are the same exchange's actor.
+    pub fn same(&self, other: &DelayedHandle) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The command scheduling `message` (reached this exchange with a positive `x-delay`;
+    /// None when it has none) on a path other than a client's publish.
+    pub fn schedule_command(
+        message: MessageRef,
+        extra_keys: Vec<String>,
+        confirm: Option<ConfirmShare>,
+    ) -> Option<DelayedCommand> {
+        let delay_ms = delay_ms(message.properties.headers().as_ref())?;
+        Some(DelayedCommand::Schedule(Box::new(Scheduled {
+            due_ms: due_ms(delay_ms),
+            message,
+            extra_keys,
+            delay_ms,
+            confirm,
+        })))
+    }
+
+    /// Schedules without waiting (dead-lettering, which never awaits a send): a full inbox
+    /// gets the command from a task, as a queue's `send_now`.
+    pub fn send_now(&self, cmd: DelayedCommand) {
+        if let Err(Some(cmd)) = self.try_send(cmd) {
+            let tx = self.0.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
+    }
+
     /// Sends, waiting for room in the inbox.
     pub async fn send(&self, cmd: DelayedCommand) {
         let _ = self.0.tx.send(cmd).await;

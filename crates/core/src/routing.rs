@@ -12,6 +12,7 @@ use warren_protocol::basic::AMQPProperties;
 use warren_protocol::{FieldTable, ShortString};
 
 use crate::confirm::ConfirmShare;
+use crate::delayed::DelayedHandle;
 use crate::exchange::consistent_hash::{HashOn, HashRing};
 use crate::exchange::deduplication::{self, DedupCache};
 use crate::exchange::filter::{is_filter_binding, Filter, FilterSet};
@@ -247,6 +248,8 @@ impl<'a> Properties<'a> {
             properties: Some(properties),
             body,
             confirm: None,
+            delays: None,
+            entry_routed: false,
         }
     }
 }
@@ -262,6 +265,13 @@ struct Properties<'a> {
     /// The confirm share the queues will get; a durable deduplication exchange replaces it
     /// with one chained to the publisher's (`DedupCache::admit`).
     confirm: Option<&'a RefCell<Option<ConfirmShare>>>,
+    /// Where delayed exchanges reached with a positive `x-delay` are collected (their
+    /// bindings are then not followed: the message waits on their schedule). None: delayed
+    /// exchanges route at once (a due message, tests).
+    delays: Option<&'a RefCell<Vec<DelayedHandle>>>,
+    /// The entry exchange is not collected even if delayed (the publish path schedules it
+    /// itself, after checking mandatory against its bindings).
+    entry_routed: bool,
 }
 
 /// What the publish path needs to know about one exchange.
@@ -275,7 +285,7 @@ pub struct ExchangeRoute {
     pub counters: Arc<ExchangeCounters>,
     /// A delayed exchange's actor (decided at declare): a publish with an `x-delay` goes to
     /// it instead of the queues.
-    pub delayed: Option<crate::delayed::DelayedHandle>,
+    pub delayed: Option<DelayedHandle>,
 }
 
 /// An immutable snapshot of a vhost's routing state.
@@ -338,7 +348,9 @@ impl RoutingTable {
     /// `route_content` from the publish path, with the confirm share the queues will get
     /// (the publisher's, or None): a durable deduplication exchange on the route may
     /// replace it, so that its key is written after the message is safe and the publisher
-    /// is confirmed after both.
+    /// is confirmed after both. Delayed exchanges reached through bindings (not `exchange`
+    /// itself, which the caller schedules) with a positive `x-delay` are pushed to `delays`.
+    #[allow(clippy::too_many_arguments)]
     pub fn route_content_confirmed(
         &self,
         exchange: &str,
@@ -347,14 +359,41 @@ impl RoutingTable {
         body: &[u8],
         confirm: &mut Option<ConfirmShare>,
         out: &mut Vec<QueueHandle>,
+        delays: &mut Vec<DelayedHandle>,
     ) {
         let cell = RefCell::new(confirm.take());
+        let found = RefCell::new(std::mem::take(delays));
         let message = Properties {
             confirm: Some(&cell),
+            delays: Some(&found),
+            entry_routed: true,
             ..Properties::of(properties, Some(body))
         };
         self.route_counted(exchange, routing_keys, message, out);
         *confirm = cell.into_inner();
+        *delays = found.into_inner();
+    }
+
+    /// `route_content` for every path but a client's publish (dead-lettering, the
+    /// management API's publish): a delayed exchange on the route, `exchange` included,
+    /// with a positive `x-delay` is pushed to `delays` instead of being routed through
+    /// (the caller schedules the message on it, as the plugin's exchange type does).
+    pub fn route_content_delaying(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        properties: &AMQPProperties,
+        body: &[u8],
+        out: &mut Vec<QueueHandle>,
+        delays: &mut Vec<DelayedHandle>,
+    ) {
+        let found = RefCell::new(std::mem::take(delays));
+        let message = Properties {
+            delays: Some(&found),
+            ..Properties::of(properties, Some(body))
+        };
+        self.route_counted(exchange, routing_keys, message, out);
+        *delays = found.into_inner();
     }
 
     /// `route_message` for a message known only by its headers (a consistent-hash exchange
@@ -371,6 +410,8 @@ impl RoutingTable {
             properties: None,
             body: None,
             confirm: None,
+            delays: None,
+            entry_routed: false,
         };
         self.route_with(exchange, routing_keys, message, out);
     }
@@ -420,6 +461,17 @@ impl RoutingTable {
             };
             if next == 1 {
                 entry = Some(&*route.counters);
+            }
+            if let (Some(handle), Some(delays)) = (&route.delayed, message.delays) {
+                if !(next == 1 && message.entry_routed)
+                    && crate::delayed::delay_ms(message.headers).is_some()
+                {
+                    let mut delays = delays.borrow_mut();
+                    if !delays.iter().any(|d| d.same(handle)) {
+                        delays.push(handle.clone());
+                    }
+                    continue;
+                }
             }
             let mut found_exchanges: Vec<&str> = Vec::new();
             let mut matched = false;

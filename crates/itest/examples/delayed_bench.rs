@@ -3,6 +3,9 @@
 //! consumes them, and prints how late each arrived (arrival − intended due time) as
 //! p50 / p99 / max. With `--no-consume` it only builds a backlog (for memory measurements).
 //! `--persistent` sets delivery_mode 2, `--durable` declares the exchange durable.
+//! `--no-bind` binds no queue (implies `--no-consume`): due messages are routed nowhere, so
+//! the broker's memory is the schedule's alone (`--rate` equal to `--messages` makes them
+//! all due in the same second).
 //!
 //! ```text
 //! cargo run --release -p warren-itest --example delayed_bench -- \
@@ -27,6 +30,7 @@ struct Args {
     consume: bool,
     persistent: bool,
     durable: bool,
+    bind: bool,
 }
 
 fn args() -> Args {
@@ -38,6 +42,7 @@ fn args() -> Args {
         consume: true,
         persistent: false,
         durable: false,
+        bind: true,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -50,6 +55,10 @@ fn args() -> Args {
             "--no-consume" => a.consume = false,
             "--persistent" => a.persistent = true,
             "--durable" => a.durable = true,
+            "--no-bind" => {
+                a.bind = false;
+                a.consume = false;
+            }
             other => panic!("unknown flag {other}"),
         }
     }
@@ -100,15 +109,17 @@ async fn main() {
         .expect("queue.declare")
         .name()
         .clone();
-    ch.queue_bind(
-        queue.clone(),
-        exchange.as_str().into(),
-        "k".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue.bind");
+    if a.bind {
+        ch.queue_bind(
+            queue.clone(),
+            exchange.as_str().into(),
+            "k".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("queue.bind");
+    }
 
     let consumer = if a.consume {
         let cch = conn.create_channel().await.expect("channel");

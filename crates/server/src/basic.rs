@@ -537,6 +537,7 @@ impl Connection {
             return Ok(());
         }
         let mut queues: Vec<QueueHandle> = Vec::new();
+        let mut delays: Vec<DelayedHandle> = Vec::new();
         let properties = &*message.properties;
         let exchange = message.exchange.as_str();
         if extra_keys.is_empty() {
@@ -547,6 +548,7 @@ impl Connection {
                 &message.body,
                 &mut confirm,
                 &mut queues,
+                &mut delays,
             );
         } else {
             // CC / BCC: the routing key and every key they list.
@@ -560,6 +562,7 @@ impl Connection {
                 &message.body,
                 &mut confirm,
                 &mut queues,
+                &mut delays,
             );
         }
         if self.tracing() {
@@ -567,7 +570,8 @@ impl Connection {
         }
         if let Some(handle) = delayed {
             let delay = delayed::delay_ms(message.properties.headers().as_ref());
-            if let Some(delay_ms) = delay.filter(|_| !(queues.is_empty() && method.mandatory)) {
+            let unroutable = queues.is_empty() && delays.is_empty();
+            if let Some(delay_ms) = delay.filter(|_| !(unroutable && method.mandatory)) {
                 let scheduled = delayed::Scheduled {
                     due_ms: delayed::due_ms(delay_ms),
                     message,
@@ -582,7 +586,18 @@ impl Connection {
                 return Ok(());
             }
         }
-        if queues.is_empty() {
+        // Delayed exchanges reached through bindings take it as a queue would.
+        let mut scheduled = false;
+        for handle in delays.drain(..) {
+            let (message, keys) = (message.clone(), extra_keys.clone());
+            if let Some(cmd) = DelayedHandle::schedule_command(message, keys, confirm.clone()) {
+                if let Err(Some(cmd)) = handle.try_send(cmd) {
+                    self.blocked_delayed.push((handle, cmd));
+                }
+                scheduled = true;
+            }
+        }
+        if queues.is_empty() && !scheduled {
             if !method.mandatory {
                 self.count(ch, MessageEvent::DroppedUnroutable, 1);
             } else {

@@ -32,6 +32,7 @@ use crate::broker::Broker;
 use crate::confirm::{ConfirmShare, Gate};
 use crate::connections::MessageCounts;
 use crate::consumer::{new_channel_key, ChannelKey, ClientEvent, ClientSender, Delivery};
+use crate::delayed::DelayedHandle;
 use crate::durable::record::MoveOrigin;
 use crate::message::{Message, MessageRef};
 use crate::queue::store::StoreContext;
@@ -196,13 +197,34 @@ impl Session {
         acks.into_iter().map(|a| a == Some(true)).collect()
     }
 
-    /// `publish` and wait for its confirm; Err when a queue could not store it.
+    /// Hands `message` to `queues` and waits for its confirm; Err when a queue could not
+    /// store it. Delayed exchanges in `delays` take it as queues do (confirmed once on their
+    /// schedule, fsynced if persistent on a durable one).
     async fn publish_confirmed(
         &mut self,
         message: MessageRef,
         queues: &[QueueHandle],
+        delays: Vec<DelayedHandle>,
     ) -> Result<(), AdminError> {
-        let seq = self.publish(message, queues, None, None).await;
+        let seq = self.next_seq;
+        let share = ConfirmShare::new(self.key, seq, self.events_tx.clone());
+        for handle in delays {
+            if let Some(cmd) =
+                DelayedHandle::schedule_command(message.clone(), Vec::new(), Some(share.clone()))
+            {
+                handle.send(cmd).await;
+            }
+        }
+        self.next_seq += 1;
+        for q in queues {
+            let sent = q
+                .send(QueueCommand::Publish(message.clone(), Some(share.clone())))
+                .await;
+            if sent.is_err() {
+                share.clone().fail();
+            }
+        }
+        drop(share);
         match self.confirmed(seq, 1).await[0] {
             true => Ok(()),
             false => Err(AdminError::Internal(
@@ -296,6 +318,7 @@ impl Broker {
             properties_bytes,
         });
         let mut queues = Vec::new();
+        let mut delays = Vec::new();
         {
             let routing = vh.routing();
             if !message.exchange.as_str().is_empty() {
@@ -315,15 +338,16 @@ impl Broker {
                     Some(_) => {}
                 }
             }
-            routing.route_content(
+            routing.route_content_delaying(
                 message.exchange.as_str(),
                 &[message.routing_key.as_str()],
                 &message.properties,
                 &message.body,
                 &mut queues,
+                &mut delays,
             );
         }
-        if queues.is_empty() {
+        if queues.is_empty() && delays.is_empty() {
             self.connections.count_internal(&MessageCounts {
                 published: 1,
                 dropped_unroutable: 1,
@@ -331,7 +355,9 @@ impl Broker {
             });
             return Ok(false);
         }
-        Session::new().publish_confirmed(message, &queues).await?;
+        Session::new()
+            .publish_confirmed(message, &queues, delays)
+            .await?;
         self.connections.count_internal(&MessageCounts {
             published: 1,
             confirmed: 1,

@@ -129,6 +129,7 @@ impl DelayedActor {
             error!(exchange = %self.exchange.as_str(), error = %e, "delayed exchange: cannot store messages");
             confirms.into_iter().for_each(ConfirmShare::fail);
         }
+        self.retire_finished();
         for reply in syncs {
             let _ = reply.send(());
         }
@@ -147,24 +148,37 @@ impl DelayedActor {
             tokio::time::sleep(RESTORE_POLL).await;
             return true;
         }
-        let empty = self.schedule.load_due(now_ms());
-        self.remove_later(empty);
+        self.schedule.load_due(now_ms());
+        self.retire_finished();
         while let Some((round, pending)) = self.schedule.pop_due(now_ms()) {
             if let Some(pending) = pending {
                 self.route(&vhost, pending).await;
             }
             if let Some(files) = self.schedule.routed(round) {
-                // Dropping the round's share lets the queues' confirms complete it; a round
-                // that reached no queue has nothing to wait for.
-                match self.shares.remove(&round) {
-                    Some(_) if !files.is_empty() => {
-                        self.retiring.insert(round, files);
-                    }
-                    _ => self.remove_later(files),
-                }
+                self.retire(round, files);
             }
+            self.retire_finished();
         }
         true
+    }
+
+    /// A round is done: its files go once its queues confirmed. Dropping the round's share
+    /// lets their confirms complete it; a round that reached no queue has nothing to wait for.
+    fn retire(&mut self, round: u64, files: Vec<PathBuf>) {
+        match self.shares.remove(&round) {
+            Some(_) if !files.is_empty() => {
+                self.retiring.insert(round, files);
+            }
+            _ => self.remove_later(files),
+        }
+    }
+
+    /// Retires the rounds the schedule finished while reading (empty ones, or ones whose
+    /// last file turned out to hold nothing more).
+    fn retire_finished(&mut self) {
+        for (round, files) in self.schedule.take_finished() {
+            self.retire(round, files);
+        }
     }
 
     /// Routes a due message through the current routing snapshot, with `x-delay` set to

@@ -30,7 +30,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tracing::{error, warn};
 use warren_protocol::ShortString;
 use warren_store::format::{
-    check_file_header, encode_file_header, encode_record_header, scan_records, FILE_HEADER_BYTES,
+    check_file_header, encode_file_header, encode_record_header, scan_records, ScannedRecord,
+    FILE_HEADER_BYTES, RECORD_HEADER_BYTES, RECORD_MAGIC,
 };
 use warren_store::{FileIo, OpenMode};
 
@@ -46,6 +47,15 @@ pub const LOAD_AHEAD_MS: u64 = 200;
 /// Bucket files kept open for appending; beyond it the least recently written one is closed
 /// (its bucket's next message starts a new file).
 pub const OPEN_FILES_MAX: usize = 256;
+/// Bytes of loaded messages a schedule holds in memory (each counted as its record plus
+/// `ENTRY_OVERHEAD_BYTES`): a bucket with more is read in chunks as it drains, and messages
+/// arriving for a loaded bucket beyond it go to its file only, to be read back in turn.
+pub const LOADED_BYTES_MAX: usize = 32 * 1024 * 1024;
+/// The most bytes read from a bucket file at once (bounded further by the room left under
+/// `LOADED_BYTES_MAX`).
+pub const READ_CHUNK_BYTES: usize = 1024 * 1024;
+/// What a loaded message costs in memory besides its record (map entry, round, slices).
+const ENTRY_OVERHEAD_BYTES: usize = 96;
 /// Magic of a bucket file's header.
 const MAGIC: [u8; 8] = *b"WARRNDLY";
 const PERSISTENT: u8 = 1;
@@ -64,8 +74,18 @@ pub struct Pending {
 /// read and a checksum scan, not a decode of every message at once (which held up the
 /// routing of the bucket before it).
 enum Entry {
-    Ready(Pending),
+    Ready(Pending, usize),
     Stored { payload: Bytes, round: u64 },
+}
+
+impl Entry {
+    /// What it counts against `LOADED_BYTES_MAX`.
+    fn bytes(&self) -> usize {
+        match self {
+            Entry::Ready(_, bytes) => *bytes,
+            Entry::Stored { payload, .. } => payload.len() + ENTRY_OVERHEAD_BYTES,
+        }
+    }
 }
 
 struct BucketFile {
@@ -81,12 +101,29 @@ struct Bucket {
     memory: Vec<(u64, Pending)>,
 }
 
+/// A bucket file of a loaded bucket not read to its end yet.
+struct Reader {
+    path: PathBuf,
+    recovered: bool,
+    /// Where the next chunk starts (0: the file header is not checked yet).
+    cursor: u64,
+    file: Option<Arc<dyn FileIo>>,
+}
+
 /// A loaded bucket whose messages are being routed.
 struct Round {
     bucket: u64,
-    files: Vec<BucketFile>,
+    /// Every file of the round (deleted when it is done).
+    files: Vec<PathBuf>,
+    /// Files still to be read, in order.
+    readers: std::collections::VecDeque<Reader>,
+    /// Messages in memory not routed yet.
     remaining: u64,
 }
+
+/// The files of a bucket open for appending: `spill` ones hold messages that arrived for a
+/// loaded bucket and were not kept in memory (read back by the round's readers).
+type FileKey = (u64, bool);
 
 struct OpenFile {
     file: Arc<dyn FileIo>,
@@ -125,9 +162,16 @@ pub struct Schedule {
     /// The round currently open for a loaded bucket.
     round_of: HashMap<u64, u64>,
     due: BTreeMap<(u64, u64), Entry>,
-    open: BTreeMap<u64, OpenFile>,
-    /// Framed records appended in this batch, by bucket.
-    writes: BTreeMap<u64, BytesMut>,
+    /// What `due` holds, as `Entry::bytes` counts it.
+    loaded_bytes: usize,
+    /// `LOADED_BYTES_MAX`, smaller in tests.
+    loaded_max: usize,
+    /// Rounds finished while their files were read (nothing left to read or route), with
+    /// their files: to delete once their queues confirmed (`take_finished`).
+    finished: Vec<(u64, Vec<PathBuf>)>,
+    open: BTreeMap<FileKey, OpenFile>,
+    /// Framed records appended in this batch, by file.
+    writes: BTreeMap<FileKey, BytesMut>,
     persistent_written: bool,
     flushes: u64,
     next_seq: u64,
@@ -143,6 +187,11 @@ impl Schedule {
     /// Opens the schedule, finding the buckets an earlier run left (a transient exchange's
     /// leftovers are removed).
     pub fn open(store: ScheduleStore) -> Schedule {
+        Self::open_bounded(store, LOADED_BYTES_MAX)
+    }
+
+    /// `open` holding at most `loaded_max` bytes of loaded messages in memory.
+    pub(super) fn open_bounded(store: ScheduleStore, loaded_max: usize) -> Schedule {
         let mut schedule = Schedule {
             store,
             waiting: BTreeMap::new(),
@@ -150,6 +199,9 @@ impl Schedule {
             rounds: HashMap::new(),
             round_of: HashMap::new(),
             due: BTreeMap::new(),
+            loaded_bytes: 0,
+            loaded_max,
+            finished: Vec::new(),
             open: BTreeMap::new(),
             writes: BTreeMap::new(),
             persistent_written: false,
@@ -180,6 +232,14 @@ impl Schedule {
                         recovered: true,
                     });
             }
+            // File order within a bucket: the order they were written in.
+            for bucket in schedule.waiting.values_mut() {
+                bucket.files.sort_by_key(|f| {
+                    f.path
+                        .extension()
+                        .and_then(|e| e.to_str()?.parse::<u64>().ok())
+                });
+            }
         }
         schedule
     }
@@ -195,8 +255,8 @@ impl Schedule {
         self.due.len()
     }
 
-    /// Adds a message: to its bucket's file (written by `flush`) and, if its bucket is loaded,
-    /// to memory.
+    /// Adds a message: to its bucket's file (written by `flush`) and, if its bucket is loaded
+    /// and memory has room, to memory.
     pub fn add(&mut self, s: Scheduled) {
         let bucket = bucket_of(s.due_ms);
         let persistent = s.message.is_persistent();
@@ -204,9 +264,16 @@ impl Schedule {
         self.next_seq += 1;
         let loaded = bucket < self.loaded_until;
         let round = if loaded { self.round_for(bucket) } else { 0 };
+        let bytes = s.message.body.len() + s.message.header_raw.len() + ENTRY_OVERHEAD_BYTES;
+        // On disk, a loaded bucket's arrival stays in its file when memory is full or a
+        // bucket is still being read (it would overtake what is not read yet).
+        let spill = loaded
+            && self.store.dir.is_some()
+            && (self.loaded_bytes + bytes > self.loaded_max
+                || self.rounds.values().any(|r| !r.readers.is_empty()));
         if self.store.dir.is_some() {
             let payload = encode(&s, persistent);
-            let buf = self.writes.entry(bucket).or_default();
+            let buf = self.writes.entry((bucket, spill)).or_default();
             buf.put_slice(&encode_record_header(seq, &payload));
             buf.put_slice(&payload);
             self.persistent_written |= persistent;
@@ -217,11 +284,15 @@ impl Schedule {
             delay_ms: s.delay_ms,
             round,
         };
-        if loaded {
+        if spill {
+            // Read back by the round's reader of the spill file (`flush` registers it).
+        } else if loaded {
             if let Some(r) = self.rounds.get_mut(&round) {
                 r.remaining += 1;
             }
-            self.due.insert((s.due_ms, seq), Entry::Ready(pending));
+            self.loaded_bytes += bytes;
+            self.due
+                .insert((s.due_ms, seq), Entry::Ready(pending, bytes));
         } else if self.store.dir.is_none() {
             let b = self.waiting.entry(bucket).or_default();
             b.memory.push((s.due_ms, pending));
@@ -241,6 +312,7 @@ impl Schedule {
             Round {
                 bucket,
                 files: Vec::new(),
+                readers: std::collections::VecDeque::new(),
                 remaining: 0,
             },
         );
@@ -258,27 +330,45 @@ impl Schedule {
         };
         let mut touched = Vec::new();
         let mut created = false;
+        let mut spilled = false;
         self.flushes += 1;
-        for (bucket, bytes) in writes {
-            if !self.open.contains_key(&bucket) {
+        for (key, bytes) in writes {
+            let (bucket, spill) = key;
+            spilled |= spill;
+            if !self.open.contains_key(&key) {
                 let path = dir.join(format!("{bucket}.{}", self.next_file));
                 self.next_file += 1;
                 let file = self.store.io.open(&path, OpenMode::CreateNew)?;
                 file.write_at(0, &encode_file_header(MAGIC))?;
                 created = true;
-                let entry = BucketFile {
-                    path,
-                    recovered: false,
-                };
-                match self.round_of.get(&bucket) {
-                    Some(r) => match self.rounds.get_mut(r) {
-                        Some(round) => round.files.push(entry),
-                        None => self.waiting.entry(bucket).or_default().files.push(entry),
-                    },
-                    None => self.waiting.entry(bucket).or_default().files.push(entry),
+                let round = self
+                    .round_of
+                    .get(&bucket)
+                    .and_then(|r| self.rounds.get_mut(r));
+                match round {
+                    Some(round) => {
+                        round.files.push(path.clone());
+                        if spill {
+                            round.readers.push_back(Reader {
+                                path,
+                                recovered: false,
+                                cursor: 0,
+                                file: None,
+                            });
+                        }
+                    }
+                    None => self
+                        .waiting
+                        .entry(bucket)
+                        .or_default()
+                        .files
+                        .push(BucketFile {
+                            path,
+                            recovered: false,
+                        }),
                 }
                 self.open.insert(
-                    bucket,
+                    key,
                     OpenFile {
                         file,
                         len: u64::from(FILE_HEADER_BYTES),
@@ -286,7 +376,7 @@ impl Schedule {
                     },
                 );
             }
-            if let Some(open) = self.open.get_mut(&bucket) {
+            if let Some(open) = self.open.get_mut(&key) {
                 open.file.write_at(open.len, &bytes)?;
                 open.len += bytes.len() as u64;
                 open.used = self.flushes;
@@ -302,9 +392,12 @@ impl Schedule {
                 .min_by_key(|(_, f)| f.used)
                 .map(|(b, _)| *b);
             match oldest {
-                Some(bucket) => self.open.remove(&bucket),
+                Some(key) => self.open.remove(&key),
                 None => break,
             };
+        }
+        if spilled {
+            self.refill();
         }
         if !(persistent && self.store.sync_persistent) || touched.is_empty() {
             return Ok(None);
@@ -331,71 +424,143 @@ impl Schedule {
         }
     }
 
-    /// Loads every bucket that starts within `LOAD_AHEAD_MS` of `now_ms`. Returns the files
-    /// of rounds that turned out empty (to delete).
-    pub fn load_due(&mut self, now_ms: u64) -> Vec<PathBuf> {
+    /// Loads every bucket that starts within `LOAD_AHEAD_MS` of `now_ms` (reading its files
+    /// as far as memory allows). Rounds found empty are in `take_finished`.
+    pub fn load_due(&mut self, now_ms: u64) {
         let horizon = now_ms.saturating_add(LOAD_AHEAD_MS);
         self.loaded_until = self.loaded_until.max(bucket_of(horizon) + BUCKET_MS);
-        let mut empty = Vec::new();
         while let Some(entry) = self.waiting.first_entry() {
             if *entry.key() > horizon {
                 break;
             }
             let (start, bucket) = entry.remove_entry();
+            // Messages arriving from now on go to other files: this one is read, and a
+            // reader must not meet records that are in memory already.
+            self.open.remove(&(start, false));
             let round = self.round_for(start);
             let mut count = 0u64;
             for (due, mut p) in bucket.memory {
                 p.round = round;
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                self.due.insert((due, seq), Entry::Ready(p));
+                self.due.insert((due, seq), Entry::Ready(p, 0));
                 count += 1;
             }
-            for file in &bucket.files {
-                count += self.read_file(file, round);
-            }
             if let Some(r) = self.rounds.get_mut(&round) {
-                r.files.extend(bucket.files);
                 r.remaining += count;
-            }
-            if count == 0 {
-                empty.extend(self.finish_round(round));
+                for file in bucket.files {
+                    r.files.push(file.path.clone());
+                    r.readers.push_back(Reader {
+                        path: file.path,
+                        recovered: file.recovered,
+                        cursor: 0,
+                        file: None,
+                    });
+                }
             }
         }
-        empty
+        self.refill();
     }
 
-    fn read_file(&mut self, file: &BucketFile, round: u64) -> u64 {
-        let data = match read_all(&*self.store.io, &file.path) {
-            Ok(data) => data,
-            Err(e) => {
-                error!(file = %file.path.display(), error = %e, "delayed exchange: cannot read a bucket");
-                return 0;
+    /// Rounds finished by reading since the last call, with their files (to delete once
+    /// the round's queues confirmed, as `routed`'s).
+    pub fn take_finished(&mut self) -> Vec<(u64, Vec<PathBuf>)> {
+        std::mem::take(&mut self.finished)
+    }
+
+    /// Reads the loaded rounds' files, earliest bucket first, while memory has room; rounds
+    /// with nothing left to read or route are finished (into `finished`).
+    fn refill(&mut self) {
+        let mut order: Vec<(u64, u64)> = self
+            .rounds
+            .iter()
+            .filter(|(_, r)| !r.readers.is_empty())
+            .map(|(id, r)| (r.bucket, *id))
+            .collect();
+        order.sort_unstable();
+        for (_, id) in order {
+            let full = self.read_round(id);
+            if let Some(r) = self.rounds.get(&id) {
+                if r.remaining == 0 && r.readers.is_empty() {
+                    let files = self.finish_round(id);
+                    self.finished.push((id, files));
+                }
             }
-        };
-        if check_file_header(&data, MAGIC).is_err() {
-            warn!(file = %file.path.display(), "delayed exchange: bucket file without a valid header skipped");
-            return 0;
+            if full {
+                break;
+            }
         }
-        let data = Bytes::from(data);
-        let scan = scan_records(&data, FILE_HEADER_BYTES as usize);
-        let mut count = 0;
-        for rec in scan.records {
-            let payload = data.slice(rec.payload());
-            let Some((flags, due)) = flags_and_due(&payload) else {
-                warn!(file = %file.path.display(), "delayed exchange: undecodable record skipped");
-                continue;
+    }
+
+    /// Reads round `id`'s files until memory is full (true) or they are read to their end.
+    fn read_round(&mut self, id: u64) -> bool {
+        loop {
+            let room = self.loaded_max.saturating_sub(self.loaded_bytes);
+            let nothing_loaded = self.loaded_bytes == 0;
+            let Some(r) = self.rounds.get_mut(&id) else {
+                return false;
             };
-            if file.recovered && flags & PERSISTENT == 0 {
-                continue;
+            let bucket = r.bucket;
+            let Some(reader) = r.readers.front_mut() else {
+                return false;
+            };
+            if room == 0 {
+                return true;
             }
-            let seq = self.next_seq;
-            self.next_seq += 1;
-            self.due
-                .insert((due, seq), Entry::Stored { payload, round });
-            count += 1;
+            let recovered = reader.recovered;
+            let (data, records, base, end) =
+                match read_chunk(&*self.store.io, reader, room, nothing_loaded) {
+                    Chunk::Records {
+                        data,
+                        records,
+                        base,
+                        end,
+                    } => (data, records, base, end),
+                    Chunk::Full => return true,
+                    Chunk::End => {
+                        if r.readers.len() == 1 && self.open.contains_key(&(bucket, true)) {
+                            // The spill file being written: read on when more arrives.
+                            return false;
+                        }
+                        r.readers.pop_front();
+                        continue;
+                    }
+                };
+            let mut next = base + end as u64;
+            let mut full = false;
+            let mut added = 0;
+            for rec in records {
+                let size = rec.len as usize + ENTRY_OVERHEAD_BYTES;
+                if self.loaded_bytes + size > self.loaded_max && self.loaded_bytes > 0 {
+                    next = base + u64::from(rec.offset);
+                    full = true;
+                    break;
+                }
+                let payload = data.slice(rec.payload());
+                let Some((flags, due)) = flags_and_due(&payload) else {
+                    warn!("delayed exchange: undecodable record skipped");
+                    continue;
+                };
+                if recovered && flags & PERSISTENT == 0 {
+                    continue;
+                }
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                let entry = Entry::Stored { payload, round: id };
+                self.loaded_bytes += entry.bytes();
+                self.due.insert((due, seq), entry);
+                added += 1;
+            }
+            if let Some(r) = self.rounds.get_mut(&id) {
+                r.remaining += added;
+                if let Some(reader) = r.readers.front_mut() {
+                    reader.cursor = next;
+                }
+            }
+            if full {
+                return true;
+            }
         }
-        count
     }
 
     /// The first message due at `now_ms`, if any, with its round (the message is None if
@@ -405,8 +570,10 @@ impl Schedule {
         if entry.key().0 > now_ms {
             return None;
         }
-        Some(match entry.remove() {
-            Entry::Ready(p) => (p.round, Some(p)),
+        let entry = entry.remove();
+        self.loaded_bytes = self.loaded_bytes.saturating_sub(entry.bytes());
+        Some(match entry {
+            Entry::Ready(p, _) => (p.round, Some(p)),
             Entry::Stored { payload, round } => {
                 let p = decode(payload).map(|(_, p, _)| Pending { round, ..p });
                 if p.is_none() {
@@ -417,13 +584,30 @@ impl Schedule {
         })
     }
 
-    /// A message of `round` was routed. When it was the round's last, returns the round's
-    /// files (to delete once the queues confirmed).
+    /// A message of `round` was routed. When it was the round's last (and its files are
+    /// read to their end), returns the round's files (to delete once the queues confirmed).
     pub fn routed(&mut self, round: u64) -> Option<Vec<PathBuf>> {
         let r = self.rounds.get_mut(&round)?;
         r.remaining = r.remaining.saturating_sub(1);
+        if self.loaded_bytes <= self.loaded_max / 2 {
+            self.refill();
+        }
+        let r = self.rounds.get(&round)?;
         if r.remaining > 0 {
             return None;
+        }
+        match r.readers.len() {
+            0 => {}
+            // Only the spill file being appended, read to its end: the round is done.
+            1 if self.open.contains_key(&(r.bucket, true))
+                && r.readers.front().is_some_and(|f| f.cursor > 0) =>
+            {
+                let end = self.open.get(&(r.bucket, true)).map(|f| f.len);
+                if r.readers.front().map(|f| f.cursor) != end {
+                    return None;
+                }
+            }
+            _ => return None,
         }
         Some(self.finish_round(round))
     }
@@ -435,9 +619,10 @@ impl Schedule {
         if self.round_of.get(&r.bucket) == Some(&round) {
             self.round_of.remove(&r.bucket);
             // The next message for this bucket starts a new round and a new file.
-            self.open.remove(&r.bucket);
+            self.open.remove(&(r.bucket, false));
+            self.open.remove(&(r.bucket, true));
         }
-        r.files.into_iter().map(|f| f.path).collect()
+        r.files
     }
 
     /// Deletes files of finished rounds (the actor does it on a blocking thread).
@@ -479,12 +664,109 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
     Some((start.parse().ok()?, n.parse().ok()?))
 }
 
-fn read_all(io: &dyn warren_store::Io, path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    let file = io.open(path, OpenMode::Read)?;
-    let len = usize::try_from(file.len()?).map_err(std::io::Error::other)?;
-    let mut buf = vec![0u8; len];
-    file.read_at(0, &mut buf)?;
-    Ok(buf)
+/// What one read of a bucket file gave.
+enum Chunk {
+    /// The records found in `data` (read at file offset `base`; `end`: where its valid
+    /// data ends, the next read's start if every record is taken).
+    Records {
+        data: Bytes,
+        records: Vec<ScannedRecord>,
+        base: u64,
+        end: usize,
+    },
+    /// The next record does not fit in the room memory has.
+    Full,
+    /// The file is read to its end (or what is left of it is damaged).
+    End,
+}
+
+/// Reads the next chunk of `reader`'s file: at most `room` bytes (and `READ_CHUNK_BYTES`),
+/// or one whole record larger than that when memory holds nothing (`nothing_loaded`).
+fn read_chunk(
+    io: &dyn warren_store::Io,
+    reader: &mut Reader,
+    room: usize,
+    nothing_loaded: bool,
+) -> Chunk {
+    let failed = |e: std::io::Error, path: &std::path::Path| {
+        error!(file = %path.display(), error = %e, "delayed exchange: cannot read a bucket");
+        Chunk::End
+    };
+    let file = match &reader.file {
+        Some(file) => file.clone(),
+        None => match io.open(&reader.path, OpenMode::Read) {
+            Ok(file) => {
+                reader.file = Some(file.clone());
+                file
+            }
+            Err(e) => return failed(e, &reader.path),
+        },
+    };
+    let len = match file.len() {
+        Ok(len) => len,
+        Err(e) => return failed(e, &reader.path),
+    };
+    if reader.cursor == 0 {
+        let mut header = [0u8; FILE_HEADER_BYTES as usize];
+        let valid = len >= u64::from(FILE_HEADER_BYTES)
+            && file.read_at(0, &mut header).is_ok()
+            && check_file_header(&header, MAGIC).is_ok();
+        if !valid {
+            warn!(file = %reader.path.display(), "delayed exchange: bucket file without a valid header skipped");
+            return Chunk::End;
+        }
+        reader.cursor = u64::from(FILE_HEADER_BYTES);
+    }
+    let left = len.saturating_sub(reader.cursor);
+    if left == 0 {
+        return Chunk::End;
+    }
+    let read = |n: u64| -> Result<Bytes, std::io::Error> {
+        let mut buf = vec![0u8; usize::try_from(n).map_err(std::io::Error::other)?];
+        file.read_at(reader.cursor, &mut buf)?;
+        Ok(Bytes::from(buf))
+    };
+    let want = left.min(READ_CHUNK_BYTES as u64).min(room as u64);
+    let mut data = match read(want) {
+        Ok(data) => data,
+        Err(e) => return failed(e, &reader.path),
+    };
+    let mut scan = scan_records(&data, 0);
+    if scan.end == 0 && want < left {
+        // The next record is larger than this read: its header says how large.
+        let header = match read(left.min(u64::from(RECORD_HEADER_BYTES))) {
+            Ok(header) => header,
+            Err(e) => return failed(e, &reader.path),
+        };
+        let record = header
+            .get(4..8)
+            .filter(|_| header.get(..4) == Some(&RECORD_MAGIC[..]))
+            .and_then(|b| b.try_into().ok())
+            .map(|b| u64::from(RECORD_HEADER_BYTES) + u64::from(u32::from_le_bytes(b)))
+            .filter(|n| *n <= left);
+        let n = match record {
+            Some(n) if n <= room as u64 || nothing_loaded => n,
+            Some(_) => return Chunk::Full,
+            // Damaged: scan a whole chunk to find the next valid record.
+            None => left.min(READ_CHUNK_BYTES as u64),
+        };
+        data = match read(n) {
+            Ok(data) => data,
+            Err(e) => return failed(e, &reader.path),
+        };
+        scan = scan_records(&data, 0);
+    }
+    if scan.end == 0 {
+        // Nothing valid from here: a torn or damaged tail ends the file.
+        warn!(file = %reader.path.display(), "delayed exchange: damaged bucket tail skipped");
+        return Chunk::End;
+    }
+    Chunk::Records {
+        data,
+        records: scan.records,
+        base: reader.cursor,
+        end: scan.end,
+    }
 }
 
 fn encode(s: &Scheduled, persistent: bool) -> Bytes {
@@ -577,6 +859,98 @@ mod tests {
         })
     }
 
+    fn message_with_body(body: String) -> MessageRef {
+        let props = AMQPProperties::default();
+        let header_raw = warren_protocol::encode::header_payload(&props, body.len() as u64);
+        Arc::new(Message {
+            exchange: "x".into(),
+            routing_key: "k".into(),
+            properties: Box::new(props),
+            header_raw,
+            body: Bytes::from(body),
+            properties_bytes: 0,
+        })
+    }
+
+    /// A bucket far larger than the memory bound is read in chunks as it drains: memory
+    /// never holds more than the bound, and every message (those stored before the bucket
+    /// was loaded, those arriving after, and one larger than the bound) comes out exactly
+    /// once; the round's files are handed back for deletion once all are routed.
+    #[test]
+    fn a_crowded_bucket_is_read_in_chunks_within_the_bound() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        let bound = 4096;
+        let mut s = Schedule::open_bounded(store(&path, false), bound);
+        let add_n = |s: &mut Schedule, range: std::ops::Range<u64>| {
+            for i in range {
+                s.add(Scheduled {
+                    message: message_with_body(format!("{i}")),
+                    extra_keys: Vec::new(),
+                    delay_ms: 1,
+                    // Spread over the second, not in publish order.
+                    due_ms: 10_000 + (i * 7919) % 1000,
+                    confirm: None,
+                });
+                if i % 100 == 99 {
+                    s.flush().unwrap();
+                }
+            }
+            s.flush().unwrap();
+        };
+        let before = 2_000;
+        add_n(&mut s, 0..before);
+        let big = "b".repeat(2 * bound);
+        s.add(Scheduled {
+            message: message_with_body(big.clone()),
+            extra_keys: Vec::new(),
+            delay_ms: 1,
+            due_ms: 10_500,
+            confirm: None,
+        });
+        s.flush().unwrap();
+        s.load_due(10_000);
+        assert!(s.loaded_bytes <= bound, "{} loaded", s.loaded_bytes);
+        assert!(s.loaded_len() < 100, "{} messages loaded", s.loaded_len());
+        // Arrivals for the loaded (and still unread) bucket go to a file, not to memory.
+        let after = 500;
+        add_n(&mut s, before..before + after);
+        assert!(s.loaded_bytes <= bound, "{} loaded", s.loaded_bytes);
+
+        let mut seen = vec![0u32; (before + after) as usize];
+        let mut big_seen = 0;
+        let mut files = Vec::new();
+        while let Some((round, p)) = s.pop_due(11_000) {
+            let p = p.expect("decodable");
+            if p.message.body.len() > 100 {
+                big_seen += 1;
+            } else {
+                let i: usize = std::str::from_utf8(&p.message.body)
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                seen[i] += 1;
+            }
+            if let Some(done) = s.routed(round) {
+                files.extend(done);
+            }
+            files.extend(s.take_finished().into_iter().flat_map(|(_, f)| f));
+            assert!(
+                s.loaded_bytes <= bound || s.loaded_len() == 1,
+                "{} loaded",
+                s.loaded_bytes
+            );
+        }
+        assert_eq!(big_seen, 1);
+        assert!(seen.iter().all(|n| *n == 1), "each exactly once");
+        assert!(s.rounds.is_empty(), "the round is done");
+        let on_disk = std::fs::read_dir(&path).unwrap().count();
+        assert!(on_disk >= 2, "stored before and after loading");
+        assert_eq!(files.len(), on_disk, "every file is handed back");
+        s.remove(&files);
+        assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+    }
+
     fn store(dir: &std::path::Path, durable: bool) -> ScheduleStore {
         ScheduleStore {
             dir: Some(dir.to_path_buf()),
@@ -627,7 +1001,8 @@ mod tests {
         drop(s);
         // Reopened: the transient message of the earlier run is gone.
         let mut s = Schedule::open(store(&path, true));
-        assert!(s.load_due(10_000).is_empty());
+        s.load_due(10_000);
+        assert!(s.take_finished().is_empty());
         assert_eq!(s.loaded_len(), 1);
         assert!(s.pop_due(10_499).is_none());
         let (round, p) = s.pop_due(10_500).unwrap();

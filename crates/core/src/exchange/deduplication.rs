@@ -775,6 +775,7 @@ mod tests {
                         b"",
                         &mut confirm,
                         &mut out,
+                        &mut Vec::new(),
                     );
                     published += 1;
                 }

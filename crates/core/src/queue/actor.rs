@@ -23,6 +23,7 @@ use super::store::{QueueStore, StoreContext, RESIDENT_BYTES_MAX, RESIDENT_MESSAG
 use super::{QueueCommand, QueueDef, QueueHandle, QueueStats};
 use crate::confirm::{ConfirmShare, Gate};
 use crate::consumer::{ChannelKey, ClientEvent, ConsumerSpec, Delivery, DELIVERY_OVERHEAD_BYTES};
+use crate::delayed::DelayedHandle;
 use crate::message::{now_ms, MessageRef};
 use crate::vhost::VHost;
 
@@ -1049,18 +1050,28 @@ impl QueueActor {
             now_ms() / 1000,
         );
         let mut queues = Vec::new();
+        let mut delays = Vec::new();
         {
             let routing = vhost.routing();
             let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
-            routing.route_content(
+            routing.route_content_delaying(
                 dlx.as_str(),
                 &keys,
                 &dead.properties,
                 &dead.body,
                 &mut queues,
+                &mut delays,
             );
         }
         let dead = Arc::new(dead);
+        // A delayed exchange on the route (x-delay set) takes it as a destination queue
+        // would; the x-death cycle rules apply when it is dead-lettered again.
+        for handle in delays {
+            let extra = keys.iter().skip(1).cloned().collect();
+            if let Some(cmd) = DelayedHandle::schedule_command(dead.clone(), extra, None) {
+                handle.send_now(cmd);
+            }
+        }
         for queue in queues {
             if is_cycle(&dead, queue.name().as_str()) {
                 debug!(queue = %queue.name().as_str(), "dead-letter cycle: message dropped");
