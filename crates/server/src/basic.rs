@@ -11,7 +11,7 @@ use bytes::Bytes;
 use warren_core::confirm::ConfirmShare;
 use warren_core::connections::MessageEvent;
 use warren_core::consumer::{ClientEvent, ConsumerSpec, Delivery};
-use warren_core::delayed::{self, DelayedCommand, DelayedHandle};
+use warren_core::delayed::{self, DelayedHandle};
 use warren_core::queue::QueueCommand;
 use warren_core::routing::RoutingTable;
 use warren_core::{Message, QueueHandle, VHost};
@@ -569,19 +569,13 @@ impl Connection {
             self.trace_publish(routing, ch, &message, &extra_keys, &queues);
         }
         if let Some(handle) = delayed {
-            let delay = delayed::delay_ms(message.properties.headers().as_ref());
+            let delayed_now = delayed::delay_ms(message.properties.headers().as_ref()).is_some();
             let unroutable = queues.is_empty() && delays.is_empty();
-            if let Some(delay_ms) = delay.filter(|_| !(unroutable && method.mandatory)) {
-                let scheduled = delayed::Scheduled {
-                    due_ms: delayed::due_ms(delay_ms),
-                    message,
-                    extra_keys,
-                    delay_ms,
-                    confirm,
-                };
-                let cmd = DelayedCommand::Schedule(Box::new(scheduled));
-                if let Err(Some(cmd)) = handle.try_send(cmd) {
-                    self.blocked_delayed.push((handle, cmd));
+            if delayed_now && !(unroutable && method.mandatory) {
+                if let Some(cmd) = DelayedHandle::schedule_command(message, extra_keys, confirm) {
+                    if let Err(Some(cmd)) = handle.try_send(cmd) {
+                        self.blocked_delayed.push((handle, cmd));
+                    }
                 }
                 return Ok(());
             }

@@ -149,20 +149,29 @@ impl Session {
         }
     }
 
-    /// Hands `message` to `queues` without waiting: its confirm comes later as
-    /// `ClientEvent::Confirmed` with the returned sequence number (`confirmed`). A moved
-    /// message carries its `origin` into the queues' records, and is held back from their
-    /// consumers until `gate` opens.
+    /// Hands `message` to `queues` (and to the delayed exchanges in `delays`, which take it
+    /// as queues do: confirmed once on their schedule) without waiting: its confirm comes
+    /// later as `ClientEvent::Confirmed` with the returned sequence number (`confirmed`). A
+    /// moved message carries its `origin` into the queues' records, and is held back from
+    /// their consumers until `gate` opens.
     async fn publish(
         &mut self,
         message: MessageRef,
         queues: &[QueueHandle],
+        delays: Vec<DelayedHandle>,
         origin: Option<MoveOrigin>,
         gate: Option<Arc<Gate>>,
     ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         let share = ConfirmShare::with_origin(self.key, seq, self.events_tx.clone(), origin, gate);
+        for handle in delays {
+            if let Some(cmd) =
+                DelayedHandle::schedule_command(message.clone(), Vec::new(), Some(share.clone()))
+            {
+                handle.send(cmd).await;
+            }
+        }
         for q in queues {
             let sent = q
                 .send(QueueCommand::Publish(message.clone(), Some(share.clone())))
@@ -206,25 +215,7 @@ impl Session {
         queues: &[QueueHandle],
         delays: Vec<DelayedHandle>,
     ) -> Result<(), AdminError> {
-        let seq = self.next_seq;
-        let share = ConfirmShare::new(self.key, seq, self.events_tx.clone());
-        for handle in delays {
-            if let Some(cmd) =
-                DelayedHandle::schedule_command(message.clone(), Vec::new(), Some(share.clone()))
-            {
-                handle.send(cmd).await;
-            }
-        }
-        self.next_seq += 1;
-        for q in queues {
-            let sent = q
-                .send(QueueCommand::Publish(message.clone(), Some(share.clone())))
-                .await;
-            if sent.is_err() {
-                share.clone().fail();
-            }
-        }
-        drop(share);
+        let seq = self.publish(message, queues, delays, None, None).await;
         match self.confirmed(seq, 1).await[0] {
             true => Ok(()),
             false => Err(AdminError::Internal(
@@ -563,7 +554,9 @@ impl Broker {
                         source_id: id,
                     });
                 let gate = gate.clone().filter(|_| origin.is_some());
-                session.publish(message, &queues, origin, gate).await;
+                session
+                    .publish(message, &queues, Vec::new(), origin, gate)
+                    .await;
                 sent.push(id);
             }
             let acks = session.confirmed(first_seq, sent.len()).await;
