@@ -29,7 +29,7 @@ use crate::queue::ready::Entry;
 use crate::queue::store::{QueueStore, StoreContext};
 use crate::queue::QueueDef;
 use crate::routing::{Binding, Destination};
-use crate::vhost::{Persistence, VHost, DEFINITIONS_COMPACT_RECORDS_MIN};
+use crate::vhost::{Persistence, Upstream, VHost, DEFINITIONS_COMPACT_RECORDS_MIN};
 
 /// The definitions log's file name in the data directory.
 pub const DEFINITIONS_FILE: &str = "definitions.log";
@@ -264,9 +264,18 @@ pub fn open(
         }
         let (defs, mut queues): (Vec<_>, Vec<_>) = loaded.into_iter().unzip();
         move_journal::reconcile(data_dir, &mut queues);
+        // Who binds to what, for the deduplication keys of recovered messages that reached
+        // their queue through exchange-to-exchange bindings (the bindings come back later).
+        let mut upstream = Upstream::new();
+        for (source, binding) in state.bindings.values() {
+            upstream
+                .entry(binding.destination.clone())
+                .or_default()
+                .push(source.clone());
+        }
         for (def, queue) in defs.into_iter().zip(queues) {
             let n = queue.entries.len();
-            match vhost.restore_queue(def.clone(), queue.store, queue.entries) {
+            match vhost.restore_queue(def.clone(), queue.store, queue.entries, &upstream) {
                 Ok(()) => messages += n,
                 Err(e) => {
                     warn!(queue = %def.name.as_str(), error = %e.reply_text(), "cannot restore a queue")

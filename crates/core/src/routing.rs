@@ -378,21 +378,29 @@ impl RoutingTable {
     /// management API's publish): a delayed exchange on the route, `exchange` included,
     /// with a positive `x-delay` is pushed to `delays` instead of being routed through
     /// (the caller schedules the message on it, as the plugin's exchange type does).
+    /// `confirm` is the share the caller will hand to the destinations (`None` for none): a
+    /// durable deduplication exchange on the route replaces it with a chained one, which
+    /// the caller must hand on instead (the key is written once the message is safe).
+    #[allow(clippy::too_many_arguments)]
     pub fn route_content_delaying(
         &self,
         exchange: &str,
         routing_keys: &[&str],
         properties: &AMQPProperties,
         body: &[u8],
+        confirm: &mut Option<ConfirmShare>,
         out: &mut Vec<QueueHandle>,
         delays: &mut Vec<DelayedHandle>,
     ) {
+        let cell = RefCell::new(confirm.take());
         let found = RefCell::new(std::mem::take(delays));
         let message = Properties {
+            confirm: Some(&cell),
             delays: Some(&found),
             ..Properties::of(properties, Some(body))
         };
         self.route_counted(exchange, routing_keys, message, out);
+        *confirm = cell.into_inner();
         *delays = found.into_inner();
     }
 

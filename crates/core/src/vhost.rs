@@ -228,6 +228,26 @@ impl QueueChurn {
     }
 }
 
+/// The source exchanges of the bindings to each destination (built at start-up from the
+/// recovered bindings, before they are put back).
+pub(crate) type Upstream = HashMap<Destination, Vec<ShortString>>;
+
+/// Every exchange from which `to` can be reached through bindings (not `to` itself).
+fn upstream_of(upstream: &Upstream, to: Destination) -> Vec<ShortString> {
+    let mut seen: HashSet<ShortString> = HashSet::new();
+    let mut found = Vec::new();
+    let mut next = vec![to];
+    while let Some(destination) = next.pop() {
+        for source in upstream.get(&destination).into_iter().flatten() {
+            if seen.insert(source.clone()) {
+                found.push(source.clone());
+                next.push(Destination::Exchange(source.clone()));
+            }
+        }
+    }
+    found
+}
+
 impl Definitions {
     fn insert_exchange(&mut self, def: ExchangeDef, delayed: Option<DelayedHandle>) {
         let mut entry = ExchangeEntry::new(def, delayed);
@@ -243,17 +263,42 @@ impl Definitions {
     /// Adds to the caches of durable deduplication exchanges the keys of recovered messages
     /// published through them: a message whose fsync covered it while its key's did not
     /// (a crash between the two) must still count as seen, or its publisher's retry (it got
-    /// no confirm) would be a second copy.
+    /// no confirm) would be a second copy. A message's log names only the exchange it was
+    /// published to, so the caches are those of the durable deduplication exchanges that
+    /// lie, by the recovered bindings (`upstream`), between that exchange (itself included)
+    /// and `queue`.
     fn remember_dedup_keys(
         &self,
+        queue: &ShortString,
+        upstream: &Upstream,
         store: &mut QueueStore,
         recovered: &[crate::queue::ready::Entry],
     ) {
-        if !self
-            .exchanges
-            .values()
-            .any(|e| e.def.kind == ExchangeKind::Deduplication && e.def.durable)
+        if recovered.is_empty()
+            || !self
+                .exchanges
+                .values()
+                .any(|e| e.def.kind == ExchangeKind::Deduplication && e.def.durable)
         {
+            return;
+        }
+        // The caches to fill, by the exchange a message was published to.
+        let mut caches: HashMap<ShortString, Vec<Arc<deduplication::DedupCache>>> = HashMap::new();
+        for dedup in upstream_of(upstream, Destination::Queue(queue.clone())) {
+            let Some(cache) = self
+                .exchanges
+                .get(dedup.as_str())
+                .filter(|e| e.def.durable)
+                .and_then(|e| e.route.matcher.dedup_cache())
+            else {
+                continue;
+            };
+            let sources = upstream_of(upstream, Destination::Exchange(dedup.clone()));
+            for source in std::iter::once(dedup).chain(sources) {
+                caches.entry(source).or_default().push(cache.clone());
+            }
+        }
+        if caches.is_empty() {
             return;
         }
         for entry in recovered {
@@ -263,12 +308,7 @@ impl Definitions {
                 (None, None) => None,
             };
             let Some(message) = message else { continue };
-            let cache = self
-                .exchanges
-                .get(message.exchange.as_str())
-                .filter(|e| e.def.durable)
-                .and_then(|e| e.route.matcher.dedup_cache());
-            if let Some(cache) = cache {
+            for cache in caches.get(&message.exchange).into_iter().flatten() {
                 cache.remember(message.properties.headers().as_ref());
             }
         }
@@ -1348,9 +1388,10 @@ impl VHost {
         def: QueueDef,
         mut store: QueueStore,
         recovered: Vec<crate::queue::ready::Entry>,
+        upstream: &Upstream,
     ) -> Result<(), ProtocolError> {
         let mut defs = self.lock();
-        defs.remember_dedup_keys(&mut store, &recovered);
+        defs.remember_dedup_keys(&def.name, upstream, &mut store, &recovered);
         let (settings, policies) = defs.resolve_queue(&def, &self.queue_what(def.name.as_str()))?;
         let startup = Startup {
             store: Some(store),

@@ -569,3 +569,231 @@ async fn deleting_a_vhost_deletes_its_exchange_caches() {
         .expect("delete vhost");
     assert_eq!(caches(), 0);
 }
+
+/// A durable queue that takes one message and refuses more (`reject-publish`), holding
+/// `filler` already.
+async fn full_queue(ch: &Channel, name: &str, durable: bool) {
+    delete_queue(ch, name).await;
+    let mut args = FieldTable::default();
+    args.insert("x-max-length".into(), AMQPValue::LongInt(1));
+    args.insert(
+        "x-overflow".into(),
+        AMQPValue::LongString("reject-publish".into()),
+    );
+    within(
+        "queue.declare-ok",
+        ch.queue_declare(
+            name.into(),
+            QueueDeclareOptions {
+                durable,
+                ..Default::default()
+            },
+            args,
+        ),
+    )
+    .await
+    .expect("queue");
+    publish_confirmed(ch, "", name, b"filler", BasicProperties::default()).await;
+}
+
+/// Keys of messages that reached their queue through an exchange-to-exchange binding
+/// (published to a fanout bound to the deduplication exchange): the queue's log names only
+/// the fanout, and recovery follows the bindings back to put the key in the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovered_messages_put_back_keys_that_came_through_an_exchange_binding() {
+    if is_external() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique_name("warren-dedup-e2e"));
+    let (source, x, q) = ("dedup.e2e.src", "dedup.e2e", "dedup.e2e.q");
+    let server = start_on(&dir).await;
+    {
+        let conn = connect(&server.amqp_url()).await;
+        let ch = confirm_channel(&conn).await;
+        within(
+            "exchange.declare-ok",
+            ch.exchange_declare(
+                source.into(),
+                ExchangeKind::Fanout,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("declare the source");
+        declare_dedup(&ch, x, true, cache_args(100, None)).await;
+        within(
+            "exchange.bind-ok",
+            ch.exchange_bind(
+                x.into(),
+                source.into(),
+                "".into(),
+                Default::default(),
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("exchange.bind");
+        within(
+            "queue.declare-ok",
+            ch.queue_declare(
+                q.into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("queue");
+        bind_queue(&ch, q, x, "", FieldTable::default()).await;
+        publish_confirmed(&ch, source, "", b"k", keyed("k")).await;
+    }
+    server.shutdown().await;
+    // The crash window: the message on disk, its key not.
+    std::fs::remove_dir_all(dir.join("dedup")).expect("the cache directory exists");
+
+    let server = start_on(&dir).await;
+    {
+        let conn = connect(&server.amqp_url()).await;
+        let ch = confirm_channel(&conn).await;
+        publish_confirmed(&ch, source, "", b"k retried", keyed("k")).await;
+        assert_eq!(drain_queue(&ch, q).await, ["k"]);
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The management API's publish through a durable deduplication exchange writes the key
+/// only once the message is safe: a publish that no queue could take (answered with an
+/// error) leaves no key behind, so its retry goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_management_api_publish_that_failed_leaves_no_key_behind() {
+    use serde_json::json;
+    if is_external() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique_name("warren-dedup-http"));
+    let (x, q) = ("dedup.http", "dedup.http.q");
+    let server = start_on(&dir).await;
+    let (addr, _stop) = serve_mgmt(server.broker().clone()).await;
+    {
+        let conn = connect(&server.amqp_url()).await;
+        let ch = confirm_channel(&conn).await;
+        declare_dedup(&ch, x, true, cache_args(100, None)).await;
+        full_queue(&ch, q, true).await;
+        bind_queue(&ch, q, x, "", FieldTable::default()).await;
+        let publish = |payload: &str| {
+            json!({
+                "properties": {"delivery_mode": 2, "headers": {"x-deduplication-header": "k"}},
+                "routing_key": "", "payload": payload, "payload_encoding": "string",
+            })
+            .to_string()
+        };
+        let path = format!("/api/exchanges/%2F/{x}/publish");
+        let (status, _) =
+            http_json(addr, "POST", &path, ("guest", "guest"), &publish("first")).await;
+        assert_ne!(status, 200, "the full queue refused it");
+        assert_eq!(get_body(&ch, q).await.as_deref(), Some(&b"filler"[..]));
+        let (status, answer) =
+            http_json(addr, "POST", &path, ("guest", "guest"), &publish("retried")).await;
+        assert_eq!((status, answer), (200, json!({"routed": true})));
+        assert_eq!(drain_queue(&ch, q).await, ["retried"]);
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A message dead-lettered into a deduplication exchange, durable or not, that no queue
+/// could take leaves no key behind: the next one with the same key is not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_message_no_queue_took_leaves_no_key_behind() {
+    if is_external() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(unique_name("warren-dedup-dlx"));
+    let server = start_on(&dir).await;
+    for durable in [true, false] {
+        let (x, full, source) = (
+            format!("dedup.dlx.{durable}"),
+            format!("dedup.dlx.{durable}.full"),
+            format!("dedup.dlx.{durable}.src"),
+        );
+        let conn = connect(&server.amqp_url()).await;
+        let ch = confirm_channel(&conn).await;
+        declare_dedup(&ch, &x, durable, cache_args(100, None)).await;
+        full_queue(&ch, &full, durable).await;
+        bind_queue(&ch, &full, &x, "", FieldTable::default()).await;
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(x.as_str().into()),
+        );
+        within(
+            "queue.declare-ok",
+            ch.queue_declare(
+                source.as_str().into(),
+                QueueDeclareOptions {
+                    durable,
+                    ..Default::default()
+                },
+                args,
+            ),
+        )
+        .await
+        .expect("queue");
+        for body in ["first", "second"] {
+            publish_confirmed(&ch, "", &source, body.as_bytes(), keyed("k")).await;
+            let got = within(
+                "basic.get",
+                ch.basic_get(source.as_str().into(), BasicGetOptions { no_ack: false }),
+            )
+            .await
+            .expect("basic.get")
+            .expect("a message");
+            got.delivery
+                .reject(warren_itest::lapin::options::BasicRejectOptions { requeue: false })
+                .await
+                .expect("reject");
+            // The source queue answers after it dead-lettered the message, so what follows
+            // reaches the full queue after the dead-lettered copy did.
+            queue_counts(&ch, &source).await;
+            if body == "first" {
+                // Refused: the full queue still holds only its filler.
+                assert_eq!(
+                    drain_queue(&ch, &full).await,
+                    ["filler"],
+                    "durable: {durable}"
+                );
+            }
+        }
+        // A durable exchange's message is held until its key is on disk: awaited as a
+        // delivery rather than taken with basic.get.
+        let mut consumer = within(
+            "basic.consume-ok",
+            ch.basic_consume(
+                full.as_str().into(),
+                "".into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            ),
+        )
+        .await
+        .expect("consume");
+        assert_eq!(
+            next_delivery(&mut consumer).await.data,
+            b"second",
+            "durable: {durable}"
+        );
+        assert_eq!(queue_counts(&ch, &full).await.0, 0, "durable: {durable}");
+    }
+    server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

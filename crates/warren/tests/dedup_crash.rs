@@ -320,3 +320,123 @@ async fn a_message_is_not_consumed_before_its_key_is_written() {
     drop(conn);
     drop(broker);
 }
+
+/// Ready messages in `queue` (a passive declare).
+async fn count(ch: &lapin::Channel, queue: &str) -> u32 {
+    ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    )
+    .await
+    .expect("passive declare")
+    .message_count()
+}
+
+/// Polls until `queue` holds `n` ready messages (at most 10 s).
+async fn until_count(ch: &lapin::Channel, queue: &str, n: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while count(ch, queue).await != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{queue} never held {n} messages"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A held message can also leave its queue without a consumer: here it expires (TTL) into
+/// a dead-letter queue while its key is not written (the stall hook). Its exit waits for
+/// the key: nothing is dead-lettered and it stays in the queue's log, so after `kill -9`
+/// the recovered message gives the key back, the retry is dropped, and the dead-letter
+/// queue ends with exactly one copy. Acked and dead-lettered at once, it would leave no
+/// trace of its key, and the retry would be a second copy beside the dead-lettered one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_message_that_expires_keeps_its_key_across_a_crash() {
+    const TTL_QUEUE: &str = "dedup-crash-ttl";
+    const DEAD: &str = "dedup-crash-dead";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let fault = [("WARREN_FAULT_DEDUP_KEY_STALL", "1")];
+    let broker = start_with_env(
+        &data,
+        free_port(),
+        &["--log-level", "error"],
+        Stdio::null(),
+        &fault,
+    );
+    let (conn, ch) = confirm_channel(&broker.url()).await;
+    declare(&ch).await;
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..Default::default()
+    };
+    ch.queue_declare(DEAD.into(), durable, FieldTable::default())
+        .await
+        .expect("queue.declare");
+    let mut args = FieldTable::default();
+    args.insert("x-message-ttl".into(), AMQPValue::LongInt(200));
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(DEAD.into()),
+    );
+    ch.queue_declare(TTL_QUEUE.into(), durable, args)
+        .await
+        .expect("queue.declare");
+    ch.queue_bind(
+        TTL_QUEUE.into(),
+        EXCHANGE.into(),
+        "".into(),
+        QueueBindOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .expect("queue.bind");
+    // Never confirmed: its key is never written.
+    let _unconfirmed = publish(&ch, 0).await.expect("publish");
+    until_count(&ch, TTL_QUEUE, 1).await;
+    // It expires (gone from the ready count)...
+    until_count(&ch, TTL_QUEUE, 0).await;
+    // ...but is not dead-lettered while its key is not on disk (checked for a while: an
+    // absence, so there is no event to await).
+    for _ in 0..30 {
+        assert_eq!(
+            count(&ch, DEAD).await,
+            0,
+            "dead-lettered before its key was written"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    broker.kill9();
+    drop(conn);
+
+    let broker = start_with(&data, free_port(), &["--log-level", "warn"], Stdio::null());
+    let (conn, ch) = confirm_channel(&broker.url()).await;
+    let retry = publish(&ch, 0).await.expect("publish");
+    assert!(retry.await.expect("confirm").is_ack(), "the retry is acked");
+    // The recovered message expires (again) into the dead-letter queue; a retry taken for a
+    // new message would follow it there once it expired too.
+    until_count(&ch, TTL_QUEUE, 0).await;
+    until_count(&ch, DEAD, 1).await;
+    let mut bodies = Vec::new();
+    while let Some(m) = ch
+        .basic_get(
+            DEAD.into(),
+            lapin::options::BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+    {
+        bodies.push(String::from_utf8(m.delivery.data).expect("utf-8"));
+    }
+    assert_eq!(bodies, ["m0"], "exactly one copy, dead-lettered once");
+    drop(conn);
+    drop(broker);
+}

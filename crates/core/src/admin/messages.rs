@@ -162,9 +162,30 @@ impl Session {
         origin: Option<MoveOrigin>,
         gate: Option<Arc<Gate>>,
     ) -> u64 {
+        let (seq, share) = self.share(origin, gate);
+        Self::send(message, queues, delays, share).await;
+        seq
+    }
+
+    /// The confirm share of the next publish, and its sequence number.
+    fn share(
+        &mut self,
+        origin: Option<MoveOrigin>,
+        gate: Option<Arc<Gate>>,
+    ) -> (u64, ConfirmShare) {
         let seq = self.next_seq;
         self.next_seq += 1;
         let share = ConfirmShare::with_origin(self.key, seq, self.events_tx.clone(), origin, gate);
+        (seq, share)
+    }
+
+    /// Hands `message` with `share` to `queues` and `delays` (see `publish`).
+    async fn send(
+        message: MessageRef,
+        queues: &[QueueHandle],
+        delays: Vec<DelayedHandle>,
+        share: ConfirmShare,
+    ) {
         for handle in delays {
             if let Some(cmd) =
                 DelayedHandle::schedule_command(message.clone(), Vec::new(), Some(share.clone()))
@@ -182,7 +203,6 @@ impl Session {
                 share.clone().fail();
             }
         }
-        seq
     }
 
     /// Waits for the confirms of the publishes `first..first + n`: whether each was made
@@ -204,24 +224,6 @@ impl Session {
             }
         }
         acks.into_iter().map(|a| a == Some(true)).collect()
-    }
-
-    /// Hands `message` to `queues` and waits for its confirm; Err when a queue could not
-    /// store it. Delayed exchanges in `delays` take it as queues do (confirmed once on their
-    /// schedule, fsynced if persistent on a durable one).
-    async fn publish_confirmed(
-        &mut self,
-        message: MessageRef,
-        queues: &[QueueHandle],
-        delays: Vec<DelayedHandle>,
-    ) -> Result<(), AdminError> {
-        let seq = self.publish(message, queues, delays, None, None).await;
-        match self.confirmed(seq, 1).await[0] {
-            true => Ok(()),
-            false => Err(AdminError::Internal(
-                "a destination queue could not store the message".into(),
-            )),
-        }
     }
 
     /// basic.get with ack from `queue`: the delivery, or None when it is empty.
@@ -310,6 +312,11 @@ impl Broker {
         });
         let mut queues = Vec::new();
         let mut delays = Vec::new();
+        let mut session = Session::new();
+        // Routed with its confirm share, so that a durable deduplication exchange writes
+        // the key only once the message is safe (a retry after a failure is not dropped).
+        let (seq, share) = session.share(None, None);
+        let mut confirm = Some(share);
         {
             let routing = vh.routing();
             if !message.exchange.as_str().is_empty() {
@@ -334,6 +341,7 @@ impl Broker {
                 &[message.routing_key.as_str()],
                 &message.properties,
                 &message.body,
+                &mut confirm,
                 &mut queues,
                 &mut delays,
             );
@@ -346,9 +354,14 @@ impl Broker {
             });
             return Ok(false);
         }
-        Session::new()
-            .publish_confirmed(message, &queues, delays)
-            .await?;
+        if let Some(share) = confirm {
+            Session::send(message, &queues, delays, share).await;
+        }
+        if !session.confirmed(seq, 1).await[0] {
+            return Err(AdminError::Internal(
+                "a destination queue could not store the message".into(),
+            ));
+        }
         self.connections.count_internal(&MessageCounts {
             published: 1,
             confirmed: 1,

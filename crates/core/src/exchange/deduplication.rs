@@ -359,8 +359,9 @@ impl DedupCache {
     /// has the message safe, the key is appended to the log, and the publisher's share is
     /// released when an fsync covers the key. If the message or the key cannot be made
     /// durable, the publisher's confirm fails (basic.nack) and the key is forgotten, so a
-    /// retry is not taken for a duplicate. Without `confirm` (dead-lettering, the management
-    /// API's publish) the key is appended at once.
+    /// retry is not taken for a duplicate. A transient cache chains too, only to forget the
+    /// key of a message no queue could take. Without `confirm` (internal routes that hand
+    /// no share on) a durable cache's key is appended at once.
     pub fn admit(
         self: &Arc<Self>,
         headers: Option<&FieldTable>,
@@ -377,16 +378,33 @@ impl DedupCache {
             return false;
         }
         let seq = state.insert(key.clone(), expires_at_ms, self.args.size, now);
-        if state.durable.is_none() {
-            return true;
-        }
+        let durable = state.durable.is_some();
         let Some(cell) = confirm else {
-            self.log_key(&mut state, key, seq, expires_at_ms, None, None);
+            if durable {
+                self.log_key(&mut state, key, seq, expires_at_ms, None, None);
+            }
             return true;
         };
         drop(state);
         let publisher = cell.borrow_mut().take();
         let cache = self.clone();
+        if !durable {
+            // Nothing to write, but a message no queue could take must not leave its key
+            // behind (the retry would be dropped as a duplicate).
+            let chained = ConfirmShare::then(
+                Box::new(move |safe| {
+                    if !safe {
+                        cache.lock().forget(&key, seq);
+                        if let Some(p) = publisher {
+                            p.fail();
+                        }
+                    }
+                }),
+                None,
+            );
+            *cell.borrow_mut() = Some(chained);
+            return true;
+        }
         let (gate, opener) = Gate::new();
         let chained = ConfirmShare::then(
             Box::new(move |safe| {

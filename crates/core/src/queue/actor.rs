@@ -92,6 +92,14 @@ pub(super) struct QueueActor {
     /// The gate of the message at the head that stopped delivery: a task waits on it and
     /// sends `QueueCommand::GateOpened` (delivery then resumes as after any command).
     gate_wait: Option<Arc<Gate>>,
+    /// Held messages that left the queue without a consumer (expired, dropped over the
+    /// length limit, purged) before their gate opened, with the dead-letter reason if any.
+    /// Their log ack and dead-lettering wait for the gate (`exit`): a crash before it
+    /// leaves them in the log, so recovery still finds their deduplication key. Bounded
+    /// as `gated` is (messages of the last few fsyncs); waited on by `exit_wait`.
+    held_exits: Vec<(Arc<Gate>, Entry, Option<Reason>)>,
+    /// Whether a task waits on the first of `held_exits` to send `GateOpened`.
+    exit_wait: bool,
 }
 
 /// Size of `gated` past which entries whose gate opened are swept out as messages arrive
@@ -170,6 +178,8 @@ impl QueueActor {
             dedup,
             gated: HashMap::new(),
             gate_wait: None,
+            held_exits: Vec::new(),
+            exit_wait: false,
         }
     }
 
@@ -331,8 +341,7 @@ impl QueueActor {
                 self.expire(self.last_used_ms);
                 let mut got = None;
                 while let Some(expired) = self.ready.pop_front_expired(self.last_used_ms) {
-                    self.dead_letter(&expired, Reason::Expired);
-                    self.discard(expired);
+                    self.exit(expired, Some(Reason::Expired));
                 }
                 while let Some(entry) = self.ready.pop_front() {
                     if self.held_back(entry.id) {
@@ -394,14 +403,19 @@ impl QueueActor {
             QueueCommand::Purge(reply) => {
                 let all = self.ready.drain_all();
                 let _ = reply.send(all.len() as u32);
-                all.into_iter().for_each(|e| self.discard(e));
+                all.into_iter().for_each(|e| self.exit(e, None));
             }
             QueueCommand::Synced(result) => {
                 if let Some(store) = self.store.as_mut() {
                     store.synced(result, &self.handle);
                 }
             }
-            QueueCommand::GateOpened => self.gate_wait = None,
+            QueueCommand::GateOpened => {
+                self.gate_wait = None;
+                if !self.held_exits.is_empty() {
+                    self.run_held_exits();
+                }
+            }
             // Dropped at once (confirmed) without a log: nothing to wait for.
             QueueCommand::AfterSync(share) => {
                 if let Some(store) = self.store.as_mut() {
@@ -574,10 +588,7 @@ impl QueueActor {
         }
         while self.over_limit(0, 0) {
             match self.ready.pop_front() {
-                Some(head) => {
-                    self.dead_letter(&head, Reason::MaxLen);
-                    self.discard(head);
-                }
+                Some(head) => self.exit(head, Some(Reason::MaxLen)),
                 None => break,
             }
         }
@@ -613,6 +624,63 @@ impl QueueActor {
         }
         let at = entry.location?;
         self.store.as_mut()?.load(at)
+    }
+
+    /// A ready message leaves the queue without a consumer (expired, dropped over the
+    /// length limit, purged), dead-lettered for `reason` if any. A held one (see `gated`)
+    /// leaves the ready list now but its log ack and dead-lettering wait for its gate
+    /// (`held_exits`): acked before its deduplication key is on disk, a crash would forget
+    /// both, and the publisher's retry would be a second copy beside the dead-lettered one.
+    fn exit(&mut self, entry: Entry, reason: Option<Reason>) {
+        if !self.gated.is_empty() {
+            if let Some(gate) = self.gated.remove(&entry.id) {
+                if !gate.is_open() {
+                    return self.hold_exit(gate, entry, reason);
+                }
+            }
+        }
+        if let Some(reason) = reason {
+            self.dead_letter(&entry, reason);
+        }
+        self.discard(entry);
+    }
+
+    #[cold]
+    fn hold_exit(&mut self, gate: Arc<Gate>, entry: Entry, reason: Option<Reason>) {
+        self.held_exits.push((gate, entry, reason));
+        self.wait_for_exits();
+    }
+
+    /// Runs the held exits whose gate opened, in order; waits for the first one left.
+    #[cold]
+    fn run_held_exits(&mut self) {
+        self.exit_wait = false;
+        let (open, closed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_exits)
+            .into_iter()
+            .partition(|(gate, _, _)| gate.is_open());
+        self.held_exits = closed;
+        for (_, entry, reason) in open {
+            if let Some(reason) = reason {
+                self.dead_letter(&entry, reason);
+            }
+            self.discard(entry);
+        }
+        self.wait_for_exits();
+    }
+
+    fn wait_for_exits(&mut self) {
+        let Some((gate, _, _)) = self.held_exits.first() else {
+            return;
+        };
+        if self.exit_wait {
+            return;
+        }
+        self.exit_wait = true;
+        let (gate, handle) = (gate.clone(), self.handle.clone());
+        tokio::spawn(async move {
+            gate.opened().await;
+            handle.send_now(QueueCommand::GateOpened);
+        });
     }
 
     /// A message leaves the queue for good (acked, expired, dropped, purged).
@@ -724,8 +792,7 @@ impl QueueActor {
             // A message that expired behind the head (its own TTL) is dropped when it gets
             // there, never delivered.
             if let Some(expired) = self.ready.pop_front_expired(now) {
-                self.dead_letter(&expired, Reason::Expired);
-                self.discard(expired);
+                self.exit(expired, Some(Reason::Expired));
                 continue;
             }
             let Some(index) = self.next_with_credit() else {
@@ -977,8 +1044,7 @@ impl QueueActor {
         let mut expired = Vec::new();
         self.ready.take_expired(now, &mut expired);
         for entry in expired {
-            self.dead_letter(&entry, Reason::Expired);
-            self.discard(entry);
+            self.exit(entry, Some(Reason::Expired));
         }
     }
 
@@ -1051,6 +1117,9 @@ impl QueueActor {
         );
         let mut queues = Vec::new();
         let mut delays = Vec::new();
+        // Dead-lettering confirms to no one, but a durable deduplication exchange on the
+        // route gives a chained share: its key is written once the copies are safe.
+        let mut confirm = None;
         {
             let routing = vhost.routing();
             let keys: Vec<&str> = keys.iter().map(|k| k.as_str()).collect();
@@ -1059,6 +1128,7 @@ impl QueueActor {
                 &keys,
                 &dead.properties,
                 &dead.body,
+                &mut confirm,
                 &mut queues,
                 &mut delays,
             );
@@ -1068,7 +1138,8 @@ impl QueueActor {
         // would; the x-death cycle rules apply when it is dead-lettered again.
         for handle in delays {
             let extra = keys.iter().skip(1).cloned().collect();
-            if let Some(cmd) = DelayedHandle::schedule_command(dead.clone(), extra, None) {
+            if let Some(cmd) = DelayedHandle::schedule_command(dead.clone(), extra, confirm.clone())
+            {
                 handle.send_now(cmd);
             }
         }
@@ -1077,7 +1148,7 @@ impl QueueActor {
                 debug!(queue = %queue.name().as_str(), "dead-letter cycle: message dropped");
                 continue;
             }
-            queue.send_now(QueueCommand::Publish(dead.clone(), None));
+            queue.send_now(QueueCommand::Publish(dead.clone(), confirm.clone()));
         }
     }
 }
