@@ -17,7 +17,7 @@ use tokio::time::Instant;
 use tracing::error;
 use warren_protocol::{AMQPValue, ShortString};
 
-use super::schedule::{Pending, Schedule};
+use super::schedule::{Pending, RecordAt, Schedule};
 use super::{DelayedCommand, ScheduleStore, DELAY_HEADER};
 use crate::confirm::ConfirmShare;
 use crate::consumer::{new_channel_key, ChannelKey, ClientEvent};
@@ -42,6 +42,16 @@ pub(super) struct DelayedActor {
     events: mpsc::UnboundedReceiver<ClientEvent>,
     /// The confirm share of each round being routed.
     shares: HashMap<u64, ConfirmShare>,
+    /// Confirms of the messages routed in one tick for one round (`ClientEvent::Confirmed`
+    /// with this key, seq = the batch): their records are then marked routed.
+    batch_key: ChannelKey,
+    /// This tick's batch share for each round (chained to the round's share), with its
+    /// number; dropped at the end of the tick.
+    batches: HashMap<u64, (u64, ConfirmShare)>,
+    /// The records routed in each batch not confirmed yet (at most the messages of the
+    /// rounds being routed).
+    batch_records: HashMap<u64, Vec<RecordAt>>,
+    next_batch: u64,
     /// Files of finished rounds, deleted when their queues confirmed (by round).
     retiring: HashMap<u64, Vec<PathBuf>>,
 }
@@ -57,6 +67,10 @@ impl DelayedActor {
             events_tx,
             events,
             shares: HashMap::new(),
+            batch_key: new_channel_key(0),
+            batches: HashMap::new(),
+            batch_records: HashMap::new(),
+            next_batch: 1,
             retiring: HashMap::new(),
         }
     }
@@ -159,12 +173,15 @@ impl DelayedActor {
             }
             self.retire_finished();
         }
+        // The batches are complete: their confirms come once their queues have them.
+        self.batches.clear();
         true
     }
 
     /// A round is done: its files go once its queues confirmed. Dropping the round's share
     /// lets their confirms complete it; a round that reached no queue has nothing to wait for.
     fn retire(&mut self, round: u64, files: Vec<PathBuf>) {
+        self.batches.remove(&round);
         match self.shares.remove(&round) {
             Some(_) if !files.is_empty() => {
                 self.retiring.insert(round, files);
@@ -206,14 +223,10 @@ impl DelayedActor {
         if queues.is_empty() {
             return;
         }
-        let share = match self.schedule.on_disk() {
-            true => Some(
-                self.shares
-                    .entry(p.round)
-                    .or_insert_with(|| ConfirmShare::new(self.key, p.round, self.events_tx.clone()))
-                    .clone(),
-            ),
-            false => None,
+        let share = match (self.schedule.on_disk(), p.at) {
+            (true, Some(at)) => Some(self.batch_share(p.round, at)),
+            (true, None) => Some(self.round_share(p.round)),
+            (false, _) => None,
         };
         for q in queues {
             let sent = q
@@ -227,19 +240,71 @@ impl DelayedActor {
         }
     }
 
+    fn round_share(&mut self, round: u64) -> ConfirmShare {
+        self.shares
+            .entry(round)
+            .or_insert_with(|| ConfirmShare::new(self.key, round, self.events_tx.clone()))
+            .clone()
+    }
+
+    /// The share of this tick's batch of `round`, with `at` recorded in it: when its queues
+    /// confirmed every message of the batch, the batch's records are marked routed, and
+    /// only then is the round's share released (so a round's files are deleted after the
+    /// marks of its batches are written). A failure fails the round too (its files stay).
+    fn batch_share(&mut self, round: u64, at: RecordAt) -> ConfirmShare {
+        if let Some((batch, share)) = self.batches.get(&round) {
+            self.batch_records.entry(*batch).or_default().push(at);
+            return share.clone();
+        }
+        let batch = self.next_batch;
+        self.next_batch += 1;
+        self.batch_records.insert(batch, vec![at]);
+        let round_share = self.round_share(round);
+        let (events, key) = (self.events_tx.clone(), self.batch_key);
+        let share = ConfirmShare::then(
+            Box::new(move |safe| {
+                let _ = events.send(ClientEvent::Confirmed {
+                    channel_key: key,
+                    seq: batch,
+                    ack: safe,
+                });
+                if !safe {
+                    round_share.fail();
+                }
+            }),
+            None,
+        );
+        self.batches.insert(round, (batch, share.clone()));
+        share
+    }
+
     /// Deletes files on a blocking thread: an unlink of fsynced data can wait for the file
     /// system's journal (~100 ms stalls of every due message on a busy disk).
-    fn remove_later(&self, files: Vec<PathBuf>) {
+    fn remove_later(&mut self, files: Vec<PathBuf>) {
         if files.is_empty() {
             return;
         }
+        self.schedule.forget_marks(&files);
         let io = self.schedule.io();
         tokio::task::spawn_blocking(move || super::schedule::remove_files(&*io, &files));
     }
 
     /// Every queue took a round's messages: its files can go.
     fn confirmed(&mut self, event: ClientEvent) {
-        if let ClientEvent::Confirmed { seq, ack, .. } = event {
+        if let ClientEvent::Confirmed {
+            channel_key,
+            seq,
+            ack,
+        } = event
+        {
+            if channel_key == self.batch_key {
+                if let Some(records) = self.batch_records.remove(&seq) {
+                    if ack {
+                        self.schedule.write_marks(&records);
+                    }
+                }
+                return;
+            }
             if let Some(files) = self.retiring.remove(&seq) {
                 match ack {
                     true => self.remove_later(files),

@@ -18,7 +18,12 @@
 //!   `LOAD_AHEAD_MS` before it starts; a message due in an already loaded bucket goes to its
 //!   file and straight to memory.
 //! - A loaded bucket's files are deleted once every message in them was routed and every
-//!   destination queue confirmed it (so a crash in between routes them again: at least once).
+//!   destination queue confirmed it. Meanwhile each routed message whose queues confirmed it
+//!   gets a mark: its record's id appended (8 bytes, little-endian) to `<start>.<n>.done`
+//!   beside its file, written but not fsynced (it survives `kill -9`, not a power cut). A
+//!   later run skips the marked records of the files it recovers, so a crash while a bucket
+//!   is routed sends again only what was routed and not yet marked (at least once, with a
+//!   window of one queue fsync instead of the whole bucket).
 //!
 //! Without a data directory (an in-memory broker) the buckets keep their messages in memory.
 
@@ -67,6 +72,17 @@ pub struct Pending {
     pub delay_ms: u64,
     /// The loaded bucket (round) it belongs to.
     pub round: u64,
+    /// Its record in a bucket file (None without files): what marks it routed.
+    pub at: Option<RecordAt>,
+}
+
+/// Where a message's record is: its bucket, the file's number in the bucket (`<start>.<n>`)
+/// and the record's id in the file (ids are unique within a file).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordAt {
+    pub bucket: u64,
+    pub file: u64,
+    pub id: u64,
 }
 
 /// A message of a loaded bucket: decoded (it arrived while its bucket was loaded) or still
@@ -75,7 +91,11 @@ pub struct Pending {
 /// routing of the bucket before it).
 enum Entry {
     Ready(Pending, usize),
-    Stored { payload: Bytes, round: u64 },
+    Stored {
+        payload: Bytes,
+        round: u64,
+        at: RecordAt,
+    },
 }
 
 impl Entry {
@@ -104,7 +124,11 @@ struct Bucket {
 /// A bucket file of a loaded bucket not read to its end yet.
 struct Reader {
     path: PathBuf,
+    /// Its number in the bucket (`<start>.<n>`).
+    n: u64,
     recovered: bool,
+    /// Ids of the records an earlier run marked routed (a recovered file's `.done`), sorted.
+    done: Vec<u64>,
     /// Where the next chunk starts (0: the file header is not checked yet).
     cursor: u64,
     file: Option<Arc<dyn FileIo>>,
@@ -127,6 +151,8 @@ type FileKey = (u64, bool);
 
 struct OpenFile {
     file: Arc<dyn FileIo>,
+    /// Its number in the bucket.
+    n: u64,
     len: u64,
     /// The flush that last wrote to it (the least recently written is closed first).
     used: u64,
@@ -172,6 +198,12 @@ pub struct Schedule {
     open: BTreeMap<FileKey, OpenFile>,
     /// Framed records appended in this batch, by file.
     writes: BTreeMap<FileKey, BytesMut>,
+    /// The number of the file `flush` creates for a key not open yet (reserved by `add`, so
+    /// that a message's record is known before it is written).
+    reserved: BTreeMap<FileKey, u64>,
+    /// `.done` files open for appending marks, with their length, by (bucket, file number);
+    /// closed when their files are deleted (`forget_marks`).
+    marks: HashMap<(u64, u64), (Arc<dyn FileIo>, u64)>,
     persistent_written: bool,
     flushes: u64,
     next_seq: u64,
@@ -204,6 +236,8 @@ impl Schedule {
             finished: Vec::new(),
             open: BTreeMap::new(),
             writes: BTreeMap::new(),
+            reserved: BTreeMap::new(),
+            marks: HashMap::new(),
             persistent_written: false,
             flushes: 0,
             next_seq: 0,
@@ -217,7 +251,16 @@ impl Schedule {
             if let Err(e) = schedule.store.io.create_dir_all(&dir) {
                 error!(dir = %dir.display(), error = %e, "delayed exchange: cannot create its directory");
             }
-            for name in schedule.store.io.list_dir(&dir).unwrap_or_default() {
+            let names = schedule.store.io.list_dir(&dir).unwrap_or_default();
+            for name in &names {
+                // Marks of a file deleted before them (a crash in between) are stale.
+                if let Some(file) = name.strip_suffix(DONE_SUFFIX) {
+                    if !names.iter().any(|n| n == file) {
+                        let _ = schedule.store.io.remove_file(&dir.join(name));
+                    }
+                }
+            }
+            for name in names {
                 let Some((start, n)) = parse_name(&name) else {
                     continue;
                 };
@@ -271,9 +314,23 @@ impl Schedule {
             && self.store.dir.is_some()
             && (self.loaded_bytes + bytes > self.loaded_max
                 || self.rounds.values().any(|r| !r.readers.is_empty()));
+        let mut at = None;
         if self.store.dir.is_some() {
             let payload = encode(&s, persistent);
-            let buf = self.writes.entry((bucket, spill)).or_default();
+            let key = (bucket, spill);
+            let file = match self.open.get(&key) {
+                Some(open) => open.n,
+                None => *self.reserved.entry(key).or_insert_with(|| {
+                    self.next_file += 1;
+                    self.next_file - 1
+                }),
+            };
+            at = Some(RecordAt {
+                bucket,
+                file,
+                id: seq,
+            });
+            let buf = self.writes.entry(key).or_default();
             buf.put_slice(&encode_record_header(seq, &payload));
             buf.put_slice(&payload);
             self.persistent_written |= persistent;
@@ -283,6 +340,7 @@ impl Schedule {
             extra_keys: s.extra_keys,
             delay_ms: s.delay_ms,
             round,
+            at,
         };
         if spill {
             // Read back by the round's reader of the spill file (`flush` registers it).
@@ -336,8 +394,11 @@ impl Schedule {
             let (bucket, spill) = key;
             spilled |= spill;
             if !self.open.contains_key(&key) {
-                let path = dir.join(format!("{bucket}.{}", self.next_file));
-                self.next_file += 1;
+                let n = self.reserved.remove(&key).unwrap_or_else(|| {
+                    self.next_file += 1;
+                    self.next_file - 1
+                });
+                let path = dir.join(format!("{bucket}.{n}"));
                 let file = self.store.io.open(&path, OpenMode::CreateNew)?;
                 file.write_at(0, &encode_file_header(MAGIC))?;
                 created = true;
@@ -351,7 +412,9 @@ impl Schedule {
                         if spill {
                             round.readers.push_back(Reader {
                                 path,
+                                n,
                                 recovered: false,
+                                done: Vec::new(),
                                 cursor: 0,
                                 file: None,
                             });
@@ -371,6 +434,7 @@ impl Schedule {
                     key,
                     OpenFile {
                         file,
+                        n,
                         len: u64::from(FILE_HEADER_BYTES),
                         used: 0,
                     },
@@ -451,8 +515,10 @@ impl Schedule {
                 for file in bucket.files {
                     r.files.push(file.path.clone());
                     r.readers.push_back(Reader {
+                        n: file_number(&file.path),
                         path: file.path,
                         recovered: file.recovered,
+                        done: Vec::new(),
                         cursor: 0,
                         file: None,
                     });
@@ -508,6 +574,10 @@ impl Schedule {
                 return true;
             }
             let recovered = reader.recovered;
+            if recovered && reader.cursor == 0 {
+                reader.done = read_marks(&*self.store.io, &reader.path);
+            }
+            let file_n = reader.n;
             let (data, records, base, end) =
                 match read_chunk(&*self.store.io, reader, room, nothing_loaded) {
                     Chunk::Records {
@@ -526,6 +596,12 @@ impl Schedule {
                         continue;
                     }
                 };
+            // Put back once the chunk is taken (the loop below needs `self`).
+            let done = r
+                .readers
+                .front_mut()
+                .map(|reader| std::mem::take(&mut reader.done))
+                .unwrap_or_default();
             let mut next = base + end as u64;
             let mut full = false;
             let mut added = 0;
@@ -541,12 +617,21 @@ impl Schedule {
                     warn!("delayed exchange: undecodable record skipped");
                     continue;
                 };
-                if recovered && flags & PERSISTENT == 0 {
+                if recovered && (flags & PERSISTENT == 0 || done.binary_search(&rec.id).is_ok()) {
                     continue;
                 }
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                let entry = Entry::Stored { payload, round: id };
+                let at = RecordAt {
+                    bucket,
+                    file: file_n,
+                    id: rec.id,
+                };
+                let entry = Entry::Stored {
+                    payload,
+                    round: id,
+                    at,
+                };
                 self.loaded_bytes += entry.bytes();
                 self.due.insert((due, seq), entry);
                 added += 1;
@@ -555,6 +640,7 @@ impl Schedule {
                 r.remaining += added;
                 if let Some(reader) = r.readers.front_mut() {
                     reader.cursor = next;
+                    reader.done = done;
                 }
             }
             if full {
@@ -574,8 +660,12 @@ impl Schedule {
         self.loaded_bytes = self.loaded_bytes.saturating_sub(entry.bytes());
         Some(match entry {
             Entry::Ready(p, _) => (p.round, Some(p)),
-            Entry::Stored { payload, round } => {
-                let p = decode(payload).map(|(_, p, _)| Pending { round, ..p });
+            Entry::Stored { payload, round, at } => {
+                let p = decode(payload).map(|(_, p, _)| Pending {
+                    round,
+                    at: Some(at),
+                    ..p
+                });
                 if p.is_none() {
                     warn!("delayed exchange: undecodable record skipped");
                 }
@@ -636,10 +726,72 @@ impl Schedule {
         self.store.io.clone()
     }
 
+    /// Marks records routed (their queues confirmed them): appends their ids to their
+    /// files' `.done`, without an fsync. The actor calls it before it deletes the files of
+    /// the round (a round's confirm comes after those of its messages). A failure is
+    /// logged: the records are then routed again after a crash, as without marks.
+    pub fn write_marks(&mut self, marks: &[RecordAt]) {
+        let Some(dir) = self.store.dir.clone() else {
+            return;
+        };
+        let mut by_file: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
+        for at in marks {
+            by_file
+                .entry((at.bucket, at.file))
+                .or_default()
+                .extend_from_slice(&at.id.to_le_bytes());
+        }
+        for ((bucket, n), ids) in by_file {
+            let path = done_path(&dir.join(format!("{bucket}.{n}")));
+            let io = &self.store.io;
+            let open = match self.marks.entry((bucket, n)) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let file = io
+                        .open(&path, OpenMode::ReadWrite)
+                        .or_else(|_| io.open(&path, OpenMode::CreateNew));
+                    match file {
+                        Ok(file) => {
+                            // Whole ids only: a torn one from a crash is written over.
+                            let len = file.len().unwrap_or(0) / 8 * 8;
+                            e.insert((file, len))
+                        }
+                        Err(err) => {
+                            warn!(file = %path.display(), error = %err, "delayed exchange: cannot mark routed messages");
+                            continue;
+                        }
+                    }
+                }
+            };
+            match open.0.write_at(open.1, &ids) {
+                Ok(()) => open.1 += ids.len() as u64,
+                Err(err) => {
+                    warn!(file = %path.display(), error = %err, "delayed exchange: cannot mark routed messages");
+                    self.marks.remove(&(bucket, n));
+                }
+            }
+        }
+    }
+
+    /// Closes the marks of files about to be deleted.
+    pub fn forget_marks(&mut self, files: &[PathBuf]) {
+        for path in files {
+            let bucket = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(parse_name)
+                .map(|(start, _)| start);
+            if let Some(bucket) = bucket {
+                self.marks.remove(&(bucket, file_number(path)));
+            }
+        }
+    }
+
     /// The exchange was deleted: removes its files and directory (`moved`: where the
     /// directory was renamed to; None: its own place).
     pub fn remove_files(&mut self, moved: Option<PathBuf>) {
         self.open.clear();
+        self.marks.clear();
         let Some(dir) = moved.or_else(|| self.store.dir.clone()) else {
             return;
         };
@@ -650,13 +802,58 @@ impl Schedule {
     }
 }
 
-/// Deletes bucket files, logging failures.
+/// Deletes bucket files (the marks first: marks without their file are stale, a file
+/// without marks is only routed again), logging failures.
 pub fn remove_files(io: &dyn warren_store::Io, files: &[PathBuf]) {
     for f in files {
+        match io.remove_file(&done_path(f)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                warn!(file = %f.display(), error = %e, "delayed exchange: cannot delete a bucket's marks")
+            }
+            _ => {}
+        }
         if let Err(e) = io.remove_file(f) {
             warn!(file = %f.display(), error = %e, "delayed exchange: cannot delete a bucket file");
         }
     }
+}
+
+/// The suffix of a bucket file's marks (`<start>.<n>.done`).
+const DONE_SUFFIX: &str = ".done";
+
+fn done_path(file: &std::path::Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(DONE_SUFFIX);
+    PathBuf::from(name)
+}
+
+/// A bucket file's number (`<start>.<n>`).
+fn file_number(path: &std::path::Path) -> u64 {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .and_then(parse_name)
+        .map_or(0, |(_, n)| n)
+}
+
+/// The record ids marked routed in a file's `.done` (a torn last id is ignored), sorted.
+fn read_marks(io: &dyn warren_store::Io, file: &std::path::Path) -> Vec<u64> {
+    let Ok(marks) = io.open(&done_path(file), OpenMode::Read) else {
+        return Vec::new();
+    };
+    let len = marks.len().unwrap_or(0) / 8 * 8;
+    let Ok(len) = usize::try_from(len) else {
+        return Vec::new();
+    };
+    let mut buf = vec![0u8; len];
+    if marks.read_at(0, &mut buf).is_err() {
+        return Vec::new();
+    }
+    let mut ids: Vec<u64> = buf
+        .chunks_exact(8)
+        .filter_map(|b| Some(u64::from_le_bytes(b.try_into().ok()?)))
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 fn parse_name(name: &str) -> Option<(u64, u64)> {
@@ -826,6 +1023,7 @@ fn decode(payload: Bytes) -> Option<(u8, Pending, u64)> {
             extra_keys,
             delay_ms,
             round: 0,
+            at: None,
         },
         due_ms,
     ))
@@ -1016,5 +1214,60 @@ mod tests {
         s.flush().unwrap();
         s.remove_files(None);
         assert!(!path.exists());
+    }
+
+    /// Routes everything due by `now`: the records popped, in order.
+    fn pop_all(s: &mut Schedule, now: u64) -> Vec<RecordAt> {
+        s.load_due(now);
+        let mut popped = Vec::new();
+        while let Some((_, p)) = s.pop_due(now) {
+            popped.push(p.unwrap().at.expect("a record on disk"));
+        }
+        popped
+    }
+
+    /// A run that crashed while routing a bucket: the records it marked routed are skipped
+    /// by the next run, the others come out again; marks without their file are removed.
+    #[test]
+    fn records_marked_routed_are_skipped_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        let mut s = Schedule::open(store(&path, true));
+        for i in 0..10 {
+            add(&mut s, 10_000 + i, true);
+        }
+        // One arriving while its bucket is loaded has its record too.
+        s.load_due(10_000);
+        add(&mut s, 10_500, true);
+        s.flush().unwrap();
+        drop(s);
+
+        let mut s = Schedule::open(store(&path, true));
+        let first = pop_all(&mut s, 11_000);
+        assert_eq!(first.len(), 11);
+        s.write_marks(&first[..4]);
+        s.write_marks(&first[7..8]);
+        drop(s);
+
+        let mut s = Schedule::open(store(&path, true));
+        let second = pop_all(&mut s, 11_000);
+        let expected: Vec<RecordAt> = [&first[4..7], &first[8..]].concat();
+        assert_eq!(second, expected, "only the unmarked records again");
+        // Stale marks (their file gone) are removed at open.
+        let files: Vec<_> = std::fs::read_dir(&path)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e != "done"))
+            .collect();
+        for f in &files {
+            std::fs::remove_file(f).unwrap();
+        }
+        drop(s);
+        let _s = Schedule::open(store(&path, true));
+        assert_eq!(
+            std::fs::read_dir(&path).unwrap().count(),
+            0,
+            "no stale marks left"
+        );
     }
 }
