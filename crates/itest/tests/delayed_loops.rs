@@ -127,13 +127,15 @@ fn death_count(properties: &BasicProperties, queue: &str, reason: &str) -> i64 {
 /// The classic retry loop without a consumer: a queue whose messages expire into a delayed
 /// exchange that routes them back to it. As for a plain dead-letter cycle (RabbitMQ's rule,
 /// `queue/dead_letter.rs::is_cycle`), the message is dropped when it would return to the
-/// queue it expired in; a side queue bound to the same key gets it once.
+/// queue it expired in, at the delayed exchange's due-time route; a side queue bound to the
+/// same key gets it once.
 ///
-/// Checked: without the cycle check at due time (the delayed actor routing a dead-lettered
-/// message back into the queue it died in), the side queue's next message is the looping
-/// one again (x-death count 2), not the marker, and the test fails.
+/// Pins a bug: the due-time route applied no cycle check, so the message went round once
+/// more (the side queue's next message was the looping one, x-death count 2, not the
+/// marker; the next dead-lettering, with `x-delay` negated, routed at once and was cut).
+/// The test failed that way before the fix.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_automatic_loop_through_a_delayed_exchange_is_dropped_at_its_second_turn() {
+async fn an_automatic_loop_through_a_delayed_exchange_is_dropped_when_it_would_return() {
     let broker = start_broker().await;
     let (_conn, ch) = broker.channel().await;
     let dx = unique_name("dx-loop");
