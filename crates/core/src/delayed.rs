@@ -135,6 +135,10 @@ pub struct Scheduled {
     pub due_ms: u64,
     /// Dropped once the message is stored (fsynced if persistent on a durable exchange).
     pub confirm: Option<ConfirmShare>,
+    /// Scheduled by dead-lettering: at its due time the dead-letter cycle rule applies (it
+    /// is not routed to a queue it died in automatically, `queue::dead_letter::is_cycle`),
+    /// as it would have had the dead-letter exchange routed it at once.
+    pub dead_lettered: bool,
 }
 
 pub enum DelayedCommand {
@@ -218,7 +222,23 @@ impl DelayedHandle {
             extra_keys,
             delay_ms,
             confirm,
+            dead_lettered: false,
         })))
+    }
+
+    /// `schedule_command` for a message dead-lettered into this exchange (the cycle rule
+    /// applies when it is routed); `confirm` is a deduplication exchange's chained share,
+    /// if one was on the route.
+    pub fn dead_letter_command(
+        message: MessageRef,
+        extra_keys: Vec<String>,
+        confirm: Option<ConfirmShare>,
+    ) -> Option<DelayedCommand> {
+        let mut cmd = Self::schedule_command(message, extra_keys, confirm)?;
+        if let DelayedCommand::Schedule(s) = &mut cmd {
+            s.dead_lettered = true;
+        }
+        Some(cmd)
     }
 
     /// Schedules without waiting (dead-lettering, which never awaits a send): a full inbox

@@ -22,6 +22,7 @@ use super::{DelayedCommand, ScheduleStore, DELAY_HEADER};
 use crate::confirm::ConfirmShare;
 use crate::consumer::{new_channel_key, ChannelKey, ClientEvent};
 use crate::message::now_ms;
+use crate::queue::dead_letter::is_cycle;
 use crate::queue::{QueueCommand, QueueHandle};
 use crate::vhost::VHost;
 
@@ -220,6 +221,10 @@ impl DelayedActor {
             &message.body,
             &mut queues,
         );
+        if p.dead_lettered {
+            // The cycle rule of dead-lettering, applied when the route is taken (here).
+            queues.retain(|q| !is_cycle(&message, q.name().as_str()));
+        }
         if queues.is_empty() {
             return;
         }
@@ -369,6 +374,7 @@ mod tests {
                 delay_ms: 600_000,
                 due_ms: now_ms() + 600_000,
                 confirm: Some(ConfirmShare::new(key, seq, client.clone())),
+                dead_lettered: false,
             }))
         };
         let confirmed = |event: Option<ClientEvent>| match event {

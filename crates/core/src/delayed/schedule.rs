@@ -10,7 +10,8 @@
 //!   the store's checksummed record frames (`warren_store::format`), appended and never
 //!   rewritten. A run never appends to a file of an earlier run (its tail may be torn), so a
 //!   damaged tail only ever ends a file.
-//! - Record payload (little-endian): `flags u8` (bit 0: persistent) | `delay_ms u64` |
+//! - Record payload (little-endian): `flags u8` (bit 0: persistent, bit 1: dead-lettered) |
+//!   `delay_ms u64` |
 //!   `due_ms u64` | `keys u16` then per key `len u32, bytes` (CC/BCC routing keys) | the
 //!   message record of `durable::record`.
 //! - In memory: the bucket index (start → its files), the files open for appending (at most
@@ -52,18 +53,27 @@ pub const LOAD_AHEAD_MS: u64 = 200;
 /// Bucket files kept open for appending; beyond it the least recently written one is closed
 /// (its bucket's next message starts a new file).
 pub const OPEN_FILES_MAX: usize = 256;
-/// Bytes of loaded messages a schedule holds in memory (each counted as its record plus
-/// `ENTRY_OVERHEAD_BYTES`): a bucket with more is read in chunks as it drains, and messages
-/// arriving for a loaded bucket beyond it go to its file only, to be read back in turn.
+/// Bytes of loaded messages a schedule holds in memory, as `Entry::bytes` charges them (what
+/// each really holds: its own copy of its record or its decoded message, and its share of
+/// the map): a bucket with more is read in chunks as it drains, and messages arriving for a
+/// loaded bucket beyond it go to its file only, to be read back in turn. Besides it, a
+/// schedule holds one read buffer (`READ_CHUNK_BYTES`, or one larger record while it is read).
 pub const LOADED_BYTES_MAX: usize = 32 * 1024 * 1024;
 /// The most bytes read from a bucket file at once (bounded further by the room left under
-/// `LOADED_BYTES_MAX`).
+/// `LOADED_BYTES_MAX`), into the schedule's one reusable buffer.
 pub const READ_CHUNK_BYTES: usize = 1024 * 1024;
-/// What a loaded message costs in memory besides its record (map entry, round, slices).
-const ENTRY_OVERHEAD_BYTES: usize = 96;
+/// What one entry of the `due` map takes: a `BTreeMap` leaf holds up to 11 entries and at
+/// least 5 (but for the root), so an entry takes at most 11/5 of its key and value, plus its
+/// share of the node's header.
+const MAP_ENTRY_BYTES: usize =
+    (std::mem::size_of::<(u64, u64)>() + std::mem::size_of::<Entry>()) * 11 / 5 + 16;
+/// What an allocation costs beyond the bytes asked for (the allocator's header and
+/// rounding to 16 bytes).
+const ALLOCATION_OVERHEAD_BYTES: usize = 32;
 /// Magic of a bucket file's header.
 const MAGIC: [u8; 8] = *b"WARRNDLY";
 const PERSISTENT: u8 = 1;
+const DEAD_LETTERED: u8 = 2;
 
 /// A message in memory, waiting for its due time.
 pub struct Pending {
@@ -72,6 +82,8 @@ pub struct Pending {
     pub delay_ms: u64,
     /// The loaded bucket (round) it belongs to.
     pub round: u64,
+    /// See `Scheduled::dead_lettered`.
+    pub dead_lettered: bool,
     /// Its record in a bucket file (None without files): what marks it routed.
     pub at: Option<RecordAt>,
 }
@@ -89,23 +101,43 @@ pub struct RecordAt {
 /// the record read from its file, decoded only when it is due, so loading a bucket costs a
 /// read and a checksum scan, not a decode of every message at once (which held up the
 /// routing of the bucket before it).
+///
+/// A `Stored` record owns its bytes (a boxed slice, so it cannot be a view into something
+/// larger): a `Bytes` slice of the buffer it was read into would keep the whole buffer
+/// (1 MiB) alive while one record of it waits, and then while the message routed from it
+/// sits in a queue.
 enum Entry {
     Ready(Pending, usize),
     Stored {
-        payload: Bytes,
+        payload: Box<[u8]>,
         round: u64,
         at: RecordAt,
     },
 }
 
 impl Entry {
-    /// What it counts against `LOADED_BYTES_MAX`.
+    /// What it counts against `LOADED_BYTES_MAX`: what it holds, map entry included.
     fn bytes(&self) -> usize {
         match self {
             Entry::Ready(_, bytes) => *bytes,
-            Entry::Stored { payload, .. } => payload.len() + ENTRY_OVERHEAD_BYTES,
+            Entry::Stored { payload, .. } => stored_bytes(payload.len()),
         }
     }
+}
+
+/// What a loaded record of `len` bytes holds: its own allocation and its map entry.
+fn stored_bytes(len: usize) -> usize {
+    len + ALLOCATION_OVERHEAD_BYTES + MAP_ENTRY_BYTES
+}
+
+/// What a decoded message waiting in memory holds: the message (body, header, decoded
+/// properties), its `Arc`, its extra routing keys, and its map entry.
+fn ready_bytes(message: &MessageRef, extra_keys: &[String]) -> usize {
+    let keys: usize = extra_keys
+        .iter()
+        .map(|k| k.len() + std::mem::size_of::<String>() + ALLOCATION_OVERHEAD_BYTES)
+        .sum();
+    message.footprint() + 3 * ALLOCATION_OVERHEAD_BYTES + keys + MAP_ENTRY_BYTES
 }
 
 struct BucketFile {
@@ -192,6 +224,8 @@ pub struct Schedule {
     loaded_bytes: usize,
     /// `LOADED_BYTES_MAX`, smaller in tests.
     loaded_max: usize,
+    /// Where bucket files are read into (reused: records are copied out of it).
+    read_buf: Vec<u8>,
     /// Rounds finished while their files were read (nothing left to read or route), with
     /// their files: to delete once their queues confirmed (`take_finished`).
     finished: Vec<(u64, Vec<PathBuf>)>,
@@ -233,6 +267,7 @@ impl Schedule {
             due: BTreeMap::new(),
             loaded_bytes: 0,
             loaded_max,
+            read_buf: Vec::new(),
             finished: Vec::new(),
             open: BTreeMap::new(),
             writes: BTreeMap::new(),
@@ -307,7 +342,7 @@ impl Schedule {
         self.next_seq += 1;
         let loaded = bucket < self.loaded_until;
         let round = if loaded { self.round_for(bucket) } else { 0 };
-        let bytes = s.message.body.len() + s.message.header_raw.len() + ENTRY_OVERHEAD_BYTES;
+        let bytes = ready_bytes(&s.message, &s.extra_keys);
         // On disk, a loaded bucket's arrival stays in its file when memory is full or a
         // bucket is still being read (it would overtake what is not read yet).
         let spill = loaded
@@ -340,6 +375,7 @@ impl Schedule {
             extra_keys: s.extra_keys,
             delay_ms: s.delay_ms,
             round,
+            dead_lettered: s.dead_lettered,
             at,
         };
         if spill {
@@ -507,7 +543,9 @@ impl Schedule {
                 p.round = round;
                 let seq = self.next_seq;
                 self.next_seq += 1;
-                self.due.insert((due, seq), Entry::Ready(p, 0));
+                let bytes = ready_bytes(&p.message, &p.extra_keys);
+                self.loaded_bytes += bytes;
+                self.due.insert((due, seq), Entry::Ready(p, bytes));
                 count += 1;
             }
             if let Some(r) = self.rounds.get_mut(&round) {
@@ -578,24 +616,24 @@ impl Schedule {
                 reader.done = read_marks(&*self.store.io, &reader.path);
             }
             let file_n = reader.n;
-            let (data, records, base, end) =
-                match read_chunk(&*self.store.io, reader, room, nothing_loaded) {
-                    Chunk::Records {
-                        data,
-                        records,
-                        base,
-                        end,
-                    } => (data, records, base, end),
-                    Chunk::Full => return true,
-                    Chunk::End => {
-                        if r.readers.len() == 1 && self.open.contains_key(&(bucket, true)) {
-                            // The spill file being written: read on when more arrives.
-                            return false;
-                        }
-                        r.readers.pop_front();
-                        continue;
+            let (records, base, end) = match read_chunk(
+                &*self.store.io,
+                reader,
+                room,
+                nothing_loaded,
+                &mut self.read_buf,
+            ) {
+                Chunk::Records { records, base, end } => (records, base, end),
+                Chunk::Full => return true,
+                Chunk::End => {
+                    if r.readers.len() == 1 && self.open.contains_key(&(bucket, true)) {
+                        // The spill file being written: read on when more arrives.
+                        return false;
                     }
-                };
+                    r.readers.pop_front();
+                    continue;
+                }
+            };
             // Put back once the chunk is taken (the loop below needs `self`).
             let done = r
                 .readers
@@ -606,14 +644,16 @@ impl Schedule {
             let mut full = false;
             let mut added = 0;
             for rec in records {
-                let size = rec.len as usize + ENTRY_OVERHEAD_BYTES;
+                let size = stored_bytes(rec.len as usize);
                 if self.loaded_bytes + size > self.loaded_max && self.loaded_bytes > 0 {
                     next = base + u64::from(rec.offset);
                     full = true;
                     break;
                 }
-                let payload = data.slice(rec.payload());
-                let Some((flags, due)) = flags_and_due(&payload) else {
+                let Some(payload) = self.read_buf.get(rec.payload()) else {
+                    continue;
+                };
+                let Some((flags, due)) = flags_and_due(payload) else {
                     warn!("delayed exchange: undecodable record skipped");
                     continue;
                 };
@@ -622,6 +662,8 @@ impl Schedule {
                 }
                 let seq = self.next_seq;
                 self.next_seq += 1;
+                // Copied out of the read buffer, which the next read reuses (see `Entry`).
+                let payload = Box::<[u8]>::from(payload);
                 let at = RecordAt {
                     bucket,
                     file: file_n,
@@ -661,7 +703,7 @@ impl Schedule {
         Some(match entry {
             Entry::Ready(p, _) => (p.round, Some(p)),
             Entry::Stored { payload, round, at } => {
-                let p = decode(payload).map(|(_, p, _)| Pending {
+                let p = decode(Bytes::from(payload)).map(|(_, p, _)| Pending {
                     round,
                     at: Some(at),
                     ..p
@@ -863,10 +905,9 @@ fn parse_name(name: &str) -> Option<(u64, u64)> {
 
 /// What one read of a bucket file gave.
 enum Chunk {
-    /// The records found in `data` (read at file offset `base`; `end`: where its valid
-    /// data ends, the next read's start if every record is taken).
+    /// The records found in the read buffer (read at file offset `base`; `end`: where its
+    /// valid data ends, the next read's start if every record is taken).
     Records {
-        data: Bytes,
         records: Vec<ScannedRecord>,
         base: u64,
         end: usize,
@@ -877,13 +918,15 @@ enum Chunk {
     End,
 }
 
-/// Reads the next chunk of `reader`'s file: at most `room` bytes (and `READ_CHUNK_BYTES`),
-/// or one whole record larger than that when memory holds nothing (`nothing_loaded`).
+/// Reads the next chunk of `reader`'s file into `buf`: at most `room` bytes (and
+/// `READ_CHUNK_BYTES`), or one whole record larger than that when memory holds nothing
+/// (`nothing_loaded`; `buf` is then shrunk back to `READ_CHUNK_BYTES` on the next read).
 fn read_chunk(
     io: &dyn warren_store::Io,
     reader: &mut Reader,
     room: usize,
     nothing_loaded: bool,
+    buf: &mut Vec<u8>,
 ) -> Chunk {
     let failed = |e: std::io::Error, path: &std::path::Path| {
         error!(file = %path.display(), error = %e, "delayed exchange: cannot read a bucket");
@@ -918,26 +961,30 @@ fn read_chunk(
     if left == 0 {
         return Chunk::End;
     }
-    let read = |n: u64| -> Result<Bytes, std::io::Error> {
-        let mut buf = vec![0u8; usize::try_from(n).map_err(std::io::Error::other)?];
-        file.read_at(reader.cursor, &mut buf)?;
-        Ok(Bytes::from(buf))
+    let cursor = reader.cursor;
+    let read = |n: u64, buf: &mut Vec<u8>| -> Result<(), std::io::Error> {
+        let n = usize::try_from(n).map_err(std::io::Error::other)?;
+        buf.clear();
+        if buf.capacity() > READ_CHUNK_BYTES {
+            // A record larger than a chunk was read last: give its memory back.
+            buf.shrink_to(READ_CHUNK_BYTES);
+        }
+        buf.resize(n, 0);
+        file.read_at(cursor, buf)
     };
     let want = left.min(READ_CHUNK_BYTES as u64).min(room as u64);
-    let mut data = match read(want) {
-        Ok(data) => data,
-        Err(e) => return failed(e, &reader.path),
-    };
-    let mut scan = scan_records(&data, 0);
+    if let Err(e) = read(want, buf) {
+        return failed(e, &reader.path);
+    }
+    let mut scan = scan_records(buf, 0);
     if scan.end == 0 && want < left {
         // The next record is larger than this read: its header says how large.
-        let header = match read(left.min(u64::from(RECORD_HEADER_BYTES))) {
-            Ok(header) => header,
-            Err(e) => return failed(e, &reader.path),
-        };
-        let record = header
+        if let Err(e) = read(left.min(u64::from(RECORD_HEADER_BYTES)), buf) {
+            return failed(e, &reader.path);
+        }
+        let record = buf
             .get(4..8)
-            .filter(|_| header.get(..4) == Some(&RECORD_MAGIC[..]))
+            .filter(|_| buf.get(..4) == Some(&RECORD_MAGIC[..]))
             .and_then(|b| b.try_into().ok())
             .map(|b| u64::from(RECORD_HEADER_BYTES) + u64::from(u32::from_le_bytes(b)))
             .filter(|n| *n <= left);
@@ -947,11 +994,10 @@ fn read_chunk(
             // Damaged: scan a whole chunk to find the next valid record.
             None => left.min(READ_CHUNK_BYTES as u64),
         };
-        data = match read(n) {
-            Ok(data) => data,
-            Err(e) => return failed(e, &reader.path),
-        };
-        scan = scan_records(&data, 0);
+        if let Err(e) = read(n, buf) {
+            return failed(e, &reader.path);
+        }
+        scan = scan_records(buf, 0);
     }
     if scan.end == 0 {
         // Nothing valid from here: a torn or damaged tail ends the file.
@@ -959,7 +1005,6 @@ fn read_chunk(
         return Chunk::End;
     }
     Chunk::Records {
-        data,
         records: scan.records,
         base: reader.cursor,
         end: scan.end,
@@ -970,7 +1015,11 @@ fn encode(s: &Scheduled, persistent: bool) -> Bytes {
     let message = record::encode(&s.message, None);
     let keys: usize = s.extra_keys.iter().map(|k| 4 + k.len()).sum();
     let mut out = BytesMut::with_capacity(1 + 8 + 8 + 2 + keys + message.len());
-    out.put_u8(if persistent { PERSISTENT } else { 0 });
+    let mut flags = if persistent { PERSISTENT } else { 0 };
+    if s.dead_lettered {
+        flags |= DEAD_LETTERED;
+    }
+    out.put_u8(flags);
     out.put_u64_le(s.delay_ms);
     out.put_u64_le(s.due_ms);
     // At most u16::MAX keys are kept (a header holding more is far beyond any real use).
@@ -1023,6 +1072,7 @@ fn decode(payload: Bytes) -> Option<(u8, Pending, u64)> {
             extra_keys,
             delay_ms,
             round: 0,
+            dead_lettered: flags & DEAD_LETTERED != 0,
             at: None,
         },
         due_ms,
@@ -1089,6 +1139,7 @@ mod tests {
                     // Spread over the second, not in publish order.
                     due_ms: 10_000 + (i * 7919) % 1000,
                     confirm: None,
+                    dead_lettered: false,
                 });
                 if i % 100 == 99 {
                     s.flush().unwrap();
@@ -1105,10 +1156,12 @@ mod tests {
             delay_ms: 1,
             due_ms: 10_500,
             confirm: None,
+            dead_lettered: false,
         });
         s.flush().unwrap();
         s.load_due(10_000);
         assert!(s.loaded_bytes <= bound, "{} loaded", s.loaded_bytes);
+        assert!(s.loaded_bytes >= held_at_least(&s));
         assert!(s.loaded_len() < 100, "{} messages loaded", s.loaded_len());
         // Arrivals for the loaded (and still unread) bucket go to a file, not to memory.
         let after = 500;
@@ -1138,7 +1191,14 @@ mod tests {
                 "{} loaded",
                 s.loaded_bytes
             );
+            let held = held_at_least(&s);
+            assert!(
+                s.loaded_bytes >= held,
+                "charged {} < held {held}",
+                s.loaded_bytes
+            );
         }
+        assert!(s.read_buf.capacity() <= READ_CHUNK_BYTES);
         assert_eq!(big_seen, 1);
         assert!(seen.iter().all(|n| *n == 1), "each exactly once");
         assert!(s.rounds.is_empty(), "the round is done");
@@ -1147,6 +1207,24 @@ mod tests {
         assert_eq!(files.len(), on_disk, "every file is handed back");
         s.remove(&files);
         assert_eq!(std::fs::read_dir(&path).unwrap().count(), 0);
+    }
+
+    /// A floor under what the loaded entries really hold, counted from what they are rather
+    /// than from `Entry::bytes`: each takes its key and value in the map, a decoded message
+    /// its footprint, and a stored record its bytes (which it owns: regression, records were
+    /// `Bytes` slices of their 1 MiB read buffer, so one waiting record held all of it, and a
+    /// crowded second peaked at 120 MB under a 32 MiB bound).
+    fn held_at_least(s: &Schedule) -> usize {
+        let map = std::mem::size_of::<(u64, u64)>() + std::mem::size_of::<Entry>();
+        s.due
+            .values()
+            .map(|e| {
+                map + match e {
+                    Entry::Stored { payload, .. } => payload.len(),
+                    Entry::Ready(p, _) => p.message.footprint(),
+                }
+            })
+            .sum()
     }
 
     fn store(dir: &std::path::Path, durable: bool) -> ScheduleStore {
@@ -1165,6 +1243,7 @@ mod tests {
             delay_ms: 5,
             due_ms,
             confirm: None,
+            dead_lettered: true,
         });
     }
 
@@ -1204,7 +1283,9 @@ mod tests {
         assert_eq!(s.loaded_len(), 1);
         assert!(s.pop_due(10_499).is_none());
         let (round, p) = s.pop_due(10_500).unwrap();
-        assert_eq!(p.unwrap().extra_keys, vec!["cc".to_string()]);
+        let p = p.unwrap();
+        assert_eq!(p.extra_keys, vec!["cc".to_string()]);
+        assert!(p.dead_lettered, "the dead-lettered flag is stored");
         let files = s.routed(round).unwrap();
         assert_eq!(files.len(), 1);
         s.remove(&files);

@@ -1138,7 +1138,8 @@ impl QueueActor {
         // would; the x-death cycle rules apply when it is dead-lettered again.
         for handle in delays {
             let extra = keys.iter().skip(1).cloned().collect();
-            if let Some(cmd) = DelayedHandle::schedule_command(dead.clone(), extra, confirm.clone())
+            if let Some(cmd) =
+                DelayedHandle::dead_letter_command(dead.clone(), extra, confirm.clone())
             {
                 handle.send_now(cmd);
             }
