@@ -222,6 +222,9 @@ pub struct Schedule {
     due: BTreeMap<(u64, u64), Entry>,
     /// What `due` holds, as `Entry::bytes` counts it.
     loaded_bytes: usize,
+    /// What the marks of recovered files being read take (`Reader::done`): counted against
+    /// `LOADED_BYTES_MAX` with `loaded_bytes`, though never so as to stop reading.
+    marks_bytes: usize,
     /// `LOADED_BYTES_MAX`, smaller in tests.
     loaded_max: usize,
     /// Where bucket files are read into (reused: records are copied out of it).
@@ -266,6 +269,7 @@ impl Schedule {
             round_of: HashMap::new(),
             due: BTreeMap::new(),
             loaded_bytes: 0,
+            marks_bytes: 0,
             loaded_max,
             read_buf: Vec::new(),
             finished: Vec::new(),
@@ -347,7 +351,7 @@ impl Schedule {
         // bucket is still being read (it would overtake what is not read yet).
         let spill = loaded
             && self.store.dir.is_some()
-            && (self.loaded_bytes + bytes > self.loaded_max
+            && (self.loaded_bytes + self.marks_bytes + bytes > self.loaded_max
                 || self.rounds.values().any(|r| !r.readers.is_empty()));
         let mut at = None;
         if self.store.dir.is_some() {
@@ -599,7 +603,11 @@ impl Schedule {
     /// Reads round `id`'s files until memory is full (true) or they are read to their end.
     fn read_round(&mut self, id: u64) -> bool {
         loop {
-            let room = self.loaded_max.saturating_sub(self.loaded_bytes);
+            let room = self
+                .loaded_max
+                .saturating_sub(self.loaded_bytes + self.marks_bytes);
+            // With nothing loaded one record is read whatever the room (marks alone may
+            // fill it), so the schedule always moves on.
             let nothing_loaded = self.loaded_bytes == 0;
             let Some(r) = self.rounds.get_mut(&id) else {
                 return false;
@@ -608,12 +616,15 @@ impl Schedule {
             let Some(reader) = r.readers.front_mut() else {
                 return false;
             };
-            if room == 0 {
+            if room == 0 && !nothing_loaded {
                 return true;
             }
             let recovered = reader.recovered;
             if recovered && reader.cursor == 0 {
-                reader.done = read_marks(&*self.store.io, &reader.path);
+                let marks = read_marks(&*self.store.io, &reader.path);
+                self.marks_bytes = self.marks_bytes.saturating_sub(marks_bytes(&reader.done))
+                    + marks_bytes(&marks);
+                reader.done = marks;
             }
             let file_n = reader.n;
             let (records, base, end) = match read_chunk(
@@ -630,7 +641,9 @@ impl Schedule {
                         // The spill file being written: read on when more arrives.
                         return false;
                     }
-                    r.readers.pop_front();
+                    if let Some(read) = r.readers.pop_front() {
+                        self.marks_bytes = self.marks_bytes.saturating_sub(marks_bytes(&read.done));
+                    }
                     continue;
                 }
             };
@@ -645,7 +658,9 @@ impl Schedule {
             let mut added = 0;
             for rec in records {
                 let size = stored_bytes(rec.len as usize);
-                if self.loaded_bytes + size > self.loaded_max && self.loaded_bytes > 0 {
+                if self.loaded_bytes + self.marks_bytes + size > self.loaded_max
+                    && self.loaded_bytes > 0
+                {
                     next = base + u64::from(rec.offset);
                     full = true;
                     break;
@@ -721,7 +736,7 @@ impl Schedule {
     pub fn routed(&mut self, round: u64) -> Option<Vec<PathBuf>> {
         let r = self.rounds.get_mut(&round)?;
         r.remaining = r.remaining.saturating_sub(1);
-        if self.loaded_bytes <= self.loaded_max / 2 {
+        if self.loaded_bytes + self.marks_bytes <= self.loaded_max / 2 || self.loaded_bytes == 0 {
             self.refill();
         }
         let r = self.rounds.get(&round)?;
@@ -748,6 +763,9 @@ impl Schedule {
         let Some(r) = self.rounds.remove(&round) else {
             return Vec::new();
         };
+        for reader in &r.readers {
+            self.marks_bytes = self.marks_bytes.saturating_sub(marks_bytes(&reader.done));
+        }
         if self.round_of.get(&r.bucket) == Some(&round) {
             self.round_of.remove(&r.bucket);
             // The next message for this bucket starts a new round and a new file.
@@ -875,6 +893,11 @@ fn file_number(path: &std::path::Path) -> u64 {
         .and_then(|n| n.to_str())
         .and_then(parse_name)
         .map_or(0, |(_, n)| n)
+}
+
+/// What a file's marks take in memory.
+fn marks_bytes(done: &[u64]) -> usize {
+    std::mem::size_of_val(done)
 }
 
 /// The record ids marked routed in a file's `.done` (a torn last id is ignored), sorted.
@@ -1349,6 +1372,40 @@ mod tests {
             std::fs::read_dir(&path).unwrap().count(),
             0,
             "no stale marks left"
+        );
+    }
+
+    /// Marks count against the bound, but even marks that fill it alone do not stop the
+    /// schedule: with nothing loaded, one record is read at a time.
+    #[test]
+    fn marks_that_fill_the_bound_do_not_stop_the_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("x");
+        let mut s = Schedule::open(store(&path, true));
+        for i in 0..300 {
+            add(&mut s, 10_000 + i, true);
+        }
+        s.flush().unwrap();
+        drop(s);
+        let mut s = Schedule::open(store(&path, true));
+        let first = pop_all(&mut s, 11_000);
+        assert_eq!(first.len(), 300);
+        s.write_marks(&first[..250]);
+        drop(s);
+        // 250 marks (2,000 bytes) against a bound of 1,000.
+        let mut s = Schedule::open_bounded(store(&path, true), 1_000);
+        s.load_due(11_000);
+        assert!(s.marks_bytes >= 2_000, "the marks are counted");
+        let mut again = Vec::new();
+        while let Some((round, p)) = s.pop_due(11_000) {
+            again.push(p.unwrap().at.unwrap());
+            s.routed(round);
+        }
+        assert_eq!(again, first[250..], "the unmarked ones, every one");
+        assert_eq!(
+            (s.loaded_bytes, s.marks_bytes),
+            (0, 0),
+            "nothing left counted"
         );
     }
 }
