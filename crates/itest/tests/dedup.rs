@@ -348,11 +348,27 @@ async fn a_durable_exchange_remembers_its_keys_across_a_restart() {
 /// of the recovered message, published through the exchange, is put back in the cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recovered_messages_put_their_keys_back_in_the_exchange_cache() {
+    retry_after_the_key_window("dedup.window", false).await;
+}
+
+/// The same window for a message published to a fanout bound to the deduplication exchange:
+/// the queue's log names only the fanout, and recovery follows the bindings back to put the
+/// key in the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovered_messages_put_back_keys_that_came_through_an_exchange_binding() {
+    retry_after_the_key_window("dedup.e2e", true).await;
+}
+
+/// Publishes `k` (confirmed) through a durable deduplication exchange `name` into a durable
+/// queue, directly or (`e2e`) through a durable fanout bound to it; removes the cache
+/// directory while the broker is down; after the restart a retry of `k` must be dropped.
+async fn retry_after_the_key_window(name: &str, e2e: bool) {
     if is_external() {
         return;
     }
-    let dir = std::env::temp_dir().join(unique_name("warren-dedup-window"));
-    let (x, q) = ("dedup.window", "dedup.window.q");
+    let dir = std::env::temp_dir().join(unique_name(&format!("warren-{name}")));
+    let (x, q, source) = (name, format!("{name}.q"), format!("{name}.src"));
+    let publish_to = if e2e { source.as_str() } else { x };
     let server = start_on(&dir).await;
     {
         let conn = connect(&server.amqp_url()).await;
@@ -361,7 +377,7 @@ async fn recovered_messages_put_their_keys_back_in_the_exchange_cache() {
         within(
             "queue.declare-ok",
             ch.queue_declare(
-                q.into(),
+                q.as_str().into(),
                 QueueDeclareOptions {
                     durable: true,
                     ..Default::default()
@@ -371,18 +387,47 @@ async fn recovered_messages_put_their_keys_back_in_the_exchange_cache() {
         )
         .await
         .expect("queue");
-        bind_queue(&ch, q, x, "", FieldTable::default()).await;
-        publish_confirmed(&ch, x, "", b"k", keyed("k")).await;
+        bind_queue(&ch, &q, x, "", FieldTable::default()).await;
+        if e2e {
+            within(
+                "exchange.declare-ok",
+                ch.exchange_declare(
+                    source.as_str().into(),
+                    ExchangeKind::Fanout,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..Default::default()
+                    },
+                    FieldTable::default(),
+                ),
+            )
+            .await
+            .expect("declare the source");
+            within(
+                "exchange.bind-ok",
+                ch.exchange_bind(
+                    x.into(),
+                    source.as_str().into(),
+                    "".into(),
+                    Default::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await
+            .expect("exchange.bind");
+        }
+        publish_confirmed(&ch, publish_to, "", b"k", keyed("k")).await;
     }
     server.shutdown().await;
+    // The crash window: the message on disk, its key not.
     std::fs::remove_dir_all(dir.join("dedup")).expect("the cache directory exists");
 
     let server = start_on(&dir).await;
     {
         let conn = connect(&server.amqp_url()).await;
         let ch = confirm_channel(&conn).await;
-        publish_confirmed(&ch, x, "", b"k retried", keyed("k")).await;
-        assert_eq!(drain_queue(&ch, q).await, ["k"]);
+        publish_confirmed(&ch, publish_to, "", b"k retried", keyed("k")).await;
+        assert_eq!(drain_queue(&ch, &q).await, ["k"]);
     }
     server.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -594,78 +639,6 @@ async fn full_queue(ch: &Channel, name: &str, durable: bool) {
     .await
     .expect("queue");
     publish_confirmed(ch, "", name, b"filler", BasicProperties::default()).await;
-}
-
-/// Keys of messages that reached their queue through an exchange-to-exchange binding
-/// (published to a fanout bound to the deduplication exchange): the queue's log names only
-/// the fanout, and recovery follows the bindings back to put the key in the cache.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn recovered_messages_put_back_keys_that_came_through_an_exchange_binding() {
-    if is_external() {
-        return;
-    }
-    let dir = std::env::temp_dir().join(unique_name("warren-dedup-e2e"));
-    let (source, x, q) = ("dedup.e2e.src", "dedup.e2e", "dedup.e2e.q");
-    let server = start_on(&dir).await;
-    {
-        let conn = connect(&server.amqp_url()).await;
-        let ch = confirm_channel(&conn).await;
-        within(
-            "exchange.declare-ok",
-            ch.exchange_declare(
-                source.into(),
-                ExchangeKind::Fanout,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await
-        .expect("declare the source");
-        declare_dedup(&ch, x, true, cache_args(100, None)).await;
-        within(
-            "exchange.bind-ok",
-            ch.exchange_bind(
-                x.into(),
-                source.into(),
-                "".into(),
-                Default::default(),
-                FieldTable::default(),
-            ),
-        )
-        .await
-        .expect("exchange.bind");
-        within(
-            "queue.declare-ok",
-            ch.queue_declare(
-                q.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            ),
-        )
-        .await
-        .expect("queue");
-        bind_queue(&ch, q, x, "", FieldTable::default()).await;
-        publish_confirmed(&ch, source, "", b"k", keyed("k")).await;
-    }
-    server.shutdown().await;
-    // The crash window: the message on disk, its key not.
-    std::fs::remove_dir_all(dir.join("dedup")).expect("the cache directory exists");
-
-    let server = start_on(&dir).await;
-    {
-        let conn = connect(&server.amqp_url()).await;
-        let ch = confirm_channel(&conn).await;
-        publish_confirmed(&ch, source, "", b"k retried", keyed("k")).await;
-        assert_eq!(drain_queue(&ch, q).await, ["k"]);
-    }
-    server.shutdown().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// The management API's publish through a durable deduplication exchange writes the key

@@ -90,39 +90,7 @@ async fn confirmed_delayed_messages_survive_kill_9() {
         .await
         .expect("connect");
     let ch = conn.create_channel().await.expect("channel");
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-delayed-type".into(),
-        AMQPValue::LongString("direct".into()),
-    );
-    let durable = ExchangeDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.exchange_declare(
-        "later".into(),
-        ExchangeKind::Custom("x-delayed-message".into()),
-        durable,
-        args,
-    )
-    .await
-    .expect("exchange.declare");
-    let options = QueueDeclareOptions {
-        durable: true,
-        ..Default::default()
-    };
-    ch.queue_declare("due".into(), options, FieldTable::default())
-        .await
-        .expect("queue.declare");
-    ch.queue_bind(
-        "due".into(),
-        "later".into(),
-        "k".into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .expect("queue.bind");
+    declare(&ch).await;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .unwrap();
@@ -163,18 +131,7 @@ async fn confirmed_delayed_messages_survive_kill_9() {
         .await
         .expect("reconnect");
     let ch = conn.create_channel().await.expect("channel");
-    let mut consumer = ch
-        .basic_consume(
-            "due".into(),
-            "".into(),
-            BasicConsumeOptions {
-                no_ack: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let mut consumer = consume_due(&ch).await;
     let mut seen = HashSet::new();
     while seen.len() < MESSAGES {
         let next = tokio::time::timeout(Duration::from_secs(30), consumer.next()).await;
