@@ -361,17 +361,11 @@ impl RoutingTable {
         out: &mut Vec<QueueHandle>,
         delays: &mut Vec<DelayedHandle>,
     ) {
-        let cell = RefCell::new(confirm.take());
-        let found = RefCell::new(std::mem::take(delays));
         let message = Properties {
-            confirm: Some(&cell),
-            delays: Some(&found),
             entry_routed: true,
             ..Properties::of(properties, Some(body))
         };
-        self.route_counted(exchange, routing_keys, message, out);
-        *confirm = cell.into_inner();
-        *delays = found.into_inner();
+        self.route_collecting(exchange, routing_keys, message, confirm, out, delays);
     }
 
     /// `route_content` for every path but a client's publish (dead-lettering, the
@@ -392,12 +386,27 @@ impl RoutingTable {
         out: &mut Vec<QueueHandle>,
         delays: &mut Vec<DelayedHandle>,
     ) {
+        let message = Properties::of(properties, Some(body));
+        self.route_collecting(exchange, routing_keys, message, confirm, out, delays);
+    }
+
+    /// Routes `message` with `confirm` for the deduplication matcher and `delays` for the
+    /// delayed exchanges met (both given back as the route left them).
+    fn route_collecting(
+        &self,
+        exchange: &str,
+        routing_keys: &[&str],
+        message: Properties<'_>,
+        confirm: &mut Option<ConfirmShare>,
+        out: &mut Vec<QueueHandle>,
+        delays: &mut Vec<DelayedHandle>,
+    ) {
         let cell = RefCell::new(confirm.take());
         let found = RefCell::new(std::mem::take(delays));
         let message = Properties {
             confirm: Some(&cell),
             delays: Some(&found),
-            ..Properties::of(properties, Some(body))
+            ..message
         };
         self.route_counted(exchange, routing_keys, message, out);
         *confirm = cell.into_inner();

@@ -30,12 +30,13 @@ mod raw;
 pub use http::*;
 pub use raw::*;
 
-use amq_protocol::types::FieldTable;
+use amq_protocol::types::{AMQPValue, FieldTable};
 use futures_lite::Stream;
 use futures_lite::StreamExt;
 use lapin::options::{
-    BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions, QueueDeleteOptions,
+    BasicConsumeOptions, BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions,
+    ExchangeBindOptions, ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use warren_server::{Config, ServerHandle};
@@ -479,6 +480,72 @@ pub async fn bind_queue(
     )
     .await
     .unwrap_or_else(|e| panic!("queue.bind {queue} -> {exchange} ({routing_key}): {e}"));
+}
+
+/// Binds exchange `destination` to exchange `source` (exchange-to-exchange).
+pub async fn bind_exchange(
+    ch: &lapin::Channel,
+    destination: &str,
+    source: &str,
+    routing_key: &str,
+) {
+    within(
+        "exchange.bind-ok",
+        ch.exchange_bind(
+            destination.into(),
+            source.into(),
+            routing_key.into(),
+            ExchangeBindOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("exchange.bind {destination} -> {source} ({routing_key}): {e}"));
+}
+
+/// A consumer on `queue` whose deliveries must be acked.
+pub async fn consume_with_ack(ch: &lapin::Channel, queue: &str) -> lapin::Consumer {
+    within(
+        "basic.consume-ok",
+        ch.basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        ),
+    )
+    .await
+    .expect("consume")
+}
+
+/// The delayed-message exchange type.
+pub const DELAYED_TYPE: &str = "x-delayed-message";
+
+/// Declares an `x-delayed-message` exchange routing as `base` (`x-delayed-type`).
+pub async fn declare_delayed(ch: &lapin::Channel, name: &str, base: &str, durable: bool) {
+    let mut args = FieldTable::default();
+    args.insert("x-delayed-type".into(), AMQPValue::LongString(base.into()));
+    within(
+        "exchange.declare-ok",
+        ch.exchange_declare(
+            name.into(),
+            ExchangeKind::Custom(DELAYED_TYPE.into()),
+            ExchangeDeclareOptions {
+                durable,
+                ..Default::default()
+            },
+            args,
+        ),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("declare {name}: {e}"));
+}
+
+/// Properties carrying `x-delay: ms`.
+pub fn delay(ms: i64) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("x-delay".into(), AMQPValue::LongLongInt(ms));
+    BasicProperties::default().with_headers(headers)
 }
 
 /// The connection's event stream (channel and connection errors show up here).

@@ -8,54 +8,12 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use warren_itest::lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, ExchangeDeclareOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicPublishOptions, ExchangeDeclareOptions, QueueDeclareOptions,
 };
 use warren_itest::lapin::types::{AMQPValue, FieldTable};
 use warren_itest::lapin::{BasicProperties, Channel, Confirmation, Consumer, ExchangeKind};
 use warren_itest::*;
 use warren_server::{Config, ServerHandle};
-
-const TYPE: &str = "x-delayed-message";
-
-async fn declare_delayed(ch: &Channel, name: &str, base: &str, durable: bool) {
-    let mut args = FieldTable::default();
-    args.insert("x-delayed-type".into(), AMQPValue::LongString(base.into()));
-    within(
-        "exchange.declare-ok",
-        ch.exchange_declare(
-            name.into(),
-            ExchangeKind::Custom(TYPE.into()),
-            ExchangeDeclareOptions {
-                durable,
-                ..Default::default()
-            },
-            args,
-        ),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("declare {name}: {e}"));
-}
-
-fn delay(ms: i64) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert("x-delay".into(), AMQPValue::LongLongInt(ms));
-    BasicProperties::default().with_headers(headers)
-}
-
-async fn consume(ch: &Channel, queue: &str) -> Consumer {
-    within(
-        "basic.consume-ok",
-        ch.basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("consume")
-}
 
 /// Takes the next delivery, acks it, returns its body.
 async fn next_body(consumer: &mut Consumer) -> String {
@@ -78,7 +36,7 @@ async fn a_delayed_message_arrives_no_earlier_than_its_delay_with_the_delay_nega
     let broker = start_broker().await;
     let (_conn, ch) = broker.channel().await;
     let (x, q) = setup(&ch, "direct", "k", FieldTable::default()).await;
-    let mut consumer = consume(&ch, &q).await;
+    let mut consumer = consume_with_ack(&ch, &q).await;
     let published = Instant::now();
     publish_with(&ch, &x, "k", b"later", delay(200)).await;
     let d = next_delivery(&mut consumer).await;
@@ -103,7 +61,7 @@ async fn messages_arrive_in_due_time_order_not_publish_order() {
     let broker = start_broker().await;
     let (_conn, ch) = broker.channel().await;
     let (x, q) = setup(&ch, "direct", "k", FieldTable::default()).await;
-    let mut consumer = consume(&ch, &q).await;
+    let mut consumer = consume_with_ack(&ch, &q).await;
     publish_with(&ch, &x, "k", b"300", delay(300)).await;
     publish_with(&ch, &x, "k", b"100", delay(100)).await;
     assert_eq!(next_body(&mut consumer).await, "100");
@@ -134,7 +92,7 @@ async fn each_delayed_type_routes_as_that_type() {
     // Topic: the pattern decides. The miss is due first, so had it been routed it would
     // have arrived first.
     let (x, q) = setup(&ch, "topic", "a.*", FieldTable::default()).await;
-    let mut consumer = consume(&ch, &q).await;
+    let mut consumer = consume_with_ack(&ch, &q).await;
     publish_with(&ch, &x, "b.c", b"miss", delay(30)).await;
     publish_with(&ch, &x, "a.b", b"hit", delay(60)).await;
     assert_eq!(next_body(&mut consumer).await, "hit");
@@ -143,7 +101,7 @@ async fn each_delayed_type_routes_as_that_type() {
     let mut args = FieldTable::default();
     args.insert("color".into(), AMQPValue::LongString("red".into()));
     let (x, q) = setup(&ch, "headers", "", args).await;
-    let mut consumer = consume(&ch, &q).await;
+    let mut consumer = consume_with_ack(&ch, &q).await;
     let with_color = |color: &str, ms: i64| {
         let mut h = FieldTable::default();
         h.insert("x-delay".into(), AMQPValue::LongLongInt(ms));
@@ -158,8 +116,8 @@ async fn each_delayed_type_routes_as_that_type() {
     let (x, q1) = setup(&ch, "fanout", "", FieldTable::default()).await;
     let q2 = declare_temp_queue(&ch).await;
     bind_queue(&ch, &q2, &x, "other", FieldTable::default()).await;
-    let mut c1 = consume(&ch, &q1).await;
-    let mut c2 = consume(&ch, &q2).await;
+    let mut c1 = consume_with_ack(&ch, &q1).await;
+    let mut c2 = consume_with_ack(&ch, &q2).await;
     publish_with(&ch, &x, "any", b"both", delay(30)).await;
     assert_eq!(next_body(&mut c1).await, "both");
     assert_eq!(next_body(&mut c2).await, "both");
@@ -174,7 +132,7 @@ async fn bindings_added_before_the_due_time_are_used() {
     publish_with(&ch, &x, "k", b"bound-later", delay(400)).await;
     let q = declare_temp_queue(&ch).await;
     bind_queue(&ch, &q, &x, "k", FieldTable::default()).await;
-    let mut consumer = consume(&ch, &q).await;
+    let mut consumer = consume_with_ack(&ch, &q).await;
     assert_eq!(next_body(&mut consumer).await, "bound-later");
 }
 
@@ -218,7 +176,7 @@ async fn a_missing_or_unknown_delayed_type_is_refused() {
             "exchange.declare",
             ch.exchange_declare(
                 unique_name("dx").as_str().into(),
-                ExchangeKind::Custom(TYPE.into()),
+                ExchangeKind::Custom(DELAYED_TYPE.into()),
                 ExchangeDeclareOptions::default(),
                 args,
             ),
@@ -230,7 +188,10 @@ async fn a_missing_or_unknown_delayed_type_is_refused() {
     assert!(reply.contains("'x-delayed-type' must be"), "{reply}");
     let ch = conn.create_channel().await.expect("channel");
     let mut args = FieldTable::default();
-    args.insert("x-delayed-type".into(), AMQPValue::LongString(TYPE.into()));
+    args.insert(
+        "x-delayed-type".into(),
+        AMQPValue::LongString(DELAYED_TYPE.into()),
+    );
     expect_code(declare(ch, args).await, 406);
     // An unknown type is what any exchange.declare of it gets: 503, a connection error.
     let ch = conn.create_channel().await.expect("channel");
@@ -298,7 +259,7 @@ async fn persistent_delayed_messages_survive_a_restart() {
     let server = start_on(&dir).await;
     let conn = connect(&server.amqp_url()).await;
     let ch = conn.create_channel().await.expect("channel");
-    let mut consumer = consume(&ch, q).await;
+    let mut consumer = consume_with_ack(&ch, q).await;
     assert_eq!(next_body(&mut consumer).await, "overdue");
     assert_eq!(next_body(&mut consumer).await, "after");
     assert!(published.elapsed() >= Duration::from_millis(3000));
@@ -364,7 +325,7 @@ async fn definitions_and_the_management_api_carry_the_type_and_its_argument() {
     let (addr, _stop) = serve_mgmt(broker.broker().expect("in-process").clone()).await;
     let admin = ("guest", "guest");
     let definitions = json!({
-        "exchanges": [{"name": "dx.defs", "vhost": "/", "type": TYPE, "durable": true,
+        "exchanges": [{"name": "dx.defs", "vhost": "/", "type": DELAYED_TYPE, "durable": true,
                        "auto_delete": false, "internal": false,
                        "arguments": {"x-delayed-type": "topic"}}],
         "queues": [{"name": "dx.defs.q", "vhost": "/", "durable": true,
@@ -387,20 +348,20 @@ async fn definitions_and_the_management_api_carry_the_type_and_its_argument() {
         .as_array()
         .and_then(|xs| xs.iter().find(|x| x["name"] == "dx.defs"))
         .unwrap_or_else(|| panic!("exported: {exported}"));
-    assert_eq!(exchange["type"], TYPE);
+    assert_eq!(exchange["type"], DELAYED_TYPE);
     assert_eq!(exchange["arguments"]["x-delayed-type"], "topic");
     let (status, listed) = http_json(addr, "GET", "/api/exchanges/%2F/dx.defs", admin, "").await;
     assert_eq!(status, 200);
-    assert_eq!(listed["type"], TYPE);
+    assert_eq!(listed["type"], DELAYED_TYPE);
     // The imported exchange delays and routes as a topic exchange.
     let (_conn, ch) = broker.channel().await;
-    let mut consumer = consume(&ch, "dx.defs.q").await;
+    let mut consumer = consume_with_ack(&ch, "dx.defs.q").await;
     let published = Instant::now();
     publish_with(&ch, "dx.defs", "a.b.c", b"imported", delay(100)).await;
     assert_eq!(next_body(&mut consumer).await, "imported");
     assert!(published.elapsed() >= Duration::from_millis(100));
     // Without its argument an import is refused like the declare.
-    let bad = json!({"exchanges": [{"name": "dx.bad", "vhost": "/", "type": TYPE,
+    let bad = json!({"exchanges": [{"name": "dx.bad", "vhost": "/", "type": DELAYED_TYPE,
         "durable": true, "auto_delete": false, "internal": false, "arguments": {}}]});
     let (status, body) = http(addr, "POST", "/api/definitions", admin, &bad.to_string()).await;
     assert!(

@@ -7,44 +7,15 @@
 
 use std::time::{Duration, Instant};
 
-use warren_itest::lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicRejectOptions, ExchangeBindOptions,
-    ExchangeDeclareOptions, QueueDeclareOptions,
-};
+use warren_itest::lapin::options::{BasicAckOptions, BasicRejectOptions, QueueDeclareOptions};
 use warren_itest::lapin::types::{AMQPValue, FieldTable};
-use warren_itest::lapin::{BasicProperties, Channel, Consumer, ExchangeKind};
+use warren_itest::lapin::{BasicProperties, Channel};
 use warren_itest::*;
 
-const TYPE: &str = "x-delayed-message";
 /// The delay of a message going round a loop.
 const DELAY_MS: i64 = 100;
 /// The TTL of the queue of the automatic loop.
 const TTL_MS: i64 = 50;
-
-async fn declare_delayed(ch: &Channel, name: &str) {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-delayed-type".into(),
-        AMQPValue::LongString("direct".into()),
-    );
-    within(
-        "exchange.declare-ok",
-        ch.exchange_declare(
-            name.into(),
-            ExchangeKind::Custom(TYPE.into()),
-            ExchangeDeclareOptions::default(),
-            args,
-        ),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("declare {name}: {e}"));
-}
-
-fn delay(ms: i64) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert("x-delay".into(), AMQPValue::LongLongInt(ms));
-    BasicProperties::default().with_headers(headers)
-}
 
 /// A queue dead-lettering into `dlx` (with `ttl_ms` as its message TTL when given).
 async fn dead_lettering_queue(ch: &Channel, name: &str, dlx: &str, ttl_ms: Option<i64>) {
@@ -69,20 +40,6 @@ async fn dead_lettering_queue(ch: &Channel, name: &str, dlx: &str, ttl_ms: Optio
     )
     .await
     .expect("queue.declare");
-}
-
-async fn consume(ch: &Channel, queue: &str) -> Consumer {
-    within(
-        "basic.consume-ok",
-        ch.basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("consume")
 }
 
 fn as_i64(v: &AMQPValue) -> Option<i64> {
@@ -139,7 +96,7 @@ async fn an_automatic_loop_through_a_delayed_exchange_is_dropped_when_it_would_r
     let broker = start_broker().await;
     let (_conn, ch) = broker.channel().await;
     let dx = unique_name("dx-loop");
-    declare_delayed(&ch, &dx).await;
+    declare_delayed(&ch, &dx, "direct", false).await;
     let looping = unique_name("loop-ttl");
     dead_lettering_queue(&ch, &looping, &dx, Some(TTL_MS)).await;
     let side = declare_temp_queue(&ch).await;
@@ -147,7 +104,7 @@ async fn an_automatic_loop_through_a_delayed_exchange_is_dropped_when_it_would_r
     bind_queue(&ch, &looping, &dx, &looping, FieldTable::default()).await;
     bind_queue(&ch, &side, &dx, &looping, FieldTable::default()).await;
     bind_queue(&ch, &side, &dx, "marker", FieldTable::default()).await;
-    let mut watch = consume(&ch, &side).await;
+    let mut watch = consume_with_ack(&ch, &side).await;
 
     let ch_confirm = confirm_channel(&_conn).await;
     publish_confirmed(&ch_confirm, "", &looping, b"loop", delay(DELAY_MS)).await;
@@ -188,11 +145,11 @@ async fn a_loop_driven_by_rejects_keeps_going_round_until_acked() {
     let broker = start_broker().await;
     let (_conn, ch) = broker.channel().await;
     let dx = unique_name("dx-retry");
-    declare_delayed(&ch, &dx).await;
+    declare_delayed(&ch, &dx, "direct", false).await;
     let retry = unique_name("retry");
     dead_lettering_queue(&ch, &retry, &dx, None).await;
     bind_queue(&ch, &retry, &dx, &retry, FieldTable::default()).await;
-    let mut consumer = consume(&ch, &retry).await;
+    let mut consumer = consume_with_ack(&ch, &retry).await;
 
     publish_with(&ch, "", &retry, b"retry", delay(DELAY_MS)).await;
     let mut counts = Vec::new();
@@ -213,10 +170,12 @@ async fn a_loop_driven_by_rejects_keeps_going_round_until_acked() {
             d.ack(BasicAckOptions::default()).await.expect("ack");
             break;
         }
+        // Taken before the reject: no later than the broker's dead-lettering.
+        let rejecting = Instant::now();
         d.reject(BasicRejectOptions { requeue: false })
             .await
             .expect("reject");
-        first_rejected.get_or_insert_with(Instant::now);
+        first_rejected.get_or_insert(rejecting);
     }
     assert_eq!(counts, vec![0, 1, 2, 3]);
     assert_eq!(queue_counts(&ch, &retry).await.0, 0);
@@ -233,22 +192,11 @@ async fn a_delayed_exchange_bound_to_itself_routes_a_message_once() {
     let broker = start_broker().await;
     let (conn, ch) = broker.channel().await;
     let dx = unique_name("dx-self");
-    declare_delayed(&ch, &dx).await;
-    within(
-        "exchange.bind-ok",
-        ch.exchange_bind(
-            dx.as_str().into(),
-            dx.as_str().into(),
-            "k".into(),
-            ExchangeBindOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("exchange.bind to itself");
+    declare_delayed(&ch, &dx, "direct", false).await;
+    bind_exchange(&ch, &dx, &dx, "k").await;
     let q = declare_temp_queue(&ch).await;
     bind_queue(&ch, &q, &dx, "k", FieldTable::default()).await;
-    let mut consumer = consume(&ch, &q).await;
+    let mut consumer = consume_with_ack(&ch, &q).await;
     let ch_confirm = confirm_channel(&conn).await;
 
     let published = Instant::now();

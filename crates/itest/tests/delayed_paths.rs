@@ -7,59 +7,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use warren_itest::lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicRejectOptions, ExchangeBindOptions,
-    ExchangeDeclareOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicGetOptions, BasicRejectOptions, QueueDeclareOptions,
 };
 use warren_itest::lapin::types::{AMQPValue, FieldTable};
-use warren_itest::lapin::{BasicProperties, Channel, Consumer, ExchangeKind};
+use warren_itest::lapin::{BasicProperties, Channel, ExchangeKind};
 use warren_itest::*;
 use warren_server::{Config, ServerHandle};
 
-const TYPE: &str = "x-delayed-message";
 /// The delay the tests ask for: long enough that an undelayed route is plainly earlier.
 const DELAY_MS: i64 = 400;
-
-async fn declare_delayed(ch: &Channel, name: &str, durable: bool) {
-    let mut args = FieldTable::default();
-    args.insert(
-        "x-delayed-type".into(),
-        AMQPValue::LongString("direct".into()),
-    );
-    within(
-        "exchange.declare-ok",
-        ch.exchange_declare(
-            name.into(),
-            ExchangeKind::Custom(TYPE.into()),
-            ExchangeDeclareOptions {
-                durable,
-                ..Default::default()
-            },
-            args,
-        ),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("declare {name}: {e}"));
-}
-
-fn delay(ms: i64) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    headers.insert("x-delay".into(), AMQPValue::LongLongInt(ms));
-    BasicProperties::default().with_headers(headers)
-}
-
-async fn consume(ch: &Channel, queue: &str) -> Consumer {
-    within(
-        "basic.consume-ok",
-        ch.basic_consume(
-            queue.into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("consume")
-}
 
 /// A queue dead-lettering into `dlx`.
 async fn dead_lettering_queue(ch: &Channel, name: &str, dlx: &str, durable: bool) {
@@ -112,16 +68,17 @@ async fn a_message_dead_lettered_into_a_delayed_exchange_waits_its_delay() {
     let broker = start_broker().await;
     let (_conn, ch) = broker.channel().await;
     let dx = unique_name("dx-dlx");
-    declare_delayed(&ch, &dx, false).await;
+    declare_delayed(&ch, &dx, "direct", false).await;
     let source = unique_name("dlx-src");
     dead_lettering_queue(&ch, &source, &dx, false).await;
     let target = declare_temp_queue(&ch).await;
     // Dead-lettered with its own routing key: the source queue's name.
     bind_queue(&ch, &target, &dx, &source, FieldTable::default()).await;
-    let mut consumer = consume(&ch, &target).await;
+    let mut consumer = consume_with_ack(&ch, &target).await;
     publish_with(&ch, "", &source, b"retry", delay(DELAY_MS)).await;
-    reject_one(&ch, &source).await;
+    // Taken before the reject: no later than the broker's dead-lettering.
     let rejected = Instant::now();
+    reject_one(&ch, &source).await;
     let d = next_delivery(&mut consumer).await;
     assert!(
         rejected.elapsed() >= Duration::from_millis(DELAY_MS as u64),
@@ -142,22 +99,11 @@ async fn a_message_reaching_a_delayed_exchange_through_a_binding_is_delayed() {
     let source = unique_name("e2e-src");
     declare_exchange(&ch, &source, ExchangeKind::Direct).await;
     let dx = unique_name("dx-e2e");
-    declare_delayed(&ch, &dx, false).await;
-    within(
-        "exchange.bind-ok",
-        ch.exchange_bind(
-            dx.as_str().into(),
-            source.as_str().into(),
-            "k".into(),
-            ExchangeBindOptions::default(),
-            FieldTable::default(),
-        ),
-    )
-    .await
-    .expect("exchange.bind");
+    declare_delayed(&ch, &dx, "direct", false).await;
+    bind_exchange(&ch, &dx, &source, "k").await;
     let q = declare_temp_queue(&ch).await;
     bind_queue(&ch, &q, &dx, "k", FieldTable::default()).await;
-    let mut consumer = consume(&ch, &q).await;
+    let mut consumer = consume_with_ack(&ch, &q).await;
     let published = Instant::now();
     let ch_confirm = confirm_channel(&_conn).await;
     // Confirmed once it is on the schedule, not routed anywhere yet.
@@ -182,10 +128,10 @@ async fn the_management_api_publish_to_a_delayed_exchange_is_delayed() {
     let (addr, _stop) = serve_mgmt(broker.broker().expect("in-process").clone()).await;
     let (_conn, ch) = broker.channel().await;
     let dx = unique_name("dx-http");
-    declare_delayed(&ch, &dx, false).await;
+    declare_delayed(&ch, &dx, "direct", false).await;
     let q = declare_temp_queue(&ch).await;
     bind_queue(&ch, &q, &dx, "k", FieldTable::default()).await;
-    let mut consumer = consume(&ch, &q).await;
+    let mut consumer = consume_with_ack(&ch, &q).await;
     let body = json!({
         "properties": {"headers": {"x-delay": DELAY_MS}},
         "routing_key": "k", "payload": "via-http", "payload_encoding": "string",
@@ -240,28 +186,27 @@ async fn a_persistent_message_dead_lettered_into_a_durable_delayed_exchange_surv
     {
         let conn = connect(&server.amqp_url()).await;
         let ch = confirm_channel(&conn).await;
-        declare_delayed(&ch, dx, true).await;
+        declare_delayed(&ch, dx, "direct", true).await;
         dead_lettering_queue(&ch, source, dx, true).await;
         dead_lettering_queue(&ch, target, "", true).await;
         bind_queue(&ch, target, dx, source, FieldTable::default()).await;
         let props = delay(1500).with_delivery_mode(2);
         publish_confirmed(&ch, "", source, b"persistent-retry", props).await;
-        reject_one(&ch, source).await;
         rejected = Instant::now();
+        reject_one(&ch, source).await;
         // Nothing tells a client the dead-lettered message is stored: poll for its file.
         eventually(
             "the dead-lettered message is on the schedule's disk",
             || async { schedule_files(&dir) >= 1 },
         )
         .await;
-        assert_eq!(queue_counts(&ch, target).await, (0, 0), "not due yet");
     }
     server.shutdown().await;
 
     let server = start_on(&dir).await;
     let conn = connect(&server.amqp_url()).await;
     let ch = conn.create_channel().await.expect("channel");
-    let mut consumer = consume(&ch, target).await;
+    let mut consumer = consume_with_ack(&ch, target).await;
     let d = next_delivery(&mut consumer).await;
     assert!(rejected.elapsed() >= Duration::from_millis(1500));
     assert_eq!(d.data, b"persistent-retry");

@@ -154,8 +154,9 @@ const BUCKET_MESSAGES: usize = 900;
 /// The broker is killed once this many of them were delivered.
 const KILL_AFTER_DELIVERED: usize = 450;
 /// Most messages delivered twice: those routed in the last moment before the kill (a queue
-/// fsync and a mark write). Without marks, all `KILL_AFTER_DELIVERED` or more come again.
-const DUPLICATES_MAX: usize = 100;
+/// fsync and a mark write: a few on an idle machine, room here for ~200 ms of a busy one).
+/// Without marks, all `KILL_AFTER_DELIVERED` or more come again.
+const DUPLICATES_MAX: usize = KILL_AFTER_DELIVERED / 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_while_a_bucket_is_routed_sends_again_only_the_last_routed() {
@@ -172,7 +173,8 @@ async fn a_kill_while_a_bucket_is_routed_sends_again_only_the_last_routed() {
         .await
         .expect("confirm.select");
     // Every message due in the same second, spread over it (so it is routed over ~1 s).
-    let bucket = (now_ms() + 1_500) / 1_000 * 1_000 + 1_000;
+    // Far enough ahead that a busy machine publishes them all before it comes due.
+    let bucket = (now_ms() + 5_000) / 1_000 * 1_000 + 1_000;
     let mut confirms = Vec::with_capacity(BUCKET_MESSAGES);
     for i in 0..BUCKET_MESSAGES {
         let due = bucket + i as i64;

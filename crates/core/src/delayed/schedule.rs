@@ -357,12 +357,14 @@ impl Schedule {
         if self.store.dir.is_some() {
             let payload = encode(&s, persistent);
             let key = (bucket, spill);
-            let file = match self.open.get(&key) {
-                Some(open) => open.n,
-                None => *self.reserved.entry(key).or_insert_with(|| {
-                    self.next_file += 1;
-                    self.next_file - 1
-                }),
+            let file = match (self.open.get(&key), self.reserved.get(&key)) {
+                (Some(open), _) => open.n,
+                (None, Some(n)) => *n,
+                (None, None) => {
+                    let n = self.new_file_number();
+                    self.reserved.insert(key, n);
+                    n
+                }
             };
             at = Some(RecordAt {
                 bucket,
@@ -397,6 +399,12 @@ impl Schedule {
         } else {
             self.waiting.entry(bucket).or_default();
         }
+    }
+
+    /// A number no file of this directory has (files are `<start>.<n>`, `n` never reused).
+    fn new_file_number(&mut self) -> u64 {
+        self.next_file += 1;
+        self.next_file - 1
     }
 
     fn round_for(&mut self, bucket: u64) -> u64 {
@@ -434,11 +442,11 @@ impl Schedule {
             let (bucket, spill) = key;
             spilled |= spill;
             if !self.open.contains_key(&key) {
-                let n = self.reserved.remove(&key).unwrap_or_else(|| {
-                    self.next_file += 1;
-                    self.next_file - 1
-                });
-                let path = dir.join(format!("{bucket}.{n}"));
+                let n = match self.reserved.remove(&key) {
+                    Some(n) => n,
+                    None => self.new_file_number(),
+                };
+                let path = bucket_path(&dir, bucket, n);
                 let file = self.store.io.open(&path, OpenMode::CreateNew)?;
                 file.write_at(0, &encode_file_header(MAGIC))?;
                 created = true;
@@ -802,7 +810,7 @@ impl Schedule {
                 .extend_from_slice(&at.id.to_le_bytes());
         }
         for ((bucket, n), ids) in by_file {
-            let path = done_path(&dir.join(format!("{bucket}.{n}")));
+            let path = done_path(&bucket_path(&dir, bucket, n));
             let io = &self.store.io;
             let open = match self.marks.entry((bucket, n)) {
                 std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -876,6 +884,11 @@ pub fn remove_files(io: &dyn warren_store::Io, files: &[PathBuf]) {
             warn!(file = %f.display(), error = %e, "delayed exchange: cannot delete a bucket file");
         }
     }
+}
+
+/// Bucket file `n` of the bucket starting at `bucket` (`<start>.<n>`).
+fn bucket_path(dir: &std::path::Path, bucket: u64, n: u64) -> PathBuf {
+    dir.join(format!("{bucket}.{n}"))
 }
 
 /// The suffix of a bucket file's marks (`<start>.<n>.done`).

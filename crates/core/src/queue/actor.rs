@@ -98,8 +98,8 @@ pub(super) struct QueueActor {
     /// leaves them in the log, so recovery still finds their deduplication key. Bounded
     /// as `gated` is (messages of the last few fsyncs); waited on by `exit_wait`.
     held_exits: Vec<(Arc<Gate>, Entry, Option<Reason>)>,
-    /// Whether a task waits on the first of `held_exits` to send `GateOpened`.
-    exit_wait: bool,
+    /// The gate of the first of `held_exits` that a task waits on (as `gate_wait`).
+    exit_wait: Option<Arc<Gate>>,
 }
 
 /// Size of `gated` past which entries whose gate opened are swept out as messages arrive
@@ -179,7 +179,7 @@ impl QueueActor {
             gated: HashMap::new(),
             gate_wait: None,
             held_exits: Vec::new(),
-            exit_wait: false,
+            exit_wait: None,
         }
     }
 
@@ -261,20 +261,30 @@ impl QueueActor {
             self.gated.remove(&id);
             return false;
         }
-        if !self
-            .gate_wait
-            .as_ref()
-            .is_some_and(|g| Arc::ptr_eq(g, gate))
-        {
-            // Woken by a command when it opens (the loop stays as it is for everyone else).
-            let (gate, handle) = (gate.clone(), self.handle.clone());
-            self.gate_wait = Some(gate.clone());
-            tokio::spawn(async move {
-                gate.opened().await;
-                handle.send_now(QueueCommand::GateOpened);
-            });
-        }
+        let gate = gate.clone();
+        self.wake_when_open(gate, |actor| &mut actor.gate_wait);
         true
+    }
+
+    /// Makes sure a task waits on `gate` and sends `QueueCommand::GateOpened` when it
+    /// opens (the loop stays as it is for everyone else); `waiting` is where the actor
+    /// keeps the gate waited on, so one gate gets one task.
+    #[cold]
+    fn wake_when_open(
+        &mut self,
+        gate: Arc<Gate>,
+        waiting: fn(&mut Self) -> &mut Option<Arc<Gate>>,
+    ) {
+        let handle = self.handle.clone();
+        let slot = waiting(self);
+        if slot.as_ref().is_some_and(|g| Arc::ptr_eq(g, &gate)) {
+            return;
+        }
+        *slot = Some(gate.clone());
+        tokio::spawn(async move {
+            gate.opened().await;
+            handle.send_now(QueueCommand::GateOpened);
+        });
     }
 
     /// Flow control: with consumers attached and a backlog past `FLOW_HIGH_MESSAGES`,
@@ -411,7 +421,11 @@ impl QueueActor {
                 }
             }
             QueueCommand::GateOpened => {
-                self.gate_wait = None;
+                // Sent for the head's gate or for a held exit's: a gate still closed keeps
+                // its waiting task.
+                if self.gate_wait.as_ref().is_some_and(|g| g.is_open()) {
+                    self.gate_wait = None;
+                }
                 if !self.held_exits.is_empty() {
                     self.run_held_exits();
                 }
@@ -639,6 +653,11 @@ impl QueueActor {
                 }
             }
         }
+        self.leave(entry, reason);
+    }
+
+    /// The exit itself: dead-lettered for `reason` if any, and discarded.
+    fn leave(&mut self, entry: Entry, reason: Option<Reason>) {
         if let Some(reason) = reason {
             self.dead_letter(&entry, reason);
         }
@@ -654,33 +673,24 @@ impl QueueActor {
     /// Runs the held exits whose gate opened, in order; waits for the first one left.
     #[cold]
     fn run_held_exits(&mut self) {
-        self.exit_wait = false;
         let (open, closed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.held_exits)
             .into_iter()
             .partition(|(gate, _, _)| gate.is_open());
         self.held_exits = closed;
         for (_, entry, reason) in open {
-            if let Some(reason) = reason {
-                self.dead_letter(&entry, reason);
-            }
-            self.discard(entry);
+            self.leave(entry, reason);
         }
         self.wait_for_exits();
     }
 
     fn wait_for_exits(&mut self) {
-        let Some((gate, _, _)) = self.held_exits.first() else {
-            return;
-        };
-        if self.exit_wait {
-            return;
+        match self.held_exits.first() {
+            Some((gate, _, _)) => {
+                let gate = gate.clone();
+                self.wake_when_open(gate, |actor| &mut actor.exit_wait);
+            }
+            None => self.exit_wait = None,
         }
-        self.exit_wait = true;
-        let (gate, handle) = (gate.clone(), self.handle.clone());
-        tokio::spawn(async move {
-            gate.opened().await;
-            handle.send_now(QueueCommand::GateOpened);
-        });
     }
 
     /// A message leaves the queue for good (acked, expired, dropped, purged).
